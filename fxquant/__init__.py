@@ -1,0 +1,37 @@
+"""fxquant: PyTorch FX graph transformations for quantization simulation.
+
+Example:
+    >>> import fxquant, torchvision
+    >>> model = torchvision.models.resnet18().eval()
+    >>> prepared = fxquant.prepare_model(model)
+    >>> folded = fxquant.fold_all_batch_norms(prepared)
+"""
+from __future__ import annotations
+
+from fxquant.batch_norm_fold import fold_all_batch_norms
+from fxquant.errors import ConfigError, FxQuantError, PassError, TraceError
+from fxquant.model_preparer import prepare_model
+from fxquant.passes import (FoldBatchNormPass, Pass, PassResult, PrepareModelPass, Sequential)
+from fxquant.passes.fold_batchnorm import BatchNormFoldError
+from fxquant.tracing import PH, AutoLeaf, auto_leaves, trace
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AutoLeaf",
+    "BatchNormFoldError",
+    "ConfigError",
+    "FoldBatchNormPass",
+    "FxQuantError",
+    "PH",
+    "Pass",
+    "PassError",
+    "PassResult",
+    "PrepareModelPass",
+    "Sequential",
+    "TraceError",
+    "auto_leaves",
+    "fold_all_batch_norms",
+    "prepare_model",
+    "trace",
+]

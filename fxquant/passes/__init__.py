@@ -1,0 +1,9 @@
+"""Graph passes: each takes a GraphModule (or PassResult) and returns a PassResult."""
+from __future__ import annotations
+
+from fxquant.passes.base import Pass, PassResult, Sequential, pass_history, state_tags
+from fxquant.passes.fold_batchnorm import FoldBatchNormPass
+from fxquant.passes.prepare import PrepareModelPass
+
+__all__ = ["FoldBatchNormPass", "Pass", "PassResult", "PrepareModelPass", "Sequential",
+           "pass_history", "state_tags"]
