@@ -291,7 +291,7 @@ def _activation_module(node: torch.fx.Node) -> nn.Module | None:
     for key, required in _ACT_FIXED.get(name, {}).items():
         if values.get(key) != required:
             return None
-    for key in _ACT_DROP.get(name, ()):
+    for key in (*_ACT_DROP.get(name, ()), *_ACT_FIXED.get(name, {})):
         values.pop(key, None)
     if in_place:
         if "inplace" not in values:

@@ -1,0 +1,1 @@
+"""QuantizationSimModel and its configuration: quantsim config files, calibration, QAT."""

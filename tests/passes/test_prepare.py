@@ -1,0 +1,161 @@
+"""PrepareModelPass / prepare_model: functionals become named modules, reuse is split, exact."""
+from __future__ import annotations
+
+import operator
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+import fxquant
+from fxquant import _meta
+from fxquant import nn as fxnn
+from tests.models import FunctionalNet, SameConvBnReLU6
+
+
+def _call_modules(gm: torch.fx.GraphModule) -> dict[str, nn.Module]:
+    return {n.target: gm.get_submodule(n.target) for n in gm.graph.nodes if n.op == "call_module"}
+
+
+def test_functionals_become_modules_and_output_is_bit_exact(device: torch.device) -> None:
+    model = FunctionalNet().eval().to(device)
+    x = torch.randn(2, 3, 16, 16, device=device)
+    gm = fxquant.prepare_model(model)
+    mods = _call_modules(gm)
+    kinds = {type(m).__name__ for m in mods.values()}
+    assert {"Add", "Mul", "Sub", "Sigmoid", "ReLU6", "Hardswish", "Cat", "Interpolate", "Pool",
+            "Flatten", "Reshape", "Linear", "Softmax"} <= kinds
+    # only module calls remain for tensor ops; shape queries stay functional
+    leftover = {str(n.target) for n in gm.graph.nodes if n.op in ("call_function", "call_method")}
+    assert leftover <= {"size", "<built-in function getitem>"}
+    with torch.no_grad():
+        assert torch.equal(gm(x), model(x))
+    assert gm.module_linear.weight is gm.module_linear.weight  # F.linear -> nn.Linear
+    assert isinstance(gm.get_submodule("module_softmax"), nn.Softmax)
+    assert gm.get_submodule("module_softmax").dim == -1
+
+
+def test_reused_module_is_split_per_call_site() -> None:
+    gm = fxquant.prepare_model(FunctionalNet().eval())
+    targets = [n.target for n in gm.graph.nodes if n.op == "call_module"]
+    assert targets.count("relu") == 1 and targets.count("relu_1") == 1
+    assert len(targets) == len(set(targets)), "every call site owns its module"
+
+
+def test_split_keeps_parameters_tied() -> None:
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.fc(x))
+
+    gm = fxquant.prepare_model(Twice().eval())
+    assert gm.fc_1.weight is gm.fc.weight
+
+
+def test_names_are_under_the_calling_scope_and_stable() -> None:
+    model = torchvision.models.resnet18().eval()
+    gm1 = fxquant.prepare_model(model)
+    gm2 = fxquant.prepare_model(model)
+    names = [n.target for n in gm1.graph.nodes if n.op == "call_module"]
+    assert names == [n.target for n in gm2.graph.nodes if n.op == "call_module"]
+    assert "layer1.0.module_add" in names and "layer4.1.module_add" in names
+    assert "module_flatten" in names
+    assert "layer1.0.relu_1" in names  # BasicBlock calls self.relu twice
+    for node in gm1.graph.nodes:
+        if node.op == "call_module":
+            assert _meta.module_path(node) == node.target
+
+
+def test_meta_and_handles_survive_preparation() -> None:
+    traced = fxquant.trace(FunctionalNet().eval())
+    handles = {n.name: _meta.handle(n) for n in traced.graph.nodes}
+    add_handle = handles["add"]
+    gm = fxquant.PrepareModelPass()(traced).graph_module
+    add_node = next(n for n in gm.graph.nodes if n.target == "module_add")
+    assert _meta.handle(add_node) == add_handle
+    assert "models.py" in (_meta.source(add_node) or "")
+    all_handles = [_meta.handle(n) for n in gm.graph.nodes]
+    assert None not in all_handles and len(set(all_handles)) == len(all_handles)
+
+
+def test_same_padding_conv_becomes_a_real_conv() -> None:
+    model = SameConvBnReLU6().eval()
+    gm = fxquant.prepare_model(model)
+    conv = gm.get_submodule("conv.module_conv2d")
+    assert isinstance(conv, nn.Conv2d)
+    assert conv.weight is not model.conv.weight  # prepare_model worked on a copy
+    x = torch.randn(1, 3, 15, 17)
+    with torch.no_grad():
+        assert torch.equal(gm(x), model(x))
+    assert "conv.weight" not in dict(gm.named_parameters())  # moved, not duplicated
+
+
+def test_shape_arithmetic_is_not_converted() -> None:
+    class Shapes(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            n = x.size(0) * 2
+            return x.reshape(n // 2, -1) + x.shape[1]
+
+    gm = fxquant.prepare_model(Shapes())
+    kinds = [type(m).__name__ for m in _call_modules(gm).values()]
+    assert kinds == ["Reshape", "Add"]
+    x = torch.randn(3, 4)
+    assert torch.equal(gm(x), Shapes()(x))
+
+
+def test_in_place_ops_keep_their_semantics() -> None:
+    class InPlace(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = x * 2
+            y += 1
+            return F.relu(y, inplace=True)
+
+    gm = fxquant.prepare_model(InPlace())
+    mods = _call_modules(gm)
+    assert isinstance(mods["module_relu"], nn.ReLU) and mods["module_relu"].inplace
+    assert isinstance(mods["module_add"], fxnn.Add)  # fx records `y += 1` as operator.add
+    x = torch.randn(5)
+    assert torch.equal(gm(x), InPlace()(x))
+
+
+def test_modules_to_exclude_are_left_opaque() -> None:
+    model = torchvision.models.resnet18().eval()
+    gm = fxquant.prepare_model(model, modules_to_exclude=[model.layer1[0]],
+                               module_classes_to_exclude=[torchvision.models.resnet.Bottleneck])
+    assert "layer1.0" in [n.target for n in gm.graph.nodes if n.op == "call_module"]
+    gm2 = fxquant.prepare_model(model, modules_to_exclude=["layer2"])
+    assert "layer2" in [n.target for n in gm2.graph.nodes if n.op == "call_module"]
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(gm(x), model(x)) and torch.equal(gm2(x), model(x))
+
+
+def test_unknown_module_to_exclude_is_an_error_with_suggestion() -> None:
+    model = torchvision.models.resnet18()
+    with pytest.raises(ValueError, match=r"modules_to_exclude: 'layer1.0.conv3' is not a "
+                                         r"submodule path.*Did you mean .*'layer1.0.conv1'"):
+        fxquant.prepare_model(model, modules_to_exclude=["layer1.0.conv3"])
+    with pytest.raises(ValueError, match=r"Linear instance is not a submodule of the model"):
+        fxquant.prepare_model(model, modules_to_exclude=[nn.Linear(2, 2)])
+
+
+def test_non_module_input_is_rejected() -> None:
+    with pytest.raises(TypeError, match=r"prepare_model expects a torch.nn.Module, got function"):
+        fxquant.prepare_model(lambda x: x)  # type: ignore[arg-type]
+
+
+def test_prepare_is_idempotent() -> None:
+    gm = fxquant.prepare_model(FunctionalNet().eval())
+    assert not fxquant.PrepareModelPass()(gm).modified
+
+
+def test_functional_module_repr_names_the_function() -> None:
+    assert repr(fxnn.Add(fn=operator.add)) == "Add(_operator.add)"
+    assert repr(fxnn.Reshape(method="view")) == "Reshape(Tensor.view)"
+    with pytest.raises(ValueError, match="needs exactly one of fn or method"):
+        fxnn.Add()

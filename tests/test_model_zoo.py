@@ -1,0 +1,75 @@
+"""Every torchvision classification model: prepare is bit-exact, BN folding keeps numerics."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import fxquant
+from tests.models import randomize_batch_norms
+
+MODELS = sorted(torchvision.models.list_models(module=torchvision.models))
+_FIXED_224 = ("vit", "swin", "maxvit")
+
+
+def _input(name: str) -> torch.Tensor:
+    size = 224 if name.startswith(_FIXED_224) else (80 if name == "inception_v3" else 64)
+    return torch.randn(1, 3, size, size)
+
+
+def _bns_follow_layers(gm: torch.fx.GraphModule) -> bool:
+    layers = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
+              nn.ConvTranspose3d, nn.Linear)
+    modules = dict(gm.named_modules())
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and isinstance(modules[node.target], nn.modules.batchnorm._BatchNorm):
+            src = node.args[0]
+            if not (src.op == "call_module" and isinstance(modules[src.target], layers)
+                    and len(src.users) == 1):
+                return False
+    return True
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", MODELS)
+def test_prepare_and_fold_torchvision(name: str) -> None:
+    torch.manual_seed(0)
+    kwargs = {"aux_logits": False, "init_weights": False} if name in ("inception_v3", "googlenet") else {}
+    model = torchvision.models.get_model(name, weights=None, **kwargs).eval()
+    x = _input(name)
+    with torch.no_grad():
+        expected = model(x)
+        prepared = fxquant.prepare_model(model)
+        assert torch.equal(prepared(x), expected), f"{name}: prepare_model changed the output"
+        all_foldable = _bns_follow_layers(prepared)
+        folded = fxquant.fold_all_batch_norms(prepared)
+        remaining = [n for n, m in prepared.named_modules()
+                     if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if all_foldable:
+            assert not remaining, f"{name}: BNs left after folding: {remaining}"
+        got = prepared(x)
+        if not torch.allclose(got, expected, rtol=1e-4, atol=1e-5):
+            # Deep nets built with weights=None reach logits of ~50, where float32 itself is
+            # ~1e-5 off in absolute terms: then the fold must be no farther from a float64
+            # evaluation of the unfolded model than float32 eager is.
+            reference = copy.deepcopy(model).double()(x.double())
+            eager_err = (expected.double() - reference).abs().max().item()
+            fold_err = (got.double() - reference).abs().max().item()
+            assert fold_err <= 2 * eager_err + 1e-5, (
+                f"{name}: folded output {fold_err:.3g} from the float64 reference, eager float32 "
+                f"{eager_err:.3g}")
+        # the caller's model is untouched by prepare_model / folding the prepared copy
+        assert torch.equal(model(x), expected)
+
+        # Fresh BNs (mean 0, var 1, γ 1, β 0) make the fold nearly an identity; check the fold
+        # arithmetic with non-trivial statistics too. Float32 summation noise compounds with
+        # depth here, so this check is on the relative L2 error of the whole output.
+        randomize_batch_norms(model)
+        expected = model(x)
+        prepared = fxquant.prepare_model(model)
+        fxquant.fold_all_batch_norms(prepared)
+        rel_l2 = ((prepared(x) - expected).norm() / expected.norm()).item()
+        assert rel_l2 < 1e-4, f"{name}: relative L2 error {rel_l2:.2e} after folding"
