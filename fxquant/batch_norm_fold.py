@@ -59,8 +59,10 @@ def fold_all_batch_norms(model: nn.Module,
     prep = PrepareModelPass()(gm)
     split_bns = {n for pair in prep.details["split"] for n in pair}
     _shape_prop(gm, input_shapes, dummy_input)
+    before = {str(n.target): gm.get_submodule(str(n.target))
+              for n in gm.graph.nodes if n.op == "call_module"}
     folded = list(FoldBatchNormPass(skip=frozenset(split_bns))(gm).details["folded"])
-    _write_back(model, gm, folded)
+    _write_back(model, gm, before, folded)
     return folded
 
 
@@ -78,20 +80,28 @@ def _shape_prop(gm: torch.fx.GraphModule, input_shapes: Any, dummy_input: Any) -
         ShapeProp(gm).propagate(*args)
 
 
-def _write_back(model: nn.Module, gm: torch.fx.GraphModule,
+def _write_back(model: nn.Module, gm: torch.fx.GraphModule, before: dict[str, nn.Module],
                 folded: list[tuple[str, str]]) -> None:
-    """Makes ``model`` compute what the folded ``gm`` computes: new biases reach the module that
-    owns the folded weight; folded BNs become ``nn.Identity``."""
+    """Makes ``model`` compute what the folded ``gm`` computes: the folded weights and biases are
+    written into the parameters the model's layers use (the traced layers share them), a new
+    bias goes to the module that owns the weight, and folded BNs become ``nn.Identity``."""
     owners = {}
-    for name, module in model.named_modules():
+    for module in model.modules():
         for pname, param in module.named_parameters(recurse=False):
             owners[id(param)] = (module, pname)
     for layer_name, bn_name in folded:
-        layer = gm.get_submodule(layer_name)
-        owner, pname = owners.get(id(layer.weight), (None, None))
-        if owner is not None and owner is not layer and pname == "weight":
-            if getattr(owner, "bias", None) is None and layer.bias is not None:
-                owner.bias = layer.bias
+        new, old = gm.get_submodule(layer_name), before[layer_name]
+        with torch.no_grad():
+            old.weight.copy_(new.weight)
+            if old.bias is not None:
+                old.bias.copy_(new.bias)
+            else:
+                owner, pname = owners.get(id(old.weight), (old, "weight"))
+                bias = nn.Parameter(new.bias.detach().clone(), requires_grad=old.weight.requires_grad)
+                if pname == "weight" and getattr(owner, "bias", None) is None:
+                    owner.bias = bias
+                if owner is not old:
+                    old.bias = bias
         parent_name, _, attr = bn_name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, attr, nn.Identity())

@@ -8,11 +8,13 @@ Forward fold (BN → conv), per input channel c with s = γ/σ and t = β − μ
 ``W'[:, c] = W[:, c]·s[c]``, ``b' = b + Σ W·t``. Exact only without padding (padded zeros would
 otherwise have to become t) and with groups == 1, so only then; never into ConvTranspose.
 Backward fold wins when both apply. A layer whose output has other users than the BN, or whose
-weight is shared with another module, is left alone. Parameters are updated in place (so a
-model sharing them sees the fold); the BN node is removed.
+weight is shared with another module, is left alone. The folded layer is a new module put in
+place of the old one in the graph module (a model that shares modules with the graph module, as
+``torch.fx`` tracing does, is not changed); the BN node is removed.
 """
 from __future__ import annotations
 
+import copy
 import logging
 from collections import Counter
 from typing import Any
@@ -77,7 +79,7 @@ class FoldBatchNormPass(Pass):
                     and len(node.args) == 1 and _unshared(layer, param_owners)
                     and _layer_channels(layer, output=True) == bn.num_features
                     and _rank_ok(layer, src)):
-                _fold_backward(layer, bn)
+                _fold_backward(_own_copy(gm, modules, str(src.target)), bn)
                 node.replace_all_uses_with(src)
                 gm.graph.erase_node(node)
                 folded.append((str(src.target), str(node.target)))
@@ -91,13 +93,22 @@ class FoldBatchNormPass(Pass):
                     or conv.groups != 1 or not _no_padding(conv) or not _unshared(conv, param_owners)
                     or conv.in_channels != bn.num_features):
                 continue
-            _fold_forward(bn, conv)
+            _fold_forward(bn, _own_copy(gm, modules, str(user.target)))
             node.replace_all_uses_with(node.args[0])
             gm.graph.erase_node(node)
             folded.append((str(user.target), str(node.target)))
         if folded:
             gm.delete_all_unused_submodules()
         return PassResult(gm, bool(folded), {"folded": folded})
+
+
+def _own_copy(gm: torch.fx.GraphModule, modules: dict[str, nn.Module], path: str) -> nn.Module:
+    """Replaces the module at ``path`` in ``gm`` by a copy (fresh parameters) and returns it."""
+    clone = copy.deepcopy(modules[path])
+    parent_path, _, attr = path.rpartition(".")
+    setattr(gm.get_submodule(parent_path) if parent_path else gm, attr, clone)
+    modules[path] = clone
+    return clone
 
 
 def _module(node: Any, modules: dict[str, nn.Module], classes: tuple[type, ...]) -> Any:
