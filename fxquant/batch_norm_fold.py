@@ -67,7 +67,16 @@ def fold_all_batch_norms(model: nn.Module,
 
 
 def _shape_prop(gm: torch.fx.GraphModule, input_shapes: Any, dummy_input: Any) -> None:
+    """Records tensor shapes on the nodes (one forward pass), only when a Linear → BatchNorm pair
+    needs its rank checked."""
     if dummy_input is None and input_shapes is None:
+        return
+    modules = dict(gm.named_modules())
+    if not any(n.op == "call_module" and isinstance(modules.get(n.target), nn.Linear)
+               and any(u.op == "call_module"
+                       and isinstance(modules.get(u.target), nn.modules.batchnorm._BatchNorm)
+                       for u in n.users)
+               for n in gm.graph.nodes):
         return
     if dummy_input is None:
         shapes = input_shapes

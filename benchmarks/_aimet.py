@@ -1,0 +1,45 @@
+"""Runs aimet-torch beside fxquant: finds its python and runs a worker script in a subprocess.
+
+The python comes from $AIMET_PYTHON, else from ../shared/tools/aimet-venv.sh (which builds the
+venv once). When neither is available the benchmarks print fxquant's figures alone.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+from typing import Any
+
+_SCRIPT = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "tools" / "aimet-venv.sh"
+
+
+def aimet_python() -> str | None:
+    """The python of an environment with aimet-torch, or None."""
+    if os.environ.get("AIMET_PYTHON"):
+        return os.environ["AIMET_PYTHON"]
+    if not _SCRIPT.exists():
+        return None
+    try:
+        out = subprocess.run(["bash", str(_SCRIPT)], check=True, capture_output=True, text=True,
+                             timeout=1800)
+    except (subprocess.SubprocessError, OSError) as exc:
+        print(f"aimet-torch unavailable: {exc}", file=sys.stderr)
+        return None
+    return out.stdout.strip().splitlines()[-1]
+
+
+def run_worker(code: str, args: dict[str, Any]) -> dict[str, Any] | None:
+    """Runs ``code`` with AIMET's python; the code reads JSON args from argv[1] and prints one
+    JSON line last. Returns that JSON, or None when AIMET is unavailable or fails."""
+    python = aimet_python()
+    if python is None:
+        return None
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.get("threads", 2)))
+    proc = subprocess.run([python, "-c", code, json.dumps(args)], capture_output=True, text=True,
+                          env=env, timeout=3600)
+    if proc.returncode != 0:
+        print(f"aimet worker failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
+        return None
+    return json.loads(proc.stdout.strip().splitlines()[-1])
