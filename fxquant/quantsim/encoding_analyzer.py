@@ -1,0 +1,635 @@
+"""Calibration: encoding analyzers collect statistics batch by batch and turn them into encodings.
+
+All analyzers keep their statistics on the input's device, never synchronise with the host in
+``update_stats`` (no ``.item()``, no Python branches on tensor values), exclude NaN/Inf values and count
+them (``compute_encoding`` logs a warning naming the layer), and work per tensor or per channel
+(``axis``; every channel gets its own statistics, computed in one batched pass, not a Python loop).
+
+* ``MinMaxEncodingAnalyzer`` ("tf", "min_max"): running min/max.
+* ``TfEnhancedEncodingAnalyzer`` ("tf_enhanced"): AIMET's TF-enhanced search (``SPEC.md`` §5) over a
+  512-bin histogram.
+* ``PercentileEncodingAnalyzer`` ("percentile"): the range between two percentiles of a (2048-bin)
+  histogram; memory stays bounded by the histogram whatever the number of batches.
+* ``MseEncodingAnalyzer`` ("mse"): the clipping range, among 100 fractions of the observed range, with
+  the smallest quantization MSE over a (512-bin) histogram.
+
+Histograms (all histogram analyzers): the first batch's ``[min, max]`` defines the bins; a later batch
+outside it widens the histogram, never beyond 3x the first range (centred on it, as AIMET's
+``[c - 1.5 R, c + 1.5 R]``), re-binning old counts proportionally to the overlap of old and new bins.
+Values beyond that limit land in the edge bins. A first range of zero width (constant or all-zero
+batches) fixes the limit only once a batch with spread arrives.
+
+Example:
+    >>> import torch
+    >>> analyzer = get_encoding_analyzer("tf_enhanced", name="relu1")
+    >>> analyzer.update_stats(torch.randn(1000).relu())
+    >>> enc = analyzer.compute_encoding(bitwidth=8, symmetric=False)
+    >>> int(enc.zero_point)
+    0
+"""
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+from torch import Tensor
+
+from fxquant.errors import ConfigError
+from fxquant.quantsim.encoding import (
+    MIN_SCALE, CalibrationError, QuantEncoding, quant_range, scale_zero_point_from_min_max,
+)
+from fxquant.quantsim.quant_scheme import QuantScheme
+
+__all__ = [
+    "EncodingAnalyzer", "MinMaxEncodingAnalyzer", "TfEnhancedEncodingAnalyzer", "PercentileEncodingAnalyzer",
+    "MseEncodingAnalyzer", "get_encoding_analyzer",
+]
+
+logger = logging.getLogger(__name__)
+
+_INF = float("inf")
+# Elements per chunk of the [channels, candidates, bins] cost computation (bounds temporary memory).
+_COST_CHUNK_ELEMENTS = {"cpu": 1 << 20, "other": 1 << 25}
+
+
+class EncodingAnalyzer:
+    """Base class: per-tensor or per-channel statistics plus ``compute_encoding``.
+
+    Args:
+        axis: channel axis for per-channel statistics; None for per tensor.
+        name: the layer/quantizer name used in messages.
+    """
+
+    def __init__(self, axis: int | None = None, name: str | None = None) -> None:
+        if axis is not None and (isinstance(axis, bool) or not isinstance(axis, int)):
+            raise ConfigError(f"{type(self).__name__} for {name!r}: axis must be an int or None, got {axis!r}")
+        self.axis = axis
+        self.name = name
+        self.reset()
+
+    # -- statistics ---------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Forget all statistics."""
+        self._num_batches = 0
+        self._num_values = 0
+        self._num_channels: int | None = None
+        self._min: Tensor | None = None
+        self._max: Tensor | None = None
+        self._nonfinite: Tensor | None = None
+
+    @property
+    def has_stats(self) -> bool:
+        """True once ``update_stats`` has seen a non-empty tensor."""
+        return self._num_batches > 0
+
+    @property
+    def num_nonfinite(self) -> Tensor:
+        """Number of NaN/Inf values excluded so far (an int64 tensor on the statistics' device)."""
+        return self._nonfinite if self._nonfinite is not None else torch.zeros((), dtype=torch.int64)
+
+    def _label(self) -> str:
+        return f"{type(self).__name__} for {self.name!r}" if self.name else f"unnamed {type(self).__name__}"
+
+    def _flatten(self, x: Tensor) -> Tensor:
+        """``x`` as float32 ``[C, M]`` (C = 1 per tensor)."""
+        if not x.is_floating_point():
+            x = x.to(torch.float32)
+        if self.axis is None:
+            x2 = x.reshape(1, -1)
+        else:
+            if not -x.dim() <= self.axis < max(x.dim(), 1):
+                raise ConfigError(f"{self._label()}: axis {self.axis} is out of range for a tensor of shape "
+                                  f"{tuple(x.shape)}")
+            channels = x.shape[self.axis]
+            x2 = x.movedim(self.axis, 0).reshape(channels, -1)
+        if self._num_channels is not None and x2.shape[0] != self._num_channels:
+            raise ConfigError(f"{self._label()}: got {x2.shape[0]} channels along axis {self.axis}, but earlier "
+                              f"batches had {self._num_channels}")
+        return x2 if x2.dtype == torch.float32 else x2.to(torch.float32)
+
+    @torch.no_grad()
+    def update_stats(self, x: Tensor) -> None:
+        """Add one batch to the statistics (asynchronous on accelerators; NaN/Inf excluded and counted).
+
+        Example:
+            >>> a = MinMaxEncodingAnalyzer()
+            >>> a.update_stats(torch.tensor([1.0, float("nan"), -2.0]))
+            >>> [float(v) for v in a.observed_min_max()], int(a.num_nonfinite)
+            ([-2.0, 1.0], 1)
+        """
+        x2 = self._flatten(x.detach())
+        if x2.numel() == 0:
+            return
+        if self._min is None:
+            channels = x2.shape[0]
+            self._num_channels = channels
+            self._min = torch.full((channels,), _INF, device=x2.device)
+            self._max = torch.full((channels,), -_INF, device=x2.device)
+            self._nonfinite = torch.zeros((), dtype=torch.int64, device=x2.device)
+        self._update(x2)
+        self._num_batches += 1
+        self._num_values += x2.numel()
+
+    def _update(self, x2: Tensor) -> None:
+        raise NotImplementedError
+
+    def _merge_min_max(self, x2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Update the running finite min/max; return this batch's (``+inf``/``-inf`` for no finite value)
+        and a scratch buffer shaped like ``x2``.
+
+        NaN/Inf are masked with ``nan_to_num`` (cheap float passes; boolean masks are several times
+        slower on CPU)."""
+        scratch = torch.nan_to_num(x2, nan=_INF, posinf=_INF, neginf=_INF)
+        batch_min = scratch.amin(dim=1)
+        torch.nan_to_num(x2, nan=-_INF, posinf=-_INF, neginf=-_INF, out=scratch)
+        batch_max = scratch.amax(dim=1)
+        self._min = torch.minimum(self._min, batch_min)
+        self._max = torch.maximum(self._max, batch_max)
+        return batch_min, batch_max, scratch
+
+    def observed_min_max(self) -> tuple[Tensor, Tensor]:
+        """Running min and max of the finite values seen, shape ``[]`` (per tensor) or ``[C]``.
+
+        Channels without any finite value report ``(0, 0)``.
+
+        Raises:
+            CalibrationError: no statistics yet.
+        """
+        self._require_stats()
+        empty = self._min > self._max
+        mn = torch.where(empty, 0.0, self._min)
+        mx = torch.where(empty, 0.0, self._max)
+        return self._shape_out(mn), self._shape_out(mx)
+
+    def _shape_out(self, t: Tensor) -> Tensor:
+        return t.reshape(()) if self.axis is None else t
+
+    def _require_stats(self) -> None:
+        if not self.has_stats:
+            raise CalibrationError(f"{self._label()} has no statistics: call update_stats() with calibration "
+                                   f"data (run sim.compute_encodings) before compute_encoding()")
+
+    # -- encodings ----------------------------------------------------------------------------------
+    def compute_encoding(self, bitwidth: int, symmetric: bool, strict: bool = False,
+                         signed: bool | None = None) -> QuantEncoding:
+        """Turn the statistics into an encoding.
+
+        Args:
+            bitwidth: 2-32.
+            symmetric: symmetric encoding (zero point 0).
+            strict: strict symmetric grid.
+            signed: grid signedness; default ``symmetric``.
+
+        Raises:
+            CalibrationError: no statistics yet.
+
+        Example:
+            >>> a = MinMaxEncodingAnalyzer(axis=0)
+            >>> a.update_stats(torch.tensor([[0.0, 2.55], [-1.0, 3.0]]))
+            >>> a.compute_encoding(8, symmetric=False).zero_point.tolist()
+            [0, 64]
+        """
+        self._require_stats()
+        signed = symmetric if signed is None else bool(signed)
+        qmin, qmax = quant_range(bitwidth, signed, symmetric, strict)
+        self._warn_nonfinite()
+        scale, zero_point = self._compute(qmin, qmax, symmetric, signed)
+        return QuantEncoding(scale=self._shape_out(scale), zero_point=self._shape_out(zero_point),
+                             bitwidth=bitwidth, signed=signed, symmetric=symmetric, strict=strict, axis=self.axis)
+
+    def _compute(self, qmin: int, qmax: int, symmetric: bool, signed: bool) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def _warn_nonfinite(self) -> None:
+        excluded = int(self._nonfinite)
+        if excluded:
+            logger.warning("%s: %d of %d calibration values were NaN or Inf; they were excluded and the encoding "
+                           "uses the finite values only (check the layer for overflow or invalid inputs)",
+                           self._label(), excluded, self._num_values)
+        empty = int((self._min > self._max).sum())
+        if empty:
+            logger.warning("%s: %d channel(s) had no finite calibration value; they get a minimal encoding "
+                           "around 0", self._label(), empty)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(axis={self.axis}, name={self.name!r})"
+
+
+class MinMaxEncodingAnalyzer(EncodingAnalyzer):
+    """Min-max ("tf") calibration: the encoding covers the running min and max (widened to include 0).
+
+    Example:
+        >>> a = MinMaxEncodingAnalyzer()
+        >>> a.update_stats(torch.tensor([-1.0, 3.0]))
+        >>> round(float(a.compute_encoding(8, symmetric=False).max), 3)
+        2.996
+    """
+
+    def _update(self, x2: Tensor) -> None:
+        _, _, scratch = self._merge_min_max(x2)
+        # x - x is 0 for finite values and NaN for NaN/Inf: count them without a boolean mask
+        indicator = torch.sub(x2, x2, out=scratch).nan_to_num_(nan=1.0)
+        self._nonfinite += indicator.sum(dtype=torch.float64).to(torch.int64)
+
+    def _compute(self, qmin: int, qmax: int, symmetric: bool, signed: bool) -> tuple[Tensor, Tensor]:
+        mn, mx = self.observed_min_max()
+        return scale_zero_point_from_min_max(mn, mx, qmin, qmax, symmetric=symmetric, signed=signed)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Histograms
+# ---------------------------------------------------------------------------------------------------
+def _bincount(index: Tensor, length: int) -> Tensor:
+    """Counts of ``index`` values in ``[0, length)`` without a host sync (bincount syncs on CUDA)."""
+    if index.device.type == "cpu":
+        return torch.bincount(index, minlength=length)
+    ones = torch.ones((), dtype=torch.int64, device=index.device).expand(index.numel())
+    return torch.zeros(length, dtype=torch.int64, device=index.device).scatter_add_(0, index, ones)
+
+
+class _HistogramAnalyzer(EncodingAnalyzer):
+    """Per-channel histograms (``[C, num_bins]`` float64 counts) that widen as described in the module doc."""
+
+    _WIDEN_LIMIT = 3.0
+
+    def __init__(self, axis: int | None = None, name: str | None = None, *, num_bins: int = 512) -> None:
+        if isinstance(num_bins, bool) or not isinstance(num_bins, int) or num_bins < 2:
+            raise ConfigError(f"{type(self).__name__} for {name!r}: num_bins must be an int >= 2, got {num_bins!r}")
+        self.num_bins = num_bins
+        super().__init__(axis=axis, name=name)
+
+    def reset(self) -> None:
+        super().reset()
+        self._lo: Tensor | None = None      # histogram extent [C]; +inf/-inf while empty
+        self._hi: Tensor | None = None
+        self._limit_lo: Tensor | None = None  # widening limit, fixed by the first range with spread
+        self._limit_hi: Tensor | None = None
+        self._limit_fixed: Tensor | None = None
+        self._counts: Tensor | None = None
+
+    def _update(self, x2: Tensor) -> None:
+        channels, bins = x2.shape[0], self.num_bins
+        if self._counts is None:
+            dev = x2.device
+            self._lo = torch.full((channels,), _INF, device=dev)
+            self._hi = torch.full((channels,), -_INF, device=dev)
+            self._limit_lo = torch.full((channels,), -_INF, device=dev)
+            self._limit_hi = torch.full((channels,), _INF, device=dev)
+            self._limit_fixed = torch.zeros(channels, dtype=torch.bool, device=dev)
+            self._counts = torch.zeros(channels, bins, dtype=torch.float64, device=dev)
+        batch_min, batch_max, scratch = self._merge_min_max(x2)
+        new_lo, new_hi = self._widen(batch_min, batch_max)
+        self._counts = self._rebin(new_lo, new_hi)
+        self._lo, self._hi = new_lo, new_hi
+        hist, excluded = self._histogram(x2, scratch)
+        self._counts += hist
+        self._nonfinite += excluded
+
+    def _widen(self, batch_min: Tensor, batch_max: Tensor) -> tuple[Tensor, Tensor]:
+        lo = torch.minimum(self._lo, batch_min)
+        hi = torch.maximum(self._hi, batch_max)
+        width = hi - lo                                   # -inf while empty
+        fix = ~self._limit_fixed & (width > 0) & torch.isfinite(width)
+        centre = lo * 0.5 + hi * 0.5
+        half = width * (self._WIDEN_LIMIT / 2)
+        self._limit_lo = torch.where(fix, centre - half, self._limit_lo)
+        self._limit_hi = torch.where(fix, centre + half, self._limit_hi)
+        self._limit_fixed = self._limit_fixed | fix
+        return torch.maximum(lo, self._limit_lo), torch.minimum(hi, self._limit_hi)
+
+    @staticmethod
+    def _extent(lo: Tensor, hi: Tensor, bins: int) -> tuple[Tensor, Tensor]:
+        """Sanitised (start, bin width): (0, 0) for empty extents."""
+        valid = hi >= lo
+        start = torch.where(valid, lo, 0.0)
+        width = torch.where(valid, (hi - lo) / bins, 0.0)
+        return start, torch.nan_to_num(width, nan=0.0, posinf=0.0)
+
+    def _rebin(self, new_lo: Tensor, new_hi: Tensor) -> Tensor:
+        """Old counts redistributed onto the (wider) new bins, proportionally to the overlap."""
+        bins, counts = self.num_bins, self._counts
+        old_start, old_w = (t.double() for t in self._extent(self._lo, self._hi, bins))
+        new_start, new_w = (t.double() for t in self._extent(new_lo, new_hi, bins))
+        left = old_start[:, None] + torch.arange(bins, device=counts.device, dtype=torch.float64) * old_w[:, None]
+        inv_new = torch.where(new_w > 0, 1.0 / torch.where(new_w > 0, new_w, 1.0), 0.0)
+        j = torch.floor((left - new_start[:, None]) * inv_new[:, None]).clamp_(0, bins - 1)
+        boundary = new_start[:, None] + (j + 1) * new_w[:, None]
+        safe_old_w = torch.where(old_w > 0, old_w, 1.0)[:, None]
+        frac = torch.where(old_w[:, None] > 0, ((boundary - left) / safe_old_w).clamp_(0, 1), 1.0)
+        first = counts * frac
+        j = j.long()
+        out = torch.zeros_like(counts).scatter_add_(1, j, first)
+        out.scatter_add_(1, (j + 1).clamp_(max=bins - 1), counts - first)
+        unchanged = (self._lo == new_lo) & (self._hi == new_hi)
+        return torch.where(unchanged[:, None], counts, out)
+
+    def _histogram(self, x2: Tensor, scratch: Tensor) -> tuple[Tensor, Tensor]:
+        """This batch's ``[C, bins]`` counts over the current extent, and the number of excluded values.
+
+        NaN/Inf become NaN, survive the clamp and land in an extra slot per channel that counts them."""
+        channels, bins = x2.shape[0], self.num_bins
+        start, width = self._extent(self._lo, self._hi, bins)
+        inv = 1.0 / torch.where(width > 0, width, 1.0)
+        inv = torch.where((width > 0) & torch.isfinite(inv), inv, 0.0)
+        pos = torch.nan_to_num(x2, nan=math.nan, posinf=math.nan, neginf=math.nan, out=scratch)
+        pos.sub_(start[:, None]).mul_(inv[:, None]).clamp_(0, bins - 1).nan_to_num_(nan=float(bins))
+        on_cpu = x2.device.type == "cpu"
+        index = pos.to(torch.int32 if on_cpu and channels * (bins + 1) < 2 ** 31 else torch.int64)
+        if channels > 1:
+            index += torch.arange(0, channels * (bins + 1), bins + 1, device=x2.device,
+                                  dtype=index.dtype)[:, None]
+        hist = _bincount(index.reshape(-1), channels * (bins + 1)).reshape(channels, bins + 1)
+        return hist[:, :bins], hist[:, bins].sum()
+
+    def histogram(self) -> tuple[Tensor, Tensor]:
+        """The accumulated histogram: ``(counts [C, bins] float64, bin edges [C, bins + 1] float32)``.
+
+        Per-tensor analyzers return C = 1.
+        """
+        self._require_stats()
+        start, width = self._extent(self._lo, self._hi, self.num_bins)
+        edges = start[:, None] + torch.arange(self.num_bins + 1, device=start.device) * width[:, None]
+        return self._counts.clone(), edges
+
+    def _centres(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Bin centres ``[C, bins]`` (float32, ascending), histogram start and bin width ``[C]``."""
+        start, width = self._extent(self._lo, self._hi, self.num_bins)
+        idx = torch.arange(self.num_bins, device=start.device, dtype=torch.float32) + 0.5
+        return start[:, None] + idx * width[:, None], start, width
+
+
+def _candidate_costs(centres: Tensor, start: Tensor, width: Tensor, counts: Tensor, scale: Tensor,
+                     zero_point: Tensor, qmin: int, qmax: int, gamma: float = 1.0) -> Tensor:
+    """Weighted squared quantization error of every candidate encoding over the histogram.
+
+    ``cost[c, k] = sum_b counts[c, b] * err[c, k, b]^2 * (gamma if bin b clips else 1)`` where
+    ``err = qdq(centres[c, b]; scale[c, k], zero_point[c, k]) - centres[c, b]`` with the fake-quant
+    arithmetic of ``quantize_dequantize``. The clipped part is added as
+    ``(gamma - 1) * sum over clipped bins`` using prefix sums over the bin centres (bins below
+    ``(qmin - z - 1/2) s`` or above ``(qmax - z + 1/2) s`` clip; the centres being evenly spaced, where
+    those thresholds fall is computed, not searched).
+
+    Args:
+        centres: ``[C, B]`` float32, ``start + (i + 1/2) * width``.
+        start: ``[C]`` histogram start.
+        width: ``[C]`` bin width (0 for a degenerate histogram).
+        counts: ``[C, B]`` counts.
+        scale: ``[C, K]`` float32 candidate scales.
+        zero_point: ``[C, K]`` candidate zero points (integers, on the grid ``[qmin, qmax]``).
+
+    Returns:
+        ``[C, K]`` float64 costs.
+    """
+    channels, num_cand = scale.shape
+    bins = centres.shape[1]
+    counts32 = counts.to(torch.float32)
+    zp = zero_point.to(torch.float32)
+    key = "cpu" if centres.device.type == "cpu" else "other"
+    step = max(1, _COST_CHUNK_ELEMENTS[key] // max(1, num_cand * bins))
+    main = []
+    # one scratch buffer for all chunks: fresh multi-MB allocations page-fault on every chunk
+    work = torch.empty(min(step, channels), num_cand, bins, device=centres.device)
+    for c0 in range(0, channels, step):
+        c1 = min(channels, c0 + step)
+        s, z, c = scale[c0:c1, :, None], zp[c0:c1, :, None], centres[c0:c1, None, :]
+        err = torch.div(c, s, out=work[:c1 - c0])
+        err.round_().add_(z).clamp_(qmin, qmax).sub_(z).mul_(s).sub_(c)
+        main.append(err.square_().mul_(counts32[c0:c1, None, :]).sum(-1))
+    cost = torch.cat(main).to(torch.float64)
+    if gamma == 1.0:
+        return cost
+    # (gamma - 1) * clipped error, from prefix sums of counts, counts*c and counts*c^2 (float64)
+    c64, n64 = centres.double(), counts.double()
+    zeros = torch.zeros(channels, 1, dtype=torch.float64, device=centres.device)
+    p0 = torch.cat([zeros, n64.cumsum(1)], 1)
+    p1 = torch.cat([zeros, (n64 * c64).cumsum(1)], 1)
+    p2 = torch.cat([zeros, (n64 * c64 * c64).cumsum(1)], 1)
+    s64, z64 = scale.double(), zero_point.double()
+    v_lo, v_hi = (qmin - z64) * s64, (qmax - z64) * s64
+    start64, width64 = start.double()[:, None], width.double()[:, None]
+    spread = width64 > 0
+    safe_width = torch.where(spread, width64, 1.0)
+
+    def num_centres_below(threshold: Tensor, inclusive: bool) -> Tensor:   # centres < (<=) threshold
+        pos = (threshold - start64) / safe_width - 0.5
+        n = torch.floor(pos) + 1 if inclusive else torch.ceil(pos)
+        point = (start64 <= threshold) if inclusive else (start64 < threshold)
+        n = torch.where(spread, n, torch.where(point, float(bins), 0.0))
+        return torch.nan_to_num(n, nan=0.0).clamp_(0, bins).long()
+
+    i_lo = num_centres_below((qmin - z64 - 0.5) * s64, inclusive=False)
+    i_hi = num_centres_below((qmax - z64 + 0.5) * s64, inclusive=True)
+
+    def range_cost(a: Tensor, b: Tensor, v: Tensor) -> Tensor:   # sum_{a <= i < b} n (c - v)^2
+        s0 = p0.gather(1, b) - p0.gather(1, a)
+        s1 = p1.gather(1, b) - p1.gather(1, a)
+        s2 = p2.gather(1, b) - p2.gather(1, a)
+        return (s2 - 2 * v * s1 + v * v * s0).clamp_(min=0)
+
+    full = torch.full_like(i_hi, bins)
+    clipped = range_cost(torch.zeros_like(i_lo), i_lo, v_lo) + range_cost(torch.maximum(i_hi, i_lo), full, v_hi)
+    return cost + (gamma - 1.0) * clipped
+
+
+def _select(costs: Tensor, scale: Tensor, zero_point: Tensor) -> tuple[Tensor, Tensor]:
+    best = costs.argmin(dim=1, keepdim=True)
+    return scale.gather(1, best).squeeze(1), zero_point.gather(1, best).squeeze(1)
+
+
+class TfEnhancedEncodingAnalyzer(_HistogramAnalyzer):
+    """AIMET's TF-enhanced calibration (``SPEC.md`` §5), vectorised over candidates and channels.
+
+    On the unsigned view of the grid (N = qmax - qmin steps, offset o = -zero point):
+
+    * asymmetric: with the observed range ``[m, M]`` (histogram extent, widened to include 0) mapped to
+      the grid (``Δ0 = (M - m) / N``, ``o0 = round(m / Δ0)``), candidates are 17 step sizes
+      ``Δ0 * k / 16`` (k = 1..17) x 22 offsets (``round(-N + N * i / 20)``, i = 0..20, plus ``o0``). As in
+      AIMET, each candidate's range ``[oΔ, oΔ + NΔ]`` is then clamped to the observed one and its step
+      size and offset recomputed, so no candidate spends levels outside the data;
+    * symmetric (signed grid): 101 step sizes ``2 max(|m|, |M|) / N * k / 100`` (k = 1..101) with the
+      offset fixed at the grid's (``qmin``); unsigned symmetric: ``M / N * k / 100``, offset 0.
+
+    Each candidate's cost is ``sum count * err^2`` over the bin centres, with the error of clipped bins
+    weighted by ``gamma`` (3); the cheapest wins and gives ``min = oΔ``, ``max = min + NΔ``.
+    Differences from AIMET's C++ code: the observed range comes from exact running min/max (clipped
+    to the histogram) instead of bin left edges, and the clipped cost uses the clamped value rather
+    than the centre of the edge bin.
+
+    Args:
+        axis: per-channel axis or None.
+        name: layer name for messages.
+        num_bins: histogram bins (512).
+        gamma: weight of clipping error (3.0).
+    """
+
+    def __init__(self, axis: int | None = None, name: str | None = None, *, num_bins: int = 512,
+                 gamma: float = 3.0) -> None:
+        super().__init__(axis=axis, name=name, num_bins=num_bins)
+        self.gamma = float(gamma)
+
+    def _compute(self, qmin: int, qmax: int, symmetric: bool, signed: bool) -> tuple[Tensor, Tensor]:
+        steps = qmax - qmin
+        centres, start, width = self._centres()
+        obs_lo = start.double().clamp(max=0.0)
+        obs_hi = torch.maximum((start + width * self.num_bins).double().clamp(min=0.0), obs_lo + steps * MIN_SCALE)
+        dev = centres.device
+        if symmetric:
+            k = torch.arange(1, 102, device=dev, dtype=torch.float64) / 100
+            if signed:
+                delta_max = 2 * torch.maximum(obs_hi, -obs_lo) / steps
+                offset = torch.full_like(delta_max, float(qmin))[:, None].expand(-1, k.numel())
+            else:
+                delta_max = obs_hi / steps
+                offset = torch.zeros(delta_max.shape[0], k.numel(), dtype=torch.float64, device=dev)
+            delta = (delta_max[:, None] * k).clamp(min=MIN_SCALE)
+        else:
+            delta, offset = self._asymmetric_candidates(obs_lo, obs_hi, steps)
+        scale = delta.to(torch.float32)
+        zp_unsigned = -offset                                  # zero point on the grid [0, N]
+        costs = _candidate_costs(centres, start, width, self._counts, scale, zp_unsigned, 0, steps, self.gamma)
+        best_scale, best_zp = _select(costs, scale, zp_unsigned.double())
+        if symmetric:
+            return best_scale, torch.zeros_like(best_zp)
+        return best_scale, best_zp + qmin
+
+    @staticmethod
+    def _asymmetric_candidates(obs_lo: Tensor, obs_hi: Tensor, steps: int) -> tuple[Tensor, Tensor]:
+        """``(delta, offset)`` ``[C, 17 * 22]`` float64, clamped to the observed range."""
+        dev = obs_lo.device
+        delta_obs = (obs_hi - obs_lo) / steps
+        offset_obs = torch.round(obs_lo / delta_obs)
+        grid_lo = offset_obs * delta_obs
+        grid_hi = grid_lo + steps * delta_obs
+        k = torch.arange(1, 18, device=dev, dtype=torch.float64) / 16
+        deltas = delta_obs[:, None, None] * k[None, :, None]                                   # [C, 17, 1]
+        spread = torch.round(-steps + steps * torch.arange(21, device=dev, dtype=torch.float64) / 20)
+        offsets = torch.cat([spread.expand(obs_lo.shape[0], -1), offset_obs[:, None]], 1)[:, None, :]
+        cand_lo = torch.maximum(deltas * offsets, grid_lo[:, None, None])                    # [C, 17, 22]
+        cand_hi = torch.minimum(deltas * offsets + steps * deltas, grid_hi[:, None, None])
+        delta = ((cand_hi - cand_lo) / steps).clamp(min=MIN_SCALE)
+        delta = delta.to(torch.float32).double()           # the scale the encoding will carry
+        offset = torch.round(cand_lo / delta).clamp(-steps, 0)
+        return delta.flatten(1), offset.flatten(1)
+
+
+class PercentileEncodingAnalyzer(_HistogramAnalyzer):
+    """Percentile calibration: the range between the (100 - p)-th and p-th percentiles.
+
+    Percentiles are read from the accumulated histogram (2048 bins by default) with linear
+    interpolation inside a bin, so memory stays bounded. ``percentile=100`` uses the exact running
+    min/max (identical to min-max calibration).
+
+    Args:
+        percentile: in (50, 100]; default 99.99.
+        axis, name, num_bins: as for the other analyzers.
+
+    Example:
+        >>> a = PercentileEncodingAnalyzer(percentile=99.0)
+        >>> a.update_stats(torch.linspace(0, 1, 10001))
+        >>> round(float(a.observed_min_max()[1]), 2), round(float(a.percentile_range()[1]), 2)
+        (1.0, 0.99)
+    """
+
+    def __init__(self, percentile: float = 99.99, axis: int | None = None, name: str | None = None, *,
+                 num_bins: int = 2048) -> None:
+        super().__init__(axis=axis, name=name, num_bins=num_bins)
+        if isinstance(percentile, bool) or not isinstance(percentile, (int, float)) or not (
+                50 < percentile <= 100):
+            raise ConfigError(f"{self._label()}: percentile must be in (50, 100], got {percentile!r}")
+        self.percentile = float(percentile)
+
+    def percentile_range(self) -> tuple[Tensor, Tensor]:
+        """The (lower, upper) percentile values, shape ``[]`` or ``[C]``."""
+        self._require_stats()
+        if self.percentile == 100:
+            return self.observed_min_max()
+        counts = self._counts
+        start, width = (t.double() for t in self._extent(self._lo, self._hi, self.num_bins))
+        cdf = counts.cumsum(1)
+        total = cdf[:, -1:]
+        fraction = self.percentile / 100
+
+        def value_at(target: Tensor) -> Tensor:
+            idx = torch.searchsorted(cdf, target, side="left").clamp_(max=self.num_bins - 1)
+            before = torch.where(idx > 0, cdf.gather(1, (idx - 1).clamp(min=0)), 0.0)
+            inside = counts.gather(1, idx)
+            part = torch.where(inside > 0, (target - before) / torch.where(inside > 0, inside, 1.0), 1.0)
+            return (start[:, None] + (idx + part.clamp(0, 1)) * width[:, None]).squeeze(1)
+
+        lower = value_at(total * (1 - fraction))
+        upper = value_at(total * fraction)
+        mn, mx = (t.double().reshape(-1) for t in self.observed_min_max())
+        lower = torch.minimum(torch.maximum(lower, mn), mx).to(torch.float32)
+        upper = torch.minimum(torch.maximum(upper, mn), mx).to(torch.float32)
+        return self._shape_out(lower), self._shape_out(upper)
+
+    def _compute(self, qmin: int, qmax: int, symmetric: bool, signed: bool) -> tuple[Tensor, Tensor]:
+        lower, upper = self.percentile_range()
+        return scale_zero_point_from_min_max(lower, upper, qmin, qmax, symmetric=symmetric, signed=signed)
+
+
+class MseEncodingAnalyzer(_HistogramAnalyzer):
+    """MSE calibration: the clipping range with the smallest quantization MSE over the histogram.
+
+    Candidates are ``num_candidates`` (100) fractions ``k / num_candidates`` of the observed range
+    ``[min, max]`` (widened to include 0; both ends scaled), each turned into an encoding as min-max
+    calibration would; the cost is ``sum count * err^2`` over the bin centres (clipping error unweighted).
+
+    Args:
+        axis, name: as for the other analyzers.
+        num_bins: histogram bins (512).
+        num_candidates: clipping fractions tried (100).
+    """
+
+    def __init__(self, axis: int | None = None, name: str | None = None, *, num_bins: int = 512,
+                 num_candidates: int = 100) -> None:
+        super().__init__(axis=axis, name=name, num_bins=num_bins)
+        if isinstance(num_candidates, bool) or not isinstance(num_candidates, int) or num_candidates < 1:
+            raise ConfigError(f"{self._label()}: num_candidates must be a positive int, got {num_candidates!r}")
+        self.num_candidates = num_candidates
+
+    def _compute(self, qmin: int, qmax: int, symmetric: bool, signed: bool) -> tuple[Tensor, Tensor]:
+        centres, start, width = self._centres()
+        frac = torch.arange(1, self.num_candidates + 1, device=start.device, dtype=torch.float64) / self.num_candidates
+        cand_lo = start.double().clamp(max=0.0)[:, None] * frac
+        cand_hi = (start + width * self.num_bins).double().clamp(min=0.0)[:, None] * frac
+        scale, zero_point = scale_zero_point_from_min_max(cand_lo, cand_hi, qmin, qmax, symmetric=symmetric,
+                                                          signed=signed)
+        costs = _candidate_costs(centres, start, width, self._counts, scale, zero_point, qmin, qmax)
+        return _select(costs, scale, zero_point)
+
+
+_ANALYZERS = {
+    "tf": MinMaxEncodingAnalyzer,
+    "tf_enhanced": TfEnhancedEncodingAnalyzer,
+    "percentile": PercentileEncodingAnalyzer,
+    "mse": MseEncodingAnalyzer,
+}
+
+
+def get_encoding_analyzer(scheme: QuantScheme | str, axis: int | None = None, name: str | None = None,
+                          **kwargs: object) -> EncodingAnalyzer:
+    """Build the analyzer for a quantization scheme.
+
+    Args:
+        scheme: a ``QuantScheme`` (range-learning schemes give their initialisation analyzer) or one of
+            "tf", "min_max", "tf_enhanced", "percentile", "mse" or a full scheme name.
+        axis: per-channel axis or None.
+        name: layer name used in messages.
+        **kwargs: analyzer options, e.g. ``percentile=99.9`` or ``num_bins=1024``.
+
+    Raises:
+        ConfigError: unknown scheme (the message lists the valid ones) or an option the analyzer lacks.
+
+    Example:
+        >>> type(get_encoding_analyzer("percentile", percentile=99.9)).__name__
+        'PercentileEncodingAnalyzer'
+    """
+    cls = _ANALYZERS[QuantScheme.parse(scheme).calibration]
+    try:
+        return cls(axis=axis, name=name, **kwargs)
+    except TypeError as e:
+        raise ConfigError(f"{cls.__name__} (scheme {scheme!r}) does not accept the options {sorted(kwargs)}: {e}"
+                          ) from e
+

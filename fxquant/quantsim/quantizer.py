@@ -1,0 +1,694 @@
+"""Fake quantization, bit-exact with ONNX QuantizeLinear/DequantizeLinear, and the quantizer modules.
+
+Arithmetic (``SPEC.md`` §1), computed in float32 (float64 for float64 inputs; float16/bfloat16 inputs
+are cast to float32 and the result cast back)::
+
+    q  = clamp(round_half_to_even(x / scale) + zero_point, qmin, qmax)     # a true division
+    x' = (q - zero_point) * scale
+
+Gradients (straight-through estimator, LSQ-style range learning; ``r = round(x / s)``,
+``q = r + z`` before clamping, "inside" means ``qmin <= q <= qmax``)::
+
+    d x'/d x = 1 inside, 0 outside
+    d x'/d s = r - x / s inside,  clamp(q, qmin, qmax) - z outside
+    d x'/d z = 0 inside,          -s outside
+
+The zero point ``z`` enters the forward pass rounded (and clamped to the grid); its gradient passes
+that rounding straight through. Per-channel gradients of ``s`` and ``z`` are summed over all other axes.
+
+Example:
+    >>> import torch
+    >>> x = torch.tensor([-1.0, 0.0, 0.26, 0.25, 9.0])
+    >>> quantize_dequantize(x, torch.tensor(0.5), torch.tensor(2.0), 0, 15).tolist()
+    [-1.0, 0.0, 0.5, 0.0, 6.5]
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from fxquant.errors import ConfigError
+from fxquant.quantsim.encoding import MIN_SCALE, CalibrationError, QuantEncoding, quant_range
+from fxquant.quantsim.encoding_analyzer import EncodingAnalyzer, get_encoding_analyzer
+from fxquant.quantsim.quant_scheme import QuantizationDataType, QuantScheme
+
+__all__ = [
+    "quantize_dequantize", "quantize", "dequantize", "QuantizerBase", "AffineQuantizer", "FloatQuantizer",
+    "create_quantizer", "BITWIDTH_RANGES",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Valid integer bit widths per quantizer kind (inclusive).
+BITWIDTH_RANGES: dict[str, tuple[int, int]] = {"param": (2, 32), "activation": (4, 32)}
+
+_INT32_MIN, _INT32_MAX = -(1 << 31), (1 << 31) - 1
+
+
+# ---------------------------------------------------------------------------------------------------
+# Functional arithmetic
+# ---------------------------------------------------------------------------------------------------
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    if not x.is_floating_point():
+        raise TypeError(f"fake quantization needs a floating-point tensor, got dtype {x.dtype}")
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _check_grid(qmin: int, qmax: int) -> None:
+    if not qmin < qmax:
+        raise ConfigError(f"qmin ({qmin}) must be smaller than qmax ({qmax})")
+
+
+def _along_axis(t: Tensor, x: Tensor, axis: int | None, what: str) -> Tensor:
+    """Reshape a per-channel ``[C]`` tensor so that it broadcasts along ``axis`` of ``x``."""
+    if axis is None:
+        if t.numel() != 1:
+            raise ConfigError(f"per-tensor quantization (axis=None) needs a single {what}, got shape "
+                              f"{tuple(t.shape)}; pass axis=<channel axis> for per-channel values")
+        return t.reshape(())
+    ndim = x.dim()
+    if not -ndim <= axis < ndim:
+        raise ConfigError(f"axis {axis} is out of range for a tensor of shape {tuple(x.shape)}")
+    ax = axis % ndim
+    if t.numel() == 1 and t.dim() == 0:
+        return t
+    if t.numel() != x.shape[ax]:
+        raise ConfigError(f"{what} has {t.numel()} channels but the tensor has {x.shape[ax]} along axis "
+                          f"{axis} (shape {tuple(x.shape)}); use the axis of the channel dimension")
+    shape = [1] * ndim
+    shape[ax] = -1
+    return t.reshape(shape)
+
+
+def _prepare(x: Tensor, scale: Tensor | float, zero_point: Tensor | float, axis: int | None,
+             ) -> tuple[Tensor, Tensor, Tensor]:
+    dtype = _compute_dtype(x)
+    xc = x if x.dtype == dtype else x.to(dtype)
+    # scale and zero point always become tensors on x's device: a CPU scalar divisor makes CUDA multiply
+    # by a reciprocal instead of dividing, which breaks parity on ties.
+    s = torch.as_tensor(scale).to(device=x.device, dtype=dtype)
+    z = torch.as_tensor(zero_point).to(device=x.device, dtype=dtype)
+    return xc, _along_axis(s, x, axis, "scale"), _along_axis(z, x, axis, "zero_point")
+
+
+class _FakeQuantSTE(torch.autograd.Function):
+    """Quantize-dequantize with the straight-through / LSQ gradients of the module docstring."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int) -> Tensor:
+        ctx.qrange = (qmin, qmax)
+        ctx.save_for_backward(x, scale, zero_point)
+        return torch.round(x / scale).add_(zero_point).clamp_(qmin, qmax).sub_(zero_point).mul_(scale)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        x, scale, zero_point = ctx.saved_tensors
+        qmin, qmax = ctx.qrange
+        u = x / scale
+        r = torch.round(u)
+        q = r + zero_point
+        inside = (q >= qmin) & (q <= qmax)
+        grad_x = grad_s = grad_z = None
+        if ctx.needs_input_grad[0]:
+            grad_x = grad.masked_fill(~inside, 0.0)
+        if ctx.needs_input_grad[1]:
+            d_s = torch.where(inside, r - u, q.clamp(qmin, qmax) - zero_point)
+            grad_s = (grad * d_s).sum_to_size(scale.shape)
+        if ctx.needs_input_grad[2]:
+            grad_z = (grad.masked_fill(inside, 0.0) * -scale).sum_to_size(zero_point.shape)
+        return grad_x, grad_s, grad_z, None, None
+
+
+def quantize_dequantize(x: Tensor, scale: Tensor | float, zero_point: Tensor | float, qmin: int, qmax: int,
+                        axis: int | None = None) -> Tensor:
+    """Fake-quantize ``x``: ONNX QuantizeLinear followed by DequantizeLinear, bit for bit.
+
+    Differentiable with the straight-through estimator (and LSQ gradients for ``scale`` and
+    ``zero_point`` when they require grad); see the module docstring for the formulas.
+
+    Args:
+        x: floating-point input of any shape and device.
+        scale: float scale, shape ``[]`` or ``[C]`` (per channel along ``axis``).
+        zero_point: integer-valued zero point (any numeric dtype), same shape as ``scale``.
+        qmin: smallest integer of the grid, e.g. 0 (uint8) or -128 (int8).
+        qmax: largest integer of the grid, e.g. 255 or 127.
+        axis: channel axis for per-channel scales (0 for Conv/Linear weights, 1 for ConvTranspose).
+
+    Returns:
+        A tensor shaped and typed like ``x``.
+
+    Example:
+        >>> w = torch.tensor([[0.30, -0.26], [1.0, 2.0]])
+        >>> quantize_dequantize(w, torch.tensor([0.1, 1.0]), torch.tensor([0, 0]), -128, 127, axis=0)
+        tensor([[ 0.3000, -0.3000],
+                [ 1.0000,  2.0000]])
+    """
+    _check_grid(qmin, qmax)
+    xc, s, z = _prepare(x, scale, zero_point, axis)
+    if torch.is_grad_enabled() and (xc.requires_grad or s.requires_grad or z.requires_grad):
+        out = _FakeQuantSTE.apply(xc, s, z, qmin, qmax)
+    else:
+        out = torch.round(xc / s).add_(z).clamp_(qmin, qmax).sub_(z).mul_(s)
+    return out if out.dtype == x.dtype else out.to(x.dtype)
+
+
+def quantize(x: Tensor, scale: Tensor | float, zero_point: Tensor | float, qmin: int, qmax: int,
+             axis: int | None = None) -> Tensor:
+    """ONNX QuantizeLinear: ``clamp(round_half_to_even(x / scale) + zero_point, qmin, qmax)``.
+
+    Returns:
+        int32 tensor (int64 when the grid does not fit int32, e.g. unsigned 32-bit). Saturation is exact
+        in integers even where float32 cannot represent ``qmax``.
+
+    Example:
+        >>> quantize(torch.tensor([0.25, 0.75, 99.0]), 0.5, 3, 0, 7).tolist()
+        [3, 5, 7]
+    """
+    _check_grid(qmin, qmax)
+    with torch.no_grad():
+        xc, s, z = _prepare(x, scale, zero_point, axis)
+        q = torch.round(xc / s).add_(z).clamp_(qmin, qmax).to(torch.int64).clamp_(qmin, qmax)
+    return q.to(torch.int32) if _INT32_MIN <= qmin and qmax <= _INT32_MAX else q
+
+
+def dequantize(q: Tensor, scale: Tensor | float, zero_point: Tensor | int, axis: int | None = None) -> Tensor:
+    """ONNX DequantizeLinear: ``(q - zero_point) * scale`` with the subtraction done in integers.
+
+    Returns:
+        float32 tensor shaped like ``q``.
+
+    Example:
+        >>> dequantize(torch.tensor([3, 5, 7]), 0.5, 3).tolist()
+        [0.0, 1.0, 2.0]
+    """
+    s = torch.as_tensor(scale).to(device=q.device, dtype=torch.float32)
+    z = torch.as_tensor(zero_point).to(device=q.device)
+    z = torch.round(z).to(torch.int64) if z.is_floating_point() else z.to(torch.int64)
+    s, z = _along_axis(s, q, axis, "scale"), _along_axis(z, q, axis, "zero_point")
+    return (q.to(torch.int64) - z).to(torch.float32) * s
+
+
+def _ste_round(t: Tensor) -> Tensor:
+    """``round(t)`` forward, identity gradient."""
+    return t + (torch.round(t) - t).detach()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Quantizer modules
+# ---------------------------------------------------------------------------------------------------
+def _validate_bitwidth(bitwidth: Any, kind: str, label: str) -> int:
+    lo, hi = BITWIDTH_RANGES[kind]
+    if isinstance(bitwidth, bool) or not isinstance(bitwidth, int) or not lo <= bitwidth <= hi:
+        raise ConfigError(f"{label}: bitwidth {bitwidth!r} is not valid for a {kind} quantizer; valid bit "
+                          f"widths are {lo}-{hi} (integer), or 16 with data_type='float'")
+    return bitwidth
+
+
+class _Grid(NamedTuple):
+    bitwidth: int
+    signed: bool
+    symmetric: bool
+    strict: bool
+
+
+class QuantizerBase(nn.Module):
+    """Common interface of all quantizers: a named module with ``enabled`` and a calibration mode.
+
+    Attributes:
+        kind: "param" or "activation" (selects the valid bit widths: 2-32 and 4-32).
+        name: the quantizer's name, used in messages (e.g. "layer1.0.conv1.weight").
+        enabled: when False the quantizer is the identity.
+        calibrating: when True ``forward`` feeds its input to the encoding analyzer and returns it
+            unquantized (see ``calibration()``).
+    """
+
+    def __init__(self, *, kind: str = "activation", name: str = "", enabled: bool = True) -> None:
+        super().__init__()
+        if kind not in BITWIDTH_RANGES:
+            raise ConfigError(f"quantizer {name!r}: kind {kind!r} is not valid; use 'param' or 'activation'")
+        self.kind = kind
+        self.name = name
+        self.enabled = bool(enabled)
+        self.calibrating = False
+        self._frozen = False
+
+    def _label(self) -> str:
+        return f"quantizer {self.name!r}" if self.name else f"unnamed {type(self).__name__}"
+
+    @property
+    def encoding(self) -> QuantEncoding | None:
+        """The current encoding, or None when there is none (not computed yet, or not applicable)."""
+        return None
+
+    @property
+    def is_initialized(self) -> bool:
+        """True when ``forward`` can quantize (an encoding exists, or none is needed)."""
+        return True
+
+    @property
+    def is_frozen(self) -> bool:
+        """True when ``compute_encoding`` leaves the encoding alone."""
+        return self._frozen
+
+    def freeze_encoding(self) -> None:
+        """Keep the current encoding: later calibration neither collects statistics nor overwrites it."""
+        self._frozen = True
+
+    def unfreeze_encoding(self) -> None:
+        """Undo ``freeze_encoding``."""
+        self._frozen = False
+
+    def set_encoding(self, encoding: QuantEncoding) -> None:
+        """Install ``encoding`` (explicit calls work on frozen quantizers too)."""
+        raise ConfigError(f"{self._label()} takes no encoding")
+
+    def compute_encoding(self) -> None:
+        """Compute the encoding from the statistics collected while calibrating (no-op when frozen)."""
+
+    def _start_calibration(self) -> None:
+        """Hook: called when a ``calibration()`` block starts."""
+
+    def _finish_calibration(self) -> None:
+        """Hook: called when a ``calibration()`` block ends without an exception."""
+
+    @contextlib.contextmanager
+    def calibration(self, *, compute: bool = True) -> Iterator[QuantizerBase]:
+        """Collect statistics for the duration of the block, then compute the encoding.
+
+        Inside the block ``forward`` returns its input unquantized and feeds it to the encoding analyzer
+        (statistics are reset on entry). On a clean exit the encoding is computed when ``compute`` is True
+        and the quantizer saw data; a quantizer that saw none keeps its encoding and logs a warning.
+
+        Example:
+            >>> q = AffineQuantizer(8, name="act")
+            >>> with q.calibration():
+            ...     _ = q(torch.tensor([0.0, 1.0]))
+            >>> q.encoding.bitwidth
+            8
+        """
+        self._start_calibration()
+        self.calibrating = True
+        try:
+            yield self
+        finally:
+            self.calibrating = False
+        if compute:
+            self._finish_calibration()
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, kind={self.kind}, enabled={self.enabled}"
+
+
+class AffineQuantizer(QuantizerBase):
+    """Integer (affine) fake quantizer with a calibrated, optionally learned, encoding.
+
+    ``scale`` and ``zero_point`` are registered as float32 buffers (the zero point holds integer values)
+    so that ``state_dict()`` round-trips them; with ``learn_range=True`` they are ``nn.Parameter``s
+    trained by any optimizer (the zero point only for asymmetric encodings; it is rounded in the forward
+    pass with a straight-through gradient). Both are None until an encoding is computed or set. The grid
+    (bit width, signedness, symmetry) of the stored encoding travels in the state dict's extra state.
+
+    Args:
+        bitwidth: integer bit width; params 2-32, activations 4-32.
+        symmetric: symmetric encodings (zero point 0, signed grid unless ``signed=False``).
+        strict_symmetric: drop the most negative value of the signed symmetric grid.
+        signed: force a signed/unsigned grid; None = signed iff symmetric.
+        unsigned_symmetric: symmetric encodings of non-negative data use the unsigned grid (AIMET).
+        axis: per-channel axis (0 for Conv/Linear weights, 1 for ConvTranspose weights), None = per tensor.
+        quant_scheme: calibration scheme (``QuantScheme`` or "tf", "min_max", "tf_enhanced",
+            "percentile", "mse"); range-learning schemes imply ``learn_range=True``.
+        encoding_analyzer: an analyzer to use instead of the one ``quant_scheme`` selects.
+        learn_range: make scale and zero point trainable; None = as the scheme says.
+        kind: "param" or "activation".
+        name: name used in messages.
+        enabled: False makes the quantizer the identity.
+
+    Changing ``bitwidth``, ``symmetric``, ``strict_symmetric`` or ``signed`` drops the current encoding
+    (compute it again); on a frozen quantizer it is an error.
+
+    Example:
+        >>> q = AffineQuantizer(8, symmetric=True, axis=0, kind="param", name="conv.weight")
+        >>> w = torch.randn(4, 3, 3, 3)
+        >>> with q.calibration():
+        ...     _ = q(w)
+        >>> bool((q(w) - w).abs().max() <= q.encoding.scale.max() / 2)
+        True
+    """
+
+    def __init__(self, bitwidth: int = 8, *, symmetric: bool = False, strict_symmetric: bool = False,
+                 signed: bool | None = None, unsigned_symmetric: bool = False, axis: int | None = None,
+                 quant_scheme: QuantScheme | str = QuantScheme.post_training_tf,
+                 encoding_analyzer: EncodingAnalyzer | None = None, learn_range: bool | None = None,
+                 kind: str = "activation", name: str = "", enabled: bool = True) -> None:
+        super().__init__(kind=kind, name=name, enabled=enabled)
+        scheme = QuantScheme.parse(quant_scheme)
+        if axis is not None and (isinstance(axis, bool) or not isinstance(axis, int)):
+            raise ConfigError(f"{self._label()}: axis must be an int or None, got {axis!r}")
+        self._bitwidth = _validate_bitwidth(bitwidth, kind, self._label())
+        self._symmetric = bool(symmetric)
+        self._strict = bool(strict_symmetric)
+        self._signed = None if signed is None else bool(signed)
+        self.unsigned_symmetric = bool(unsigned_symmetric)
+        self.axis = axis
+        self.quant_scheme = scheme
+        self.encoding_analyzer = encoding_analyzer if encoding_analyzer is not None else \
+            get_encoding_analyzer(scheme, axis=axis, name=name or None)
+        self._learn_range = scheme.learns_range if learn_range is None else bool(learn_range)
+        self._grid: _Grid | None = None
+        self._qrange = (0, 0)
+        self.register_buffer("scale", None)
+        self.register_buffer("zero_point", None)
+        # follows .to(device) so that encodings set later land on the module's device; not saved.
+        self.register_buffer("_device_anchor", torch.empty(0), persistent=False)
+
+    # -- configuration ------------------------------------------------------------------------------
+    data_type = QuantizationDataType.int
+
+    def _config_changes(self, what: str, old: Any, new: Any) -> None:
+        if old == new:
+            return
+        if self._frozen:
+            raise ConfigError(f"{self._label()} has a frozen encoding; call unfreeze_encoding() before "
+                              f"changing {what}")
+        if self.scale is not None:
+            logger.info("%s: %s changed from %r to %r; its encoding was dropped, compute it again",
+                        self._label(), what, old, new)
+            self._drop_encoding()
+
+    @property
+    def bitwidth(self) -> int:
+        """Integer bit width (params 2-32, activations 4-32)."""
+        return self._bitwidth
+
+    @bitwidth.setter
+    def bitwidth(self, value: int) -> None:
+        value = _validate_bitwidth(value, self.kind, self._label())
+        self._config_changes("bitwidth", self._bitwidth, value)
+        self._bitwidth = value
+
+    @property
+    def symmetric(self) -> bool:
+        """Symmetric encodings (zero point 0)."""
+        return self._symmetric
+
+    @symmetric.setter
+    def symmetric(self, value: bool) -> None:
+        self._config_changes("symmetric", self._symmetric, bool(value))
+        self._symmetric = bool(value)
+
+    @property
+    def strict_symmetric(self) -> bool:
+        """Strict symmetric grid (no most negative value)."""
+        return self._strict
+
+    @strict_symmetric.setter
+    def strict_symmetric(self, value: bool) -> None:
+        self._config_changes("strict_symmetric", self._strict, bool(value))
+        self._strict = bool(value)
+
+    @property
+    def signed(self) -> bool | None:
+        """Forced grid signedness, or None (signed iff symmetric)."""
+        return self._signed
+
+    @signed.setter
+    def signed(self, value: bool | None) -> None:
+        value = None if value is None else bool(value)
+        self._config_changes("signed", self._signed, value)
+        self._signed = value
+
+    @property
+    def learn_range(self) -> bool:
+        """Scale (and the asymmetric zero point) are trainable ``nn.Parameter``s."""
+        return self._learn_range
+
+    @learn_range.setter
+    def learn_range(self, value: bool) -> None:
+        self._learn_range = bool(value)
+        if self.scale is not None:
+            self._store(self.scale.detach().clone(), self.zero_point.detach().clone())
+
+    # -- encoding -----------------------------------------------------------------------------------
+    @property
+    def is_initialized(self) -> bool:
+        return self.scale is not None
+
+    @property
+    def encoding(self) -> QuantEncoding | None:
+        if self.scale is None or self._grid is None:
+            return None
+        qmin, qmax = self._qrange
+        zp = torch.round(self.zero_point.detach()).clamp(qmin, qmax)
+        return QuantEncoding(scale=self.scale.detach().clone(), zero_point=zp, bitwidth=self._grid.bitwidth,
+                             signed=self._grid.signed, symmetric=self._grid.symmetric, strict=self._grid.strict,
+                             axis=self.axis)
+
+    @property
+    def qmin(self) -> int:
+        """Smallest grid integer of the current encoding (of the configuration when there is none)."""
+        return self._qrange[0] if self._grid is not None else quant_range(*self._config_grid())[0]
+
+    @property
+    def qmax(self) -> int:
+        """Largest grid integer of the current encoding (of the configuration when there is none)."""
+        return self._qrange[1] if self._grid is not None else quant_range(*self._config_grid())[1]
+
+    def _config_grid(self) -> tuple[int, bool, bool, bool]:
+        signed = self._symmetric if self._signed is None else self._signed
+        return self._bitwidth, signed, self._symmetric, self._strict
+
+    def set_encoding(self, encoding: QuantEncoding) -> None:
+        """Install ``encoding``; the quantizer adopts its bit width, signedness and symmetry.
+
+        Raises:
+            ConfigError: the encoding's axis differs from the quantizer's, or its bit width is invalid
+                for this kind of quantizer.
+
+        Example:
+            >>> q = AffineQuantizer(8, name="x")
+            >>> q.set_encoding(QuantEncoding.from_min_max(0.0, 2.55, bitwidth=8, symmetric=False))
+            >>> q(torch.tensor([0.123, 9.0]))
+            tensor([0.1200, 2.5500])
+        """
+        if not isinstance(encoding, QuantEncoding):
+            raise ConfigError(f"{self._label()}: set_encoding expects a QuantEncoding, got "
+                              f"{type(encoding).__name__}")
+        if encoding.axis != self.axis:
+            raise ConfigError(f"{self._label()} quantizes along axis {self.axis}, but the encoding has axis "
+                              f"{encoding.axis}")
+        _validate_bitwidth(encoding.bitwidth, self.kind, self._label())
+        self._bitwidth, self._symmetric = encoding.bitwidth, encoding.symmetric
+        if encoding.symmetric and encoding.signed:
+            self._strict = encoding.strict
+        self._set_grid(_Grid(encoding.bitwidth, encoding.signed, encoding.symmetric, encoding.strict))
+        self._store(encoding.scale, encoding.zero_point.to(torch.float32))
+
+    def _set_grid(self, grid: _Grid) -> None:
+        self._grid = grid
+        self._qrange = quant_range(grid.bitwidth, grid.signed, grid.symmetric, grid.strict)
+
+    def _store(self, scale: Tensor, zero_point: Tensor) -> None:
+        device = self._device_anchor.device
+        symmetric = self._grid.symmetric if self._grid is not None else self._symmetric
+        self._store_one("scale", scale.to(device=device, dtype=torch.float32), self._learn_range)
+        self._store_one("zero_point", zero_point.to(device=device, dtype=torch.float32),
+                        self._learn_range and not symmetric)
+
+    def _store_one(self, name: str, value: Tensor, learnable: bool) -> None:
+        current = getattr(self, name)
+        if (current is not None and current.shape == value.shape
+                and isinstance(current, nn.Parameter) == learnable):
+            with torch.no_grad():
+                current.copy_(value)
+            return
+        self._parameters.pop(name, None)
+        self._buffers.pop(name, None)
+        if learnable:
+            self.register_parameter(name, nn.Parameter(value.detach().clone(), requires_grad=not self._frozen))
+        else:
+            self.register_buffer(name, value.detach().clone())
+
+    def _drop_encoding(self) -> None:
+        for name in ("scale", "zero_point"):
+            self._parameters.pop(name, None)
+            self._buffers.pop(name, None)
+            self.register_buffer(name, None)
+        self._grid = None
+
+    def freeze_encoding(self) -> None:
+        """Keep the current encoding (also stops range learning on it).
+
+        Raises:
+            CalibrationError: there is no encoding to freeze.
+        """
+        if self.scale is None:
+            raise CalibrationError(f"{self._label()} has no encoding to freeze; compute or set one first")
+        super().freeze_encoding()
+        for p in (self.scale, self.zero_point):
+            if isinstance(p, nn.Parameter):
+                p.requires_grad_(False)
+
+    def unfreeze_encoding(self) -> None:
+        super().unfreeze_encoding()
+        for p in (self.scale, self.zero_point):
+            if isinstance(p, nn.Parameter):
+                p.requires_grad_(True)
+
+    def _resolve_signed(self) -> bool:
+        if self._signed is not None:
+            return self._signed
+        if self._symmetric and self.unsigned_symmetric:
+            observed_min, _ = self.encoding_analyzer.observed_min_max()
+            return not bool((observed_min >= 0).all())
+        return self._symmetric
+
+    def compute_encoding(self) -> None:
+        """Compute and install the encoding from the analyzer's statistics (no-op when frozen).
+
+        Raises:
+            CalibrationError: no statistics were collected (the quantizer saw no data).
+        """
+        if self._frozen:
+            logger.debug("%s is frozen; compute_encoding keeps its encoding", self._label())
+            return
+        if not self.encoding_analyzer.has_stats:
+            raise CalibrationError(
+                f"{self._label()} collected no statistics: run calibration data through the model inside "
+                f"sim.compute_encodings(...) (the quantizer must be reached by the forward pass) before "
+                f"computing its encoding")
+        encoding = self.encoding_analyzer.compute_encoding(
+            self._bitwidth, self._symmetric, strict=self._strict, signed=self._resolve_signed())
+        self.set_encoding(encoding)
+
+    def _start_calibration(self) -> None:
+        if not self._frozen:
+            self.encoding_analyzer.reset()
+
+    def _finish_calibration(self) -> None:
+        if self._frozen:
+            return
+        if not self.encoding_analyzer.has_stats:
+            logger.warning("%s saw no data during calibration; its encoding was left %s", self._label(),
+                           "unchanged" if self.scale is not None else "unset")
+            return
+        self.compute_encoding()
+
+    # -- state dict ---------------------------------------------------------------------------------
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"grid": None if self._grid is None else list(self._grid), "frozen": self._frozen}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        grid = state.get("grid")
+        if grid is not None:
+            self._set_grid(_Grid(int(grid[0]), bool(grid[1]), bool(grid[2]), bool(grid[3])))
+        frozen = bool(state.get("frozen", False))
+        if frozen and self.scale is not None:
+            self.freeze_encoding()
+        elif not frozen and self._frozen:
+            self.unfreeze_encoding()
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, local_metadata: dict[str, Any],
+                              strict: bool, missing_keys: list[str], unexpected_keys: list[str],
+                              error_msgs: list[str]) -> None:
+        # Materialise scale/zero_point (absent until an encoding exists) so the default loader can copy
+        # into them; the grid comes from the extra state.
+        extra = state_dict.get(prefix + "_extra_state")
+        if isinstance(extra, dict) and extra.get("grid") is not None:
+            self._frozen = False
+            self.set_extra_state({"grid": extra["grid"]})
+        scale, zero_point = state_dict.get(prefix + "scale"), state_dict.get(prefix + "zero_point")
+        if isinstance(scale, Tensor) and isinstance(zero_point, Tensor):
+            if self._grid is None:
+                self._set_grid(_Grid(*self._config_grid()))
+            self._store(torch.zeros(scale.shape), torch.zeros(zero_point.shape))
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+    # -- forward ------------------------------------------------------------------------------------
+    def forward(self, x: Tensor) -> Tensor:
+        """Fake-quantize ``x`` (identity when disabled; pass-through plus statistics when calibrating).
+
+        Raises:
+            CalibrationError: no encoding yet (call ``sim.compute_encodings`` first).
+        """
+        if not self.enabled:
+            return x
+        if self.calibrating:
+            if not self._frozen:
+                self.encoding_analyzer.update_stats(x.detach())
+            return x
+        scale, zero_point = self.scale, self.zero_point
+        if scale is None:
+            raise CalibrationError(
+                f"{self._label()} has no encoding yet: call sim.compute_encodings(...) (or calibrate it and "
+                f"call compute_encoding(), or set_encoding()) before running the model")
+        qmin, qmax = self._qrange
+        if isinstance(scale, nn.Parameter):
+            scale = scale.clamp_min(MIN_SCALE)
+        if isinstance(zero_point, nn.Parameter):
+            zero_point = _ste_round(zero_point).clamp(qmin, qmax)
+        return quantize_dequantize(x, scale, zero_point, qmin, qmax, axis=self.axis)
+
+    def extra_repr(self) -> str:
+        parts = [f"bitwidth={self._bitwidth}", f"symmetric={self._symmetric}"]
+        if self._strict:
+            parts.append("strict_symmetric=True")
+        if self.axis is not None:
+            parts.append(f"axis={self.axis}")
+        if self._learn_range:
+            parts.append("learn_range=True")
+        parts.append(f"scheme={self.quant_scheme.name}")
+        if self.scale is None:
+            parts.append("encoding=None")
+        if self._frozen:
+            parts.append("frozen=True")
+        return f"{super().extra_repr()}, " + ", ".join(parts)
+
+
+class FloatQuantizer(QuantizerBase):
+    """Float16 simulation: a float16 cast round trip (``x.half().float()``); needs no encoding.
+
+    Example:
+        >>> FloatQuantizer(16)(torch.tensor([1.0 + 2 ** -12])).item()
+        1.0
+    """
+
+    data_type = QuantizationDataType.float
+
+    def __init__(self, bitwidth: int = 16, *, kind: str = "activation", name: str = "", enabled: bool = True
+                 ) -> None:
+        super().__init__(kind=kind, name=name, enabled=enabled)
+        if bitwidth != 16:
+            raise ConfigError(f"{self._label()}: data_type='float' supports bitwidth 16 (float16) only, got "
+                              f"{bitwidth!r}")
+        self.bitwidth = 16
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.enabled or self.calibrating or not x.is_floating_point() or x.dtype == torch.float16:
+            return x
+        return x.to(torch.float16).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, bitwidth=16, data_type=float"
+
+
+def create_quantizer(bitwidth: int = 8, *, data_type: QuantizationDataType | str = QuantizationDataType.int,
+                     **kwargs: Any) -> QuantizerBase:
+    """Build an ``AffineQuantizer`` (``data_type="int"``) or a ``FloatQuantizer`` (``"float"``, bitwidth 16).
+
+    Float quantizers accept only the ``kind``, ``name`` and ``enabled`` keyword arguments; the others are
+    ignored for them.
+
+    Example:
+        >>> type(create_quantizer(16, data_type="float")).__name__
+        'FloatQuantizer'
+    """
+    if QuantizationDataType.parse(data_type) is QuantizationDataType.float:
+        common = {k: kwargs[k] for k in ("kind", "name", "enabled") if k in kwargs}
+        return FloatQuantizer(bitwidth, **common)
+    return AffineQuantizer(bitwidth, **kwargs)

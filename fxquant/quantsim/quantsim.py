@@ -1,0 +1,346 @@
+"""QuantizationSimModel: the quantization simulation of a model, built on one FX graph.
+
+``sim = QuantizationSimModel(model, dummy_input)`` prepares a copy of the model (functionals →
+modules, reused modules split), folds its batch norms, and inserts quantizers where the quantsim
+config says (:class:`~fxquant.passes.insert_quantizers.InsertQuantizersPass`). ``sim.model`` is the
+resulting GraphModule: ``print(sim.model.code)`` shows every activation quantizer; parameter
+quantizers are parametrizations of their layers (``sim.model.conv1.parametrizations.weight[0]``).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import inspect
+import logging
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.fx
+from torch import nn
+from torch.fx.passes.shape_prop import ShapeProp
+from torch.nn.utils import parametrize
+from tqdm.auto import tqdm
+
+from fxquant import _meta
+from fxquant.errors import ConfigError
+from fxquant.passes.base import Sequential
+from fxquant.passes.fold_batchnorm import FoldBatchNormPass
+from fxquant.passes.insert_quantizers import QUANTIZES, InsertQuantizersPass, param_quantizers
+from fxquant.passes.prepare import PrepareModelPass
+from fxquant.quantsim.bias import Int32BiasQuantizer, find_input_quantizer
+from fxquant.quantsim.config import load_config
+from fxquant.quantsim.encoding_analyzer import PercentileEncodingAnalyzer
+from fxquant.quantsim.policy import ConfigPolicy, QuantSimSettings
+from fxquant.quantsim.quant_scheme import QuantizationDataType, QuantScheme
+from fxquant.quantsim.quantizer import QuantizerBase
+from fxquant.tracing import trace
+
+__all__ = ["QuantizationSimModel", "QuantizerRef"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizerRef:
+    """One quantizer of a sim and what it quantizes.
+
+    Attributes:
+        name: the tensor it quantizes under fxquant's naming: the model input name (``"x"``),
+            the layer name for an output (``"layer1.0.conv1"``), ``"<layer>.<param>"`` for a
+            parameter (``"layer1.0.conv1.weight"``). These are also the tensor and initializer
+            names of the exported ONNX model.
+        kind: "input", "output" or "param".
+        layer: the layer (module path) it belongs to ("" for a model input).
+        quantizer: the quantizer module.
+        module_path: where the quantizer module lives in ``sim.model``.
+    """
+
+    name: str
+    kind: str
+    layer: str
+    quantizer: QuantizerBase
+    module_path: str
+
+
+def _as_args(dummy_input: Any) -> tuple[Any, ...]:
+    if isinstance(dummy_input, tuple):
+        return dummy_input
+    if isinstance(dummy_input, list) and all(isinstance(t, torch.Tensor) for t in dummy_input):
+        return tuple(dummy_input)
+    return (dummy_input,)
+
+
+def _signature(model: nn.Module) -> str:
+    try:
+        return f"{type(model).__name__}.forward{inspect.signature(model.forward)}"
+    except (TypeError, ValueError):
+        return f"{type(model).__name__}.forward(...)"
+
+
+class QuantizationSimModel:
+    """Simulates on the FX graph what an integer (or float16) target will compute.
+
+    Args:
+        model: the float model (eval mode: its batch norms are folded with their statistics).
+        dummy_input: an example input (a tensor, or a tuple of the forward's positional args).
+        quant_scheme: calibration scheme, a :class:`QuantScheme` or one of "tf", "min_max",
+            "tf_enhanced", "percentile", "mse", or a range-learning scheme name.
+        default_output_bw: activation bit width (4–32).
+        default_param_bw: parameter bit width (2–32).
+        in_place: build the sim on ``model`` itself instead of a copy (its modules are shared).
+        config_file: an AIMET quantsim config (path or dict), "default", "per_tensor", or None
+            for the built-in default (per-channel symmetric weights, asymmetric activations).
+        default_data_type: ``QuantizationDataType.int`` or ``.float`` (16-bit float only).
+        fold_batch_norms: fold BNs into their conv/linear before inserting quantizers.
+        quantize_bias: simulate int32 bias (scale = input scale × weight scale) as integer
+            targets do; None follows the config's ``params.bias.is_quantized``.
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``.
+        ValueError: ``dummy_input`` does not fit the model's forward (the message shows it).
+        ConfigError: bad bit width, scheme or config (the message names the valid values).
+
+    Example:
+        >>> sim = QuantizationSimModel(model, torch.randn(1, 3, 224, 224), quant_scheme="tf")
+        >>> sim.compute_encodings(lambda m: m(calibration_batch))
+        >>> logits = sim.model(x)
+        >>> sim.export("out", "resnet18", torch.randn(1, 3, 224, 224))
+    """
+
+    def __init__(self, model: nn.Module, dummy_input: Any,
+                 quant_scheme: QuantScheme | str = QuantScheme.post_training_tf_enhanced,
+                 default_output_bw: int = 8, default_param_bw: int = 8, in_place: bool = False,
+                 config_file: Any = None,
+                 default_data_type: QuantizationDataType | str = QuantizationDataType.int, *,
+                 fold_batch_norms: bool = True, quantize_bias: bool | None = None) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"QuantizationSimModel expects a torch.nn.Module, "
+                            f"got {type(model).__qualname__}")
+        self.settings = QuantSimSettings(
+            quant_scheme=QuantScheme.parse(quant_scheme), default_output_bw=default_output_bw,
+            default_param_bw=default_param_bw,
+            default_data_type=QuantizationDataType.parse(default_data_type))
+        self.config = load_config(config_file)
+        self.fold_batch_norms = fold_batch_norms
+        self.quantize_bias = quantize_bias
+        args = _as_args(dummy_input)
+        self._check_signature(model, args)
+        policy = ConfigPolicy(self.config, self.settings)
+        policy.validate()  # bit widths and data type, before any graph work
+        gm = trace(model if in_place else _copy(model))
+        passes = [PrepareModelPass()]
+        if fold_batch_norms:
+            passes.append(FoldBatchNormPass())
+        gm = Sequential(*passes)(gm).graph_module
+        self._propagate_shapes(model, gm, args)
+        self._insert = InsertQuantizersPass(policy)(gm)
+        self.model: torch.fx.GraphModule = self._insert.graph_module
+        wants_bias = (self.config.settings_for_op(None).param("bias").is_quantized
+                      if quantize_bias is None else quantize_bias)
+        self._bias_quantized = bool(wants_bias) and (
+            self.settings.default_data_type is QuantizationDataType.int)
+        if self._bias_quantized:
+            self._add_bias_quantizers()
+        self._encodings_computed = False
+
+    # -- construction helpers ------------------------------------------------------------------
+    @staticmethod
+    def _check_signature(model: nn.Module, args: tuple[Any, ...]) -> None:
+        try:
+            inspect.signature(model.forward).bind(*args)
+        except TypeError as exc:
+            raise ValueError(
+                f"dummy_input does not match the model's forward: {exc}. Expected "
+                f"{_signature(model)}; got {len(args)} positional input(s) "
+                f"({', '.join(type(a).__name__ for a in args)}). Pass a tuple for several "
+                "inputs.") from exc
+        except ValueError:  # builtins without a signature: let the forward pass decide
+            pass
+
+    @staticmethod
+    def _propagate_shapes(model: nn.Module, gm: torch.fx.GraphModule,
+                          args: tuple[Any, ...]) -> None:
+        prop = _ShapeProp(gm)
+        try:
+            with torch.no_grad():
+                prop.propagate(*args)
+        except Exception as exc:
+            cause = exc.__cause__ or exc
+            where = ""
+            if prop.current is not None:
+                src = _meta.source(prop.current)
+                where = (f" at {_meta.module_path(prop.current) or prop.current.name!r}"
+                         + (f" ({src})" if src else ""))
+            raise ValueError(
+                f"the model cannot run on dummy_input{where}: {type(cause).__name__}: "
+                f"{str(cause).splitlines()[0] if str(cause) else ''}. Expected "
+                f"{_signature(model)} with inputs of the shapes the model accepts; got "
+                f"{_describe(args)}.") from exc
+
+    def _add_bias_quantizers(self) -> None:
+        modules = dict(self.model.named_modules())
+        for node in self.model.graph.nodes:
+            if node.op != "call_module" or _meta.get(node, _meta.ROLE) != _meta.ROLE_OP:
+                continue
+            module = modules[str(node.target)]
+            pq = param_quantizers(module)
+            if "weight" not in pq or getattr(module, "bias", None) is None:
+                continue
+            input_q = find_input_quantizer(self.model, node)
+            if input_q is None:
+                logger.info("bias of %s stays float: its input is not quantized", node.target)
+                continue
+            parametrize.register_parametrization(
+                module, "bias", Int32BiasQuantizer(input_q, pq["weight"], f"{node.target}.bias"),
+                unsafe=True)
+
+    # -- quantizers ----------------------------------------------------------------------------
+    def quantizers(self) -> list[QuantizerRef]:
+        """Every quantizer of the sim, in graph order (inputs, then per layer params and output).
+
+        Example:
+            >>> [(q.name, q.kind) for q in sim.quantizers()][:3]
+            [('x', 'input'), ('conv1.weight', 'param'), ('conv1', 'output')]
+        """
+        refs: list[QuantizerRef] = []
+        modules = dict(self.model.named_modules())
+        for node in self.model.graph.nodes:
+            role = _meta.get(node, _meta.ROLE)
+            if role == _meta.ROLE_QUANTIZER:
+                layer = _meta.get(node, _meta.LAYER_NAME)
+                kind = _meta.get(node, QUANTIZES)
+                refs.append(QuantizerRef(layer, kind, "" if kind == "input" else layer,
+                                         modules[str(node.target)], str(node.target)))
+            elif role == _meta.ROLE_OP and node.op == "call_module":
+                module = modules[str(node.target)]
+                for pname, quantizer in param_quantizers(module).items():
+                    if isinstance(quantizer, QuantizerBase):
+                        refs.append(QuantizerRef(f"{node.target}.{pname}", "param",
+                                                 str(node.target), quantizer,
+                                                 f"{node.target}.parametrizations.{pname}.0"))
+        return refs
+
+    def quantizer(self, name: str) -> QuantizerBase:
+        """The quantizer of tensor ``name`` (see :meth:`quantizers` for the names).
+
+        Raises:
+            KeyError: no quantizer has that name (the message lists close ones).
+        """
+        refs = {q.name: q.quantizer for q in self.quantizers()}
+        if name not in refs:
+            import difflib
+
+            close = difflib.get_close_matches(name, list(refs), n=5)
+            raise KeyError(f"no quantizer named {name!r}; close: {close or sorted(refs)[:5]}")
+        return refs[name]
+
+    def bias_quantizers(self) -> dict[str, Int32BiasQuantizer]:
+        """``{"<layer>.bias": quantizer}`` of the simulated int32 biases (empty when off)."""
+        out = {}
+        for name, module in self.model.named_modules():
+            for pname, quantizer in param_quantizers(module).items():
+                if isinstance(quantizer, Int32BiasQuantizer):
+                    out[f"{name}.{pname}"] = quantizer
+        return out
+
+    def set_percentile_value(self, percentile: float) -> None:
+        """Sets the percentile of every percentile-calibrated quantizer (e.g. 99.99).
+
+        Raises:
+            ConfigError: ``percentile`` outside (50, 100].
+        """
+        if isinstance(percentile, bool) or not isinstance(percentile, (int, float)) or not (
+                50 < percentile <= 100):
+            raise ConfigError(f"set_percentile_value: percentile must be in (50, 100], "
+                              f"got {percentile!r}")
+        for ref in self.quantizers():
+            analyzer = getattr(ref.quantizer, "encoding_analyzer", None)
+            if isinstance(analyzer, PercentileEncodingAnalyzer):
+                analyzer.percentile = float(percentile)
+
+    # -- calibration ---------------------------------------------------------------------------
+    def compute_encodings(self, forward_pass_callback: Callable[..., Any],
+                          forward_pass_callback_args: Any = None) -> None:
+        """Calibrates every quantizer.
+
+        Parameter encodings are computed from the weights first; then the callback runs the
+        model (``cb(sim.model)`` or ``cb(sim.model, args)``) with weights fake-quantized and
+        activations observed, and activation encodings are computed from what was seen.
+        A progress bar counts the forward passes.
+
+        Example:
+            >>> def calibrate(model, batches):
+            ...     for x in batches:
+            ...         model(x)
+            >>> sim.compute_encodings(calibrate, batches)
+        """
+        refs = self.quantizers()
+        params = [r for r in refs if r.kind == "param"]
+        activations = [r for r in refs if r.kind != "param"]
+        modules = dict(self.model.named_modules())
+        with torch.no_grad():
+            for ref in params:
+                owner = modules[ref.layer]
+                original = owner.parametrizations[ref.name.rsplit(".", 1)[1]].original
+                with ref.quantizer.calibration():
+                    ref.quantizer(original)
+        progress = tqdm(desc="calibration forward passes", unit="batch", leave=False,
+                        disable=None)
+        hook = self.model.register_forward_pre_hook(lambda *_: progress.update(1))
+        try:
+            with contextlib.ExitStack() as stack:
+                for ref in activations:
+                    stack.enter_context(ref.quantizer.calibration())
+                stack.enter_context(torch.no_grad())
+                stack.enter_context(parametrize.cached())
+                if forward_pass_callback_args is None:
+                    forward_pass_callback(self.model)
+                else:
+                    forward_pass_callback(self.model, forward_pass_callback_args)
+        finally:
+            hook.remove()
+            progress.close()
+        self._encodings_computed = True
+        logger.info("computed encodings of %d quantizers over %d forward passes", len(refs),
+                    progress.n)
+
+    # -- persistence and export ----------------------------------------------------------------
+    def export(self, path: str, filename_prefix: str, dummy_input: Any,
+               onnx_export_args: dict[str, Any] | None = None,
+               encoding_version: str = "1.0.0") -> dict[str, str]:
+        """Writes ``<prefix>.onnx``, ``<prefix>.encodings``, ``<prefix>_qdq.onnx`` and
+        ``<prefix>.pth`` to ``path``; see :func:`fxquant.export.export_sim`."""
+        from fxquant.export import export_sim  # export builds on the sim, not the reverse
+
+        return export_sim(self, path, filename_prefix, dummy_input,
+                          onnx_export_args=onnx_export_args, encoding_version=encoding_version)
+
+    def __repr__(self) -> str:
+        refs = self.quantizers()
+        enabled = sum(1 for r in refs if r.quantizer.enabled)
+        return (f"QuantizationSimModel({self.settings.quant_scheme.name}, "
+                f"W{self.settings.default_param_bw}A{self.settings.default_output_bw}, "
+                f"{len(refs)} quantizers ({enabled} enabled))")
+
+
+class _ShapeProp(ShapeProp):
+    """ShapeProp that remembers the node it is running, to name it in errors."""
+
+    current: torch.fx.Node | None = None
+
+    def run_node(self, n: torch.fx.Node) -> Any:
+        self.current = n
+        return super().run_node(n)
+
+
+def _copy(model: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(model)
+
+
+def _describe(args: Sequence[Any]) -> str:
+    parts = []
+    for a in args:
+        parts.append(f"Tensor{tuple(a.shape)}" if isinstance(a, torch.Tensor) else type(a).__name__)
+    return "(" + ", ".join(parts) + ")"

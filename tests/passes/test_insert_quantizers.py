@@ -1,0 +1,126 @@
+"""InsertQuantizersPass: placement per policy — inputs, outputs, supergroups, data movement,
+parameters — and the node metadata later steps rely on."""
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+import torchvision
+from torch import nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+import fxquant
+from fxquant import _meta
+from fxquant.passes.insert_quantizers import (QUANTIZES, InsertQuantizersPass, param_quantizers,
+                                              quantizer_nodes)
+
+
+class Marker(nn.Module):
+    """A stand-in quantizer: identity that records its name."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+class TypePolicy:
+    """Quantizes every output, input and weight; op types by class name; Conv+Relu fused."""
+
+    supergroups = (("Conv2d", "ReLU"), ("Add", "ReLU"))
+    quantize_model_output: bool | None = None
+
+    def op_type(self, module: nn.Module) -> str | None:
+        return type(module).__name__
+
+    def is_data_movement(self, module: nn.Module) -> bool:
+        return isinstance(module, (nn.MaxPool2d, fxquant.nn.Flatten, fxquant.nn.Reshape))
+
+    def input_quantizer(self, name: str) -> nn.Module | None:
+        return Marker(f"in:{name}")
+
+    def output_quantizer(self, layer: str, module: nn.Module) -> nn.Module | None:
+        return Marker(f"out:{layer}")
+
+    def param_quantizers(self, layer: str, module: nn.Module) -> Mapping[str, nn.Module]:
+        return {"weight": Marker(f"w:{layer}")} if hasattr(module, "weight") else {}
+
+
+def _quantized(model: nn.Module, x: torch.Tensor, policy=None) -> fxquant.PassResult:
+    gm = fxquant.prepare_model(model.eval())
+    fxquant.fold_all_batch_norms(gm)
+    ShapeProp(gm).propagate(x)
+    return InsertQuantizersPass(policy or TypePolicy())(gm)
+
+
+def test_placement_on_resnet18() -> None:
+    result = _quantized(torchvision.models.resnet18(), torch.randn(1, 3, 64, 64))
+    outputs = result.details["outputs"]
+    assert result.details["inputs"] == ["x"]
+    assert "conv1" not in outputs and "relu" in outputs            # Conv+ReLU supergroup
+    assert "layer1.0.conv2" in outputs                             # conv feeding an add
+    assert "layer1.0.module_add" not in outputs                    # Add+ReLU supergroup
+    assert "layer1.0.relu_1" in outputs
+    assert "maxpool" not in outputs and "module_flatten" not in outputs  # data movement
+    assert "fc" in outputs
+    assert len(result.details["params"]) == 21                      # 20 convs + fc
+    gm = result.graph_module
+    assert "self.layer1.0.relu_1.output_quantizer" in gm.code.replace('getattr(self.layer1, "0")',
+                                                                      "self.layer1.0")
+
+
+def test_quantizer_nodes_carry_layer_names_and_are_right_after_their_op() -> None:
+    result = _quantized(torchvision.models.resnet18(), torch.randn(1, 3, 64, 64))
+    nodes = quantizer_nodes(result.graph_module)
+    assert len(nodes) == 1 + len(result.details["outputs"])
+    for node in nodes:
+        layer = _meta.get(node, _meta.LAYER_NAME)
+        assert _meta.get(node, _meta.ROLE) == _meta.ROLE_QUANTIZER
+        if _meta.get(node, QUANTIZES) == "output":
+            assert node.args[0].target == layer
+            assert node.target == f"{layer}.output_quantizer"
+            assert list(node.args[0].users) == [node]
+        else:
+            assert node.args[0].op == "placeholder" and node.target == f"input_quantizers.{layer}"
+    handles = [_meta.handle(n) for n in result.graph_module.graph.nodes]
+    assert len(set(handles)) == len(handles)
+
+
+def test_param_quantizers_are_parametrizations_and_class_is_kept() -> None:
+    result = _quantized(torchvision.models.resnet18(), torch.randn(1, 3, 64, 64))
+    conv = result.graph_module.get_submodule("layer1.0.conv1")
+    assert isinstance(conv, nn.Conv2d)
+    assert param_quantizers(conv)["weight"].name == "w:layer1.0.conv1"
+
+
+def test_non_float_outputs_are_not_quantized() -> None:
+    class ArgMax(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+            self.emb = nn.Embedding(4, 3)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            y = self.fc(x)
+            return self.emb(y.argmax(-1)), y
+
+    result = _quantized(ArgMax(), torch.randn(2, 4))
+    assert set(result.details["outputs"]) == {"fc", "emb"}
+    assert result.details["inputs"] == ["x"]
+
+
+def test_model_output_can_be_left_unquantized() -> None:
+    class NoOut(TypePolicy):
+        quantize_model_output = False
+
+    result = _quantized(torchvision.models.resnet18(), torch.randn(1, 3, 64, 64), NoOut())
+    assert "fc" not in result.details["outputs"]
+
+
+def test_second_run_is_a_no_op_and_tags_hold() -> None:
+    result = _quantized(torchvision.models.resnet18(), torch.randn(1, 3, 64, 64))
+    again = InsertQuantizersPass(TypePolicy())(result.graph_module)
+    assert not again.modified
+    assert "quantized" in fxquant.passes.state_tags(again.graph_module)

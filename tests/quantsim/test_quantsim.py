@@ -1,0 +1,154 @@
+"""QuantizationSimModel end to end: construction, calibration, accuracy on real data, QAT,
+checkpoints and the error paths."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import fxquant
+from fxquant.quantsim.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from fxquant.quantsim.quant_scheme import QuantScheme
+from fxquant.quantsim.quantizer import CalibrationError
+from fxquant.quantsim.quantsim import QuantizationSimModel
+from tests.quantsim.digits import accuracy, digits, train, trained_net
+
+
+def _calibrate(model: nn.Module) -> None:
+    x, _, _, _ = digits()
+    with torch.no_grad():
+        for i in range(0, 512, 128):
+            model(x[i:i + 128])
+
+
+def test_sim_code_shows_quantizers_and_caller_model_is_untouched() -> None:
+    model = torchvision.models.resnet18().eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    sim = QuantizationSimModel(model, torch.randn(1, 3, 64, 64))
+    assert "output_quantizer" in sim.model.code and "input_quantizers.x" in sim.model.code
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in sim.model.modules())
+    names = [(q.name, q.kind) for q in sim.quantizers()]
+    assert names[:3] == [("x", "input"), ("conv1.weight", "param"), ("relu", "output")]
+    assert sim.quantizer("layer1.0.conv2").name == "layer1.0.conv2.output"
+    with pytest.raises(KeyError, match=r"no quantizer named 'layer1.0.conv9'.*layer1.0.conv"):
+        sim.quantizer("layer1.0.conv9")
+
+
+@pytest.mark.parametrize("scheme", ["tf", "min_max", "tf_enhanced", "percentile", "mse",
+                                    QuantScheme.post_training_tf_enhanced])
+def test_w8a8_ptq_keeps_digits_accuracy_within_one_point(scheme) -> None:
+    model = trained_net()
+    fp32 = accuracy(model)
+    sim = QuantizationSimModel(model, torch.randn(1, 1, 8, 8), quant_scheme=scheme)
+    sim.compute_encodings(_calibrate)
+    ptq = accuracy(sim.model)
+    print(f"digits {scheme}: FP32 {fp32:.2f}%  W8A8 {ptq:.2f}%")
+    assert fp32 > 95
+    assert ptq >= fp32 - 1.0
+
+
+def test_qat_recovers_w4a8_accuracy() -> None:
+    model = trained_net()
+    fp32 = accuracy(model)
+    sim = QuantizationSimModel(model, torch.randn(1, 1, 8, 8), default_param_bw=4,
+                               config_file="per_tensor",
+                               quant_scheme=QuantScheme.training_range_learning_with_tf_init)
+    sim.compute_encodings(_calibrate)
+    ptq = accuracy(sim.model)
+    learned = [p for n, p in sim.model.named_parameters() if n.endswith(("scale", "zero_point"))]
+    assert learned, "range learning makes scales trainable"
+    scale_before = learned[0].detach().clone()
+    train(sim.model, epochs=4, lr=1e-3, seed=1)
+    qat = accuracy(sim.model)
+    print(f"digits W4A8: FP32 {fp32:.2f}%  PTQ {ptq:.2f}%  QAT {qat:.2f}%")
+    assert qat > ptq
+    assert not torch.equal(scale_before, learned[0].detach())
+
+
+def test_checkpoint_round_trip_is_bit_identical(tmp_path) -> None:
+    model = trained_net()
+    sim = QuantizationSimModel(model, torch.randn(1, 1, 8, 8), quant_scheme="tf_enhanced")
+    sim.compute_encodings(_calibrate)
+    sim.quantizer("fc").enabled = False
+    path = tmp_path / "sim.ckpt"
+    save_checkpoint(sim, path)
+    assert [p.name for p in tmp_path.iterdir()] == ["sim.ckpt"]
+    loaded = load_checkpoint(path, trained_net(), torch.randn(1, 1, 8, 8))
+    x = digits()[2][:64]
+    with torch.no_grad():
+        assert torch.equal(loaded.model(x), sim.model(x))
+    assert not loaded.quantizer("fc").enabled
+
+
+def test_checkpoint_errors(tmp_path) -> None:
+    bad = tmp_path / "bad.pt"
+    torch.save({"hello": 1}, bad)
+    with pytest.raises(CheckpointError, match=r"is not an fxquant QuantSim checkpoint"):
+        load_checkpoint(bad, trained_net(), torch.randn(1, 1, 8, 8))
+    sim = QuantizationSimModel(trained_net(), torch.randn(1, 1, 8, 8))
+    sim.compute_encodings(_calibrate)
+    save_checkpoint(sim, tmp_path / "ok.ckpt")
+    with pytest.raises(CheckpointError, match=r"does not fit this model"):
+        load_checkpoint(tmp_path / "ok.ckpt", torchvision.models.resnet18().eval(),
+                        torch.randn(1, 3, 32, 32))
+
+
+def test_int32_bias_simulation() -> None:
+    model = trained_net()
+    sim = QuantizationSimModel(model, torch.randn(1, 1, 8, 8), quantize_bias=True)
+    sim.compute_encodings(_calibrate)
+    biases = sim.bias_quantizers()
+    assert set(biases) >= {"conv1.bias", "conv2.bias", "fc.bias"}
+    fc = sim.model.fc
+    scale = biases["fc.bias"].scale()
+    q = fc.bias / scale  # the simulated bias sits on the int32 grid of input × weight scale
+    assert torch.equal(q, torch.round(q))
+    assert accuracy(sim.model) >= accuracy(model) - 1.0
+
+
+def test_forward_before_compute_encodings_is_an_error() -> None:
+    sim = QuantizationSimModel(trained_net(), torch.randn(1, 1, 8, 8))
+    with pytest.raises(CalibrationError, match=r"'x.*no encoding yet: call sim.compute_encodings"):
+        sim.model(torch.randn(1, 1, 8, 8))
+
+
+def test_dummy_input_not_matching_the_model_shows_the_signature() -> None:
+    with pytest.raises(ValueError, match=r"dummy_input does not match the model's forward.*"
+                                         r"Expected DigitsNet.forward\(x: '?torch.Tensor'?\)"):
+        QuantizationSimModel(trained_net(), (torch.randn(1, 1, 8, 8), torch.randn(1)))
+    with pytest.raises(ValueError, match=r"cannot run on dummy_input.*DigitsNet.forward.*"
+                                         r"got \(Tensor\(1, 3, 8, 8\)\)"):
+        QuantizationSimModel(trained_net(), torch.randn(1, 3, 8, 8))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"default_param_bw": 1}, r"bit.?width.*1.*2.*32"),
+    ({"default_output_bw": 3}, r"bit.?width.*3.*4.*32"),
+    ({"quant_scheme": "kmeans"}, r"kmeans.*tf.*tf_enhanced.*percentile"),
+    ({"config_file": {"defaults": {}}}, r"missing.*params"),
+])
+def test_bad_arguments_name_the_valid_values(kwargs, match) -> None:
+    with pytest.raises(fxquant.ConfigError, match=match):
+        QuantizationSimModel(trained_net(), torch.randn(1, 1, 8, 8), **kwargs)
+
+
+def test_set_percentile_value() -> None:
+    sim = QuantizationSimModel(trained_net(), torch.randn(1, 1, 8, 8), quant_scheme="percentile")
+    sim.set_percentile_value(99.5)
+    assert sim.quantizer("fc").encoding_analyzer.percentile == 99.5
+    with pytest.raises(fxquant.ConfigError, match=r"percentile must be in \(50, 100\], got 40"):
+        sim.set_percentile_value(40)
+
+
+def test_sim_runs_on_cuda_when_available(device: torch.device) -> None:
+    model = trained_net().to(device)
+    sim = QuantizationSimModel(model, torch.randn(1, 1, 8, 8, device=device))
+    x = digits()[0][:128].to(device)
+    sim.compute_encodings(lambda m: m(x))
+    y = sim.model(x)
+    assert y.device == x.device
+    assert all(q.quantizer.encoding.scale.device.type == device.type for q in sim.quantizers()
+               if q.quantizer.encoding is not None)
