@@ -13,6 +13,9 @@ from fxquant.errors import ConfigError, FxQuantError, PassError, TraceError
 from fxquant.model_preparer import prepare_model
 from fxquant.passes import (FoldBatchNormPass, Pass, PassResult, PrepareModelPass, Sequential)
 from fxquant.passes.fold_batchnorm import BatchNormFoldError
+from fxquant.quantsim.checkpoint import load_checkpoint, save_checkpoint
+from fxquant.quantsim.quant_scheme import QuantizationDataType, QuantScheme
+from fxquant.quantsim.quantsim import QuantizationSimModel
 from fxquant.tracing import PH, AutoLeaf, auto_leaves, trace
 
 __version__ = "0.1.0"
@@ -28,10 +31,15 @@ __all__ = [
     "PassError",
     "PassResult",
     "PrepareModelPass",
+    "QuantScheme",
+    "QuantizationDataType",
+    "QuantizationSimModel",
     "Sequential",
     "TraceError",
     "auto_leaves",
     "fold_all_batch_norms",
+    "load_checkpoint",
     "prepare_model",
+    "save_checkpoint",
     "trace",
 ]

@@ -7,6 +7,8 @@ PUBLIC = {
     "AutoLeaf", "BatchNormFoldError", "ConfigError", "FoldBatchNormPass", "FxQuantError", "PH",
     "Pass", "PassError", "PassResult", "PrepareModelPass", "Sequential", "TraceError",
     "auto_leaves", "fold_all_batch_norms", "prepare_model", "trace",
+    "QuantizationSimModel", "QuantScheme", "QuantizationDataType", "save_checkpoint",
+    "load_checkpoint",
 }
 
 
