@@ -1,9 +1,10 @@
 """Quantization encodings: a scale, an integer zero point and the integer grid they live on.
 
-Grids (``SPEC.md`` §1): unsigned ``[0, 2^b - 1]``; signed ``[-2^(b-1), 2^(b-1) - 1]``; strict symmetric
-drops the most negative value, ``[-2^(b-1) + 1, 2^(b-1) - 1]``. Symmetric encodings have zero point 0.
-A real value ``x`` maps to ``q = clamp(round_half_even(x / scale) + zero_point, qmin, qmax)`` and back
-to ``(q - zero_point) * scale``.
+Grids (``SPEC.md`` §1): unsigned ``[0, 2^b - 1]``; signed ``[-2^(b-1), 2^(b-1) - 1]``; strict
+symmetric drops the most negative value, ``[-2^(b-1) + 1, 2^(b-1) - 1]``. Symmetric encodings have
+zero point 0. A real value ``x`` maps to
+``q = clamp(round_half_even(x / scale) + zero_point, qmin, qmax)`` and back to
+``(q - zero_point) * scale``.
 
 Example:
     >>> import torch
@@ -23,7 +24,10 @@ from torch import Tensor
 
 from fxquant.errors import ConfigError, FxQuantError
 
-__all__ = ["QuantEncoding", "CalibrationError", "MIN_SCALE", "quant_range", "scale_zero_point_from_min_max"]
+__all__ = [
+    "QuantEncoding", "CalibrationError", "MIN_SCALE", "quant_range",
+    "scale_zero_point_from_min_max",
+]
 
 #: Smallest scale any computed encoding gets (AIMET's choice: float32 machine epsilon). It keeps
 #: all-zero and constant tensors valid; values closer to 0 than this resolution quantize to 0.
@@ -39,12 +43,13 @@ class CalibrationError(FxQuantError, RuntimeError):
 def _check_bitwidth(bitwidth: int) -> int:
     if isinstance(bitwidth, bool) or not isinstance(bitwidth, int) or not (
             _MIN_BITWIDTH <= bitwidth <= _MAX_BITWIDTH):
-        raise ConfigError(f"bitwidth {bitwidth!r} is invalid; integer encodings support bit widths "
-                          f"{_MIN_BITWIDTH}-{_MAX_BITWIDTH}")
+        raise ConfigError(f"bitwidth {bitwidth!r} is invalid; integer encodings support bit "
+                          f"widths {_MIN_BITWIDTH}-{_MAX_BITWIDTH}")
     return bitwidth
 
 
-def quant_range(bitwidth: int, signed: bool, symmetric: bool = False, strict: bool = False) -> tuple[int, int]:
+def quant_range(bitwidth: int, signed: bool, symmetric: bool = False,
+                strict: bool = False) -> tuple[int, int]:
     """Return ``(qmin, qmax)`` of the integer grid.
 
     Args:
@@ -66,20 +71,26 @@ def quant_range(bitwidth: int, signed: bool, symmetric: bool = False, strict: bo
     return 0, (1 << bitwidth) - 1
 
 
+def _as_float64(value: Tensor | float) -> Tensor:
+    if isinstance(value, Tensor):
+        return value.detach().to(torch.float64)
+    return torch.as_tensor(value, dtype=torch.float64)
+
+
 def scale_zero_point_from_min_max(min_val: Tensor, max_val: Tensor, qmin: int, qmax: int, *,
                                   symmetric: bool, signed: bool) -> tuple[Tensor, Tensor]:
     """Vectorised range -> (scale, zero point) on the grid ``[qmin, qmax]``; any tensor shape.
 
-    The range is widened to include 0; asymmetric: ``scale = (max - min) / (qmax - qmin)`` and the zero
-    point is ``qmin - round(min / scale)`` (an integer inside the grid, so 0.0 is exact); symmetric
-    signed: the smallest scale whose grid ``[qmin, qmax] * scale`` covers the range (zero point 0);
-    symmetric unsigned: ``scale = max / qmax`` (zero point 0; negative values clip to 0). Scales are at
-    least ``MIN_SCALE``. Arithmetic runs in float64; the scale is then rounded to float32 and the zero
-    point derived from that float32 scale.
+    The range is widened to include 0. Asymmetric: ``scale = (max - min) / (qmax - qmin)`` and the
+    zero point is ``qmin - round(min / scale)``, an integer inside the grid, so 0.0 is exact.
+    Symmetric signed: the smallest scale whose grid ``[qmin, qmax] * scale`` covers the range (zero
+    point 0). Symmetric unsigned: ``scale = max / qmax`` (zero point 0; negative values clip to 0).
+    Scales are at least ``MIN_SCALE``. The arithmetic runs in float64; the scale is then rounded to
+    float32 and the zero point derived from that float32 scale.
 
     Returns:
-        ``(scale, zero_point)``: float32 scale and float64 integer-valued zero point, same shape as the
-        inputs (broadcast).
+        ``(scale, zero_point)``: float32 scale and float64 integer-valued zero point, shaped like
+        the (broadcast) inputs.
 
     Example:
         >>> s, z = scale_zero_point_from_min_max(torch.tensor(0.), torch.tensor(2.55), 0, 255,
@@ -104,12 +115,6 @@ def scale_zero_point_from_min_max(min_val: Tensor, max_val: Tensor, qmin: int, q
     return scale, zero_point
 
 
-def _as_float64(value: Tensor | float) -> Tensor:
-    if isinstance(value, Tensor):
-        return value.detach().to(torch.float64)
-    return torch.as_tensor(value, dtype=torch.float64)
-
-
 @dataclass(frozen=True, eq=False)
 class QuantEncoding:
     """An immutable affine encoding.
@@ -120,16 +125,16 @@ class QuantEncoding:
         bitwidth: 2-32.
         signed: signed grid (int8-like) or unsigned (uint8-like).
         symmetric: zero point fixed at 0.
-        strict: strict symmetric (signed grid without its most negative value). Normalised to False
-            unless the encoding is signed and symmetric.
+        strict: strict symmetric (signed grid without its most negative value). Normalised to
+            False unless the encoding is signed and symmetric.
         axis: the channel axis of a per-channel encoding, None for per tensor.
 
-    The constructor coerces ``scale`` to float32 and ``zero_point`` to int64 (keeping their device) and
-    broadcasts a scalar zero point to the scale's shape.
+    The constructor coerces ``scale`` to float32 and ``zero_point`` to int64 (keeping their
+    device) and broadcasts a scalar zero point to the scale's shape.
 
     Example:
-        >>> enc = QuantEncoding(scale=torch.tensor([0.1, 0.2]), zero_point=0, bitwidth=8, signed=True,
-        ...                     symmetric=True, axis=0)
+        >>> enc = QuantEncoding(scale=torch.tensor([0.1, 0.2]), zero_point=0, bitwidth=8,
+        ...                     signed=True, symmetric=True, axis=0)
         >>> enc.max.tolist()
         [12.699999809265137, 25.399999618530273]
     """
@@ -154,20 +159,21 @@ class QuantEncoding:
         zp = zp.to(torch.int64)
         if self.axis is None:
             if scale.numel() != 1:
-                raise ConfigError(f"a per-tensor QuantEncoding (axis=None) needs one scale, got shape "
-                                  f"{tuple(scale.shape)}; pass axis=<channel axis> for per-channel scales")
+                raise ConfigError(f"a per-tensor QuantEncoding (axis=None) needs one scale, got "
+                                  f"shape {tuple(scale.shape)}; pass axis=<channel axis> for "
+                                  f"per-channel scales")
             scale = scale.reshape(())
         else:
             if isinstance(self.axis, bool) or not isinstance(self.axis, int):
                 raise ConfigError(f"QuantEncoding axis must be an int or None, got {self.axis!r}")
             if scale.dim() != 1:
-                raise ConfigError(f"a per-channel QuantEncoding (axis={self.axis}) needs a 1-D scale, got "
-                                  f"shape {tuple(scale.shape)}")
+                raise ConfigError(f"a per-channel QuantEncoding (axis={self.axis}) needs a 1-D "
+                                  f"scale, got shape {tuple(scale.shape)}")
         if zp.numel() == 1:
             zp = zp.reshape(()).expand(scale.shape).clone()
         if zp.shape != scale.shape:
-            raise ConfigError(f"QuantEncoding zero_point shape {tuple(zp.shape)} does not match scale "
-                              f"shape {tuple(scale.shape)}")
+            raise ConfigError(f"QuantEncoding zero_point shape {tuple(zp.shape)} does not match "
+                              f"scale shape {tuple(scale.shape)}")
         object.__setattr__(self, "scale", scale)
         object.__setattr__(self, "zero_point", zp)
         object.__setattr__(self, "signed", bool(self.signed))
@@ -175,8 +181,9 @@ class QuantEncoding:
         object.__setattr__(self, "strict", bool(self.strict and self.symmetric and self.signed))
 
     @classmethod
-    def from_min_max(cls, min: Tensor | float, max: Tensor | float, bitwidth: int, symmetric: bool,  # noqa: A002
-                     strict: bool = False, signed: bool | None = None, axis: int | None = None) -> QuantEncoding:
+    def from_min_max(cls, min: Tensor | float, max: Tensor | float,  # noqa: A002
+                     bitwidth: int, symmetric: bool, strict: bool = False,
+                     signed: bool | None = None, axis: int | None = None) -> QuantEncoding:
         """Build the encoding that covers ``[min, max]`` (widened to include 0).
 
         Args:
@@ -185,14 +192,15 @@ class QuantEncoding:
             bitwidth: 2-32.
             symmetric: zero point 0 and a grid symmetric around 0.
             strict: strict symmetric grid (signed symmetric only).
-            signed: signed grid; default ``symmetric`` (symmetric -> int8-like, asymmetric -> uint8-like).
+            signed: signed grid; default ``symmetric`` (symmetric -> int8-like, asymmetric ->
+                uint8-like).
             axis: channel axis for per-channel ranges.
 
         A range of zero width (e.g. an all-zero tensor) gets the valid scale ``MIN_SCALE``.
 
         Example:
-            >>> enc = QuantEncoding.from_min_max(torch.tensor([-1.0, 0.0]), torch.tensor([1.0, 0.0]),
-            ...                                  bitwidth=8, symmetric=True, axis=0)
+            >>> enc = QuantEncoding.from_min_max(torch.tensor([-1.0, 0.0]),
+            ...                                  torch.tensor([1.0, 0.0]), 8, True, axis=0)
             >>> enc.zero_point.tolist(), enc.scale[1].item() > 0
             ([0, 0], True)
         """
@@ -200,8 +208,8 @@ class QuantEncoding:
         qmin, qmax = quant_range(bitwidth, signed, symmetric, strict)
         scale, zp = scale_zero_point_from_min_max(_as_float64(min), _as_float64(max), qmin, qmax,
                                                   symmetric=symmetric, signed=signed)
-        return cls(scale=scale, zero_point=zp, bitwidth=bitwidth, signed=signed, symmetric=symmetric,
-                   strict=strict, axis=axis)
+        return cls(scale=scale, zero_point=zp, bitwidth=bitwidth, signed=signed,
+                   symmetric=symmetric, strict=strict, axis=axis)
 
     @property
     def qmin(self) -> int:
@@ -230,8 +238,8 @@ class QuantEncoding:
 
     @property
     def offset(self) -> Tensor:
-        """AIMET's offset, ``qmin - zero_point`` (int64): -161 for uint8 zero point 161, -128 for int8
-        symmetric."""
+        """AIMET's offset, ``qmin - zero_point`` (int64): -161 for uint8 zero point 161, -128 for
+        int8 symmetric."""
         return self.qmin - self.zero_point
 
     @property
@@ -246,7 +254,8 @@ class QuantEncoding:
 
     def to(self, device: torch.device | str) -> QuantEncoding:
         """Return a copy whose tensors live on ``device``."""
-        return dataclasses.replace(self, scale=self.scale.to(device), zero_point=self.zero_point.to(device))
+        return dataclasses.replace(self, scale=self.scale.to(device),
+                                   zero_point=self.zero_point.to(device))
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, QuantEncoding):

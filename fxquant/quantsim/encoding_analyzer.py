@@ -1,23 +1,24 @@
 """Calibration: encoding analyzers collect statistics batch by batch and turn them into encodings.
 
 All analyzers keep their statistics on the input's device, never synchronise with the host in
-``update_stats`` (no ``.item()``, no Python branches on tensor values), exclude NaN/Inf values and count
-them (``compute_encoding`` logs a warning naming the layer), and work per tensor or per channel
-(``axis``; every channel gets its own statistics, computed in one batched pass, not a Python loop).
+``update_stats`` (no ``.item()``, no Python branches on tensor values), exclude NaN/Inf values and
+count them (``compute_encoding`` logs a warning naming the layer), and work per tensor or per
+channel (``axis``; every channel gets its own statistics, computed in one batched pass, not a
+Python loop).
 
 * ``MinMaxEncodingAnalyzer`` ("tf", "min_max"): running min/max.
-* ``TfEnhancedEncodingAnalyzer`` ("tf_enhanced"): AIMET's TF-enhanced search (``SPEC.md`` §5) over a
-  512-bin histogram.
-* ``PercentileEncodingAnalyzer`` ("percentile"): the range between two percentiles of a (2048-bin)
-  histogram; memory stays bounded by the histogram whatever the number of batches.
-* ``MseEncodingAnalyzer`` ("mse"): the clipping range, among 100 fractions of the observed range, with
-  the smallest quantization MSE over a (512-bin) histogram.
+* ``TfEnhancedEncodingAnalyzer`` ("tf_enhanced"): AIMET's TF-enhanced search (``SPEC.md`` §5)
+  over a 512-bin histogram.
+* ``PercentileEncodingAnalyzer`` ("percentile"): the range between two percentiles of a
+  (2048-bin) histogram; memory stays bounded by the histogram whatever the number of batches.
+* ``MseEncodingAnalyzer`` ("mse"): the clipping range, among 100 fractions of the observed range,
+  with the smallest quantization MSE over a (512-bin) histogram.
 
-Histograms (all histogram analyzers): the first batch's ``[min, max]`` defines the bins; a later batch
-outside it widens the histogram, never beyond 3x the first range (centred on it, as AIMET's
-``[c - 1.5 R, c + 1.5 R]``), re-binning old counts proportionally to the overlap of old and new bins.
-Values beyond that limit land in the edge bins. A first range of zero width (constant or all-zero
-batches) fixes the limit only once a batch with spread arrives.
+Histograms (all histogram analyzers): the first batch's ``[min, max]`` defines the bins; a later
+batch outside it widens the histogram, never beyond 3x the first range (centred on it, as AIMET's
+``[c - 1.5 R, c + 1.5 R]``), re-binning old counts proportionally to the overlap of old and new
+bins. Values beyond that limit land in the edge bins. A first range of zero width (constant or
+all-zero batches) fixes the limit only once a batch with spread arrives.
 
 Example:
     >>> import torch
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
@@ -42,8 +44,8 @@ from fxquant.quantsim.encoding import (
 from fxquant.quantsim.quant_scheme import QuantScheme
 
 __all__ = [
-    "EncodingAnalyzer", "MinMaxEncodingAnalyzer", "TfEnhancedEncodingAnalyzer", "PercentileEncodingAnalyzer",
-    "MseEncodingAnalyzer", "get_encoding_analyzer",
+    "EncodingAnalyzer", "MinMaxEncodingAnalyzer", "TfEnhancedEncodingAnalyzer",
+    "PercentileEncodingAnalyzer", "MseEncodingAnalyzer", "get_encoding_analyzer",
 ]
 
 logger = logging.getLogger(__name__)
@@ -51,6 +53,32 @@ logger = logging.getLogger(__name__)
 _INF = float("inf")
 # Elements per chunk of the [channels, candidates, bins] cost computation (bounds temporary memory).
 _COST_CHUNK_ELEMENTS = {"cpu": 1 << 20, "other": 1 << 25}
+# On CPU, statistics stream over a batch in chunks of this many elements with reused scratch
+# buffers: cache-friendly, and no fresh multi-MB allocation (each one page-faults on first touch).
+_CPU_STATS_CHUNK = 1 << 20
+
+
+class _Scratch:
+    """Column chunks of a ``[C, M]`` tensor plus reusable float32 (and optionally integer) scratch
+    buffers for them. Accelerators get a single chunk (their caching allocators make big buffers
+    cheap and fewer launches are faster)."""
+
+    def __init__(self, x2: Tensor, index_dtype: torch.dtype | None = None) -> None:
+        channels, columns = x2.shape
+        self.x2 = x2
+        self.step = columns if x2.device.type != "cpu" else max(1, _CPU_STATS_CHUNK // channels)
+        width = min(self.step, columns)
+        self.values = torch.empty(channels, width, device=x2.device)
+        self.index = None if index_dtype is None else torch.empty(
+            channels, width, dtype=index_dtype, device=x2.device)
+
+    def chunks(self) -> Iterator[tuple[Tensor, Tensor, Tensor | None]]:
+        """``(chunk of x2, float buffer, integer buffer or None)`` views of equal shape."""
+        columns = self.x2.shape[1]
+        for j in range(0, columns, self.step):
+            n = min(self.step, columns - j)
+            index = None if self.index is None else self.index[:, :n]
+            yield self.x2[:, j:j + n], self.values[:, :n], index
 
 
 class EncodingAnalyzer:
@@ -63,12 +91,13 @@ class EncodingAnalyzer:
 
     def __init__(self, axis: int | None = None, name: str | None = None) -> None:
         if axis is not None and (isinstance(axis, bool) or not isinstance(axis, int)):
-            raise ConfigError(f"{type(self).__name__} for {name!r}: axis must be an int or None, got {axis!r}")
+            raise ConfigError(f"{type(self).__name__} for {name!r}: axis must be an int or None, "
+                              f"got {axis!r}")
         self.axis = axis
         self.name = name
         self.reset()
 
-    # -- statistics ---------------------------------------------------------------------------------
+    # -- statistics -------------------------------------------------------------------------------
     def reset(self) -> None:
         """Forget all statistics."""
         self._num_batches = 0
@@ -86,10 +115,13 @@ class EncodingAnalyzer:
     @property
     def num_nonfinite(self) -> Tensor:
         """Number of NaN/Inf values excluded so far (an int64 tensor on the statistics' device)."""
-        return self._nonfinite if self._nonfinite is not None else torch.zeros((), dtype=torch.int64)
+        if self._nonfinite is None:
+            return torch.zeros((), dtype=torch.int64)
+        return self._nonfinite
 
     def _label(self) -> str:
-        return f"{type(self).__name__} for {self.name!r}" if self.name else f"unnamed {type(self).__name__}"
+        kind = type(self).__name__
+        return f"{kind} for {self.name!r}" if self.name else f"unnamed {kind}"
 
     def _flatten(self, x: Tensor) -> Tensor:
         """``x`` as float32 ``[C, M]`` (C = 1 per tensor)."""
@@ -99,18 +131,19 @@ class EncodingAnalyzer:
             x2 = x.reshape(1, -1)
         else:
             if not -x.dim() <= self.axis < max(x.dim(), 1):
-                raise ConfigError(f"{self._label()}: axis {self.axis} is out of range for a tensor of shape "
-                                  f"{tuple(x.shape)}")
+                raise ConfigError(f"{self._label()}: axis {self.axis} is out of range for a tensor "
+                                  f"of shape {tuple(x.shape)}")
             channels = x.shape[self.axis]
             x2 = x.movedim(self.axis, 0).reshape(channels, -1)
         if self._num_channels is not None and x2.shape[0] != self._num_channels:
-            raise ConfigError(f"{self._label()}: got {x2.shape[0]} channels along axis {self.axis}, but earlier "
-                              f"batches had {self._num_channels}")
+            raise ConfigError(f"{self._label()}: got {x2.shape[0]} channels along axis "
+                              f"{self.axis}, but earlier batches had {self._num_channels}")
         return x2 if x2.dtype == torch.float32 else x2.to(torch.float32)
 
     @torch.no_grad()
     def update_stats(self, x: Tensor) -> None:
-        """Add one batch to the statistics (asynchronous on accelerators; NaN/Inf excluded and counted).
+        """Add one batch to the statistics (asynchronous on accelerators; NaN/Inf excluded and
+        counted).
 
         Example:
             >>> a = MinMaxEncodingAnalyzer()
@@ -134,19 +167,21 @@ class EncodingAnalyzer:
     def _update(self, x2: Tensor) -> None:
         raise NotImplementedError
 
-    def _merge_min_max(self, x2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Update the running finite min/max; return this batch's (``+inf``/``-inf`` for no finite value)
-        and a scratch buffer shaped like ``x2``.
+    def _merge_min_max(self, scratch: _Scratch) -> tuple[Tensor, Tensor]:
+        """Update the running finite min/max; return this batch's (``+inf``/``-inf`` for no finite
+        value).
 
         NaN/Inf are masked with ``nan_to_num`` (cheap float passes; boolean masks are several times
         slower on CPU)."""
-        scratch = torch.nan_to_num(x2, nan=_INF, posinf=_INF, neginf=_INF)
-        batch_min = scratch.amin(dim=1)
-        torch.nan_to_num(x2, nan=-_INF, posinf=-_INF, neginf=-_INF, out=scratch)
-        batch_max = scratch.amax(dim=1)
+        batch_min, batch_max = torch.full_like(self._min, _INF), torch.full_like(self._max, -_INF)
+        for chunk, buf, _ in scratch.chunks():
+            torch.nan_to_num(chunk, nan=_INF, posinf=_INF, neginf=_INF, out=buf)
+            batch_min = torch.minimum(batch_min, buf.amin(dim=1))
+            torch.nan_to_num(chunk, nan=-_INF, posinf=-_INF, neginf=-_INF, out=buf)
+            batch_max = torch.maximum(batch_max, buf.amax(dim=1))
         self._min = torch.minimum(self._min, batch_min)
         self._max = torch.maximum(self._max, batch_max)
-        return batch_min, batch_max, scratch
+        return batch_min, batch_max
 
     def observed_min_max(self) -> tuple[Tensor, Tensor]:
         """Running min and max of the finite values seen, shape ``[]`` (per tensor) or ``[C]``.
@@ -167,10 +202,11 @@ class EncodingAnalyzer:
 
     def _require_stats(self) -> None:
         if not self.has_stats:
-            raise CalibrationError(f"{self._label()} has no statistics: call update_stats() with calibration "
-                                   f"data (run sim.compute_encodings) before compute_encoding()")
+            raise CalibrationError(f"{self._label()} has no statistics: call update_stats() with "
+                                   f"calibration data (run sim.compute_encodings) before "
+                                   f"compute_encoding()")
 
-    # -- encodings ----------------------------------------------------------------------------------
+    # -- encodings --------------------------------------------------------------------------------
     def compute_encoding(self, bitwidth: int, symmetric: bool, strict: bool = False,
                          signed: bool | None = None) -> QuantEncoding:
         """Turn the statistics into an encoding.
@@ -196,28 +232,31 @@ class EncodingAnalyzer:
         self._warn_nonfinite()
         scale, zero_point = self._compute(qmin, qmax, symmetric, signed)
         return QuantEncoding(scale=self._shape_out(scale), zero_point=self._shape_out(zero_point),
-                             bitwidth=bitwidth, signed=signed, symmetric=symmetric, strict=strict, axis=self.axis)
+                             bitwidth=bitwidth, signed=signed, symmetric=symmetric, strict=strict,
+                             axis=self.axis)
 
-    def _compute(self, qmin: int, qmax: int, symmetric: bool, signed: bool) -> tuple[Tensor, Tensor]:
+    def _compute(self, qmin: int, qmax: int, symmetric: bool,
+                 signed: bool) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
 
     def _warn_nonfinite(self) -> None:
         excluded = int(self._nonfinite)
         if excluded:
-            logger.warning("%s: %d of %d calibration values were NaN or Inf; they were excluded and the encoding "
-                           "uses the finite values only (check the layer for overflow or invalid inputs)",
-                           self._label(), excluded, self._num_values)
+            logger.warning("%s: %d of %d calibration values were NaN or Inf; they were excluded "
+                           "and the encoding uses the finite values only (check the layer for "
+                           "overflow or invalid inputs)", self._label(), excluded, self._num_values)
         empty = int((self._min > self._max).sum())
         if empty:
-            logger.warning("%s: %d channel(s) had no finite calibration value; they get a minimal encoding "
-                           "around 0", self._label(), empty)
+            logger.warning("%s: %d channel(s) had no finite calibration value; they get a minimal "
+                           "encoding around 0", self._label(), empty)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(axis={self.axis}, name={self.name!r})"
 
 
 class MinMaxEncodingAnalyzer(EncodingAnalyzer):
-    """Min-max ("tf") calibration: the encoding covers the running min and max (widened to include 0).
+    """Min-max ("tf") calibration: the encoding covers the running min and max (widened to include
+    0).
 
     Example:
         >>> a = MinMaxEncodingAnalyzer()
@@ -227,35 +266,47 @@ class MinMaxEncodingAnalyzer(EncodingAnalyzer):
     """
 
     def _update(self, x2: Tensor) -> None:
-        _, _, scratch = self._merge_min_max(x2)
-        # x - x is 0 for finite values and NaN for NaN/Inf: count them without a boolean mask
-        indicator = torch.sub(x2, x2, out=scratch).nan_to_num_(nan=1.0)
-        self._nonfinite += indicator.sum(dtype=torch.float64).to(torch.int64)
+        scratch = _Scratch(x2)
+        self._merge_min_max(scratch)
+        excluded = torch.zeros((), dtype=torch.float64, device=x2.device)
+        for chunk, buf, _ in scratch.chunks():
+            # x - x is 0 for finite values and NaN for NaN/Inf: a count without a boolean mask
+            indicator = torch.sub(chunk, chunk, out=buf).nan_to_num_(nan=1.0)
+            excluded += indicator.sum(dtype=torch.float64)
+        self._nonfinite += excluded.to(torch.int64)
 
-    def _compute(self, qmin: int, qmax: int, symmetric: bool, signed: bool) -> tuple[Tensor, Tensor]:
+    def _compute(self, qmin: int, qmax: int, symmetric: bool,
+                 signed: bool) -> tuple[Tensor, Tensor]:
         mn, mx = self.observed_min_max()
         return scale_zero_point_from_min_max(mn, mx, qmin, qmax, symmetric=symmetric, signed=signed)
 
 
-# ---------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 # Histograms
-# ---------------------------------------------------------------------------------------------------
-def _bincount(index: Tensor, length: int) -> Tensor:
-    """Counts of ``index`` values in ``[0, length)`` without a host sync (bincount syncs on CUDA)."""
-    if index.device.type == "cpu":
+# -------------------------------------------------------------------------------------------------
+def _bincount(index: Tensor, length: int, scatter: bool | None = None) -> Tensor:
+    """Counts of ``index`` values in ``[0, length)`` without a host sync: ``torch.bincount`` on CPU
+    (fastest there), a scatter-add elsewhere (``bincount`` syncs on CUDA to size its output)."""
+    if scatter is None:
+        scatter = index.device.type != "cpu"
+    if not scatter:
         return torch.bincount(index, minlength=length)
+    index = index.to(torch.int64)
     ones = torch.ones((), dtype=torch.int64, device=index.device).expand(index.numel())
     return torch.zeros(length, dtype=torch.int64, device=index.device).scatter_add_(0, index, ones)
 
 
 class _HistogramAnalyzer(EncodingAnalyzer):
-    """Per-channel histograms (``[C, num_bins]`` float64 counts) that widen as described in the module doc."""
+    """Per-channel histograms (``[C, num_bins]`` float64 counts) that widen as the module
+    docstring describes."""
 
     _WIDEN_LIMIT = 3.0
 
-    def __init__(self, axis: int | None = None, name: str | None = None, *, num_bins: int = 512) -> None:
+    def __init__(self, axis: int | None = None, name: str | None = None, *,
+                 num_bins: int = 512) -> None:
         if isinstance(num_bins, bool) or not isinstance(num_bins, int) or num_bins < 2:
-            raise ConfigError(f"{type(self).__name__} for {name!r}: num_bins must be an int >= 2, got {num_bins!r}")
+            raise ConfigError(f"{type(self).__name__} for {name!r}: num_bins must be an int >= 2, "
+                              f"got {num_bins!r}")
         self.num_bins = num_bins
         super().__init__(axis=axis, name=name)
 
@@ -278,11 +329,15 @@ class _HistogramAnalyzer(EncodingAnalyzer):
             self._limit_hi = torch.full((channels,), _INF, device=dev)
             self._limit_fixed = torch.zeros(channels, dtype=torch.bool, device=dev)
             self._counts = torch.zeros(channels, bins, dtype=torch.float64, device=dev)
-        batch_min, batch_max, scratch = self._merge_min_max(x2)
+        slots = channels * (bins + 1)
+        on_cpu = x2.device.type == "cpu"
+        scratch = _Scratch(x2, torch.int32 if on_cpu and slots < 2 ** 31 else torch.int64)
+        batch_min, batch_max = self._merge_min_max(scratch)
         new_lo, new_hi = self._widen(batch_min, batch_max)
-        self._counts = self._rebin(new_lo, new_hi)
+        if self._num_batches:        # nothing to move before the first batch
+            self._counts = self._rebin(new_lo, new_hi)
         self._lo, self._hi = new_lo, new_hi
-        hist, excluded = self._histogram(x2, scratch)
+        hist, excluded = self._histogram(scratch)
         self._counts += hist
         self._nonfinite += excluded
 
@@ -311,7 +366,8 @@ class _HistogramAnalyzer(EncodingAnalyzer):
         bins, counts = self.num_bins, self._counts
         old_start, old_w = (t.double() for t in self._extent(self._lo, self._hi, bins))
         new_start, new_w = (t.double() for t in self._extent(new_lo, new_hi, bins))
-        left = old_start[:, None] + torch.arange(bins, device=counts.device, dtype=torch.float64) * old_w[:, None]
+        index = torch.arange(bins, device=counts.device, dtype=torch.float64)
+        left = old_start[:, None] + index * old_w[:, None]
         inv_new = torch.where(new_w > 0, 1.0 / torch.where(new_w > 0, new_w, 1.0), 0.0)
         j = torch.floor((left - new_start[:, None]) * inv_new[:, None]).clamp_(0, bins - 1)
         boundary = new_start[:, None] + (j + 1) * new_w[:, None]
@@ -324,32 +380,41 @@ class _HistogramAnalyzer(EncodingAnalyzer):
         unchanged = (self._lo == new_lo) & (self._hi == new_hi)
         return torch.where(unchanged[:, None], counts, out)
 
-    def _histogram(self, x2: Tensor, scratch: Tensor) -> tuple[Tensor, Tensor]:
-        """This batch's ``[C, bins]`` counts over the current extent, and the number of excluded values.
+    def _histogram(self, scratch: _Scratch) -> tuple[Tensor, Tensor]:
+        """This batch's ``[C, bins]`` counts over the current extent, and the number of excluded
+        values.
 
-        NaN/Inf become NaN, survive the clamp and land in an extra slot per channel that counts them."""
+        NaN/Inf become NaN, survive the clamp and land in an extra slot per channel that counts
+        them."""
+        x2 = scratch.x2
         channels, bins = x2.shape[0], self.num_bins
+        slots = channels * (bins + 1)
         start, width = self._extent(self._lo, self._hi, bins)
         inv = 1.0 / torch.where(width > 0, width, 1.0)
         inv = torch.where((width > 0) & torch.isfinite(inv), inv, 0.0)
-        pos = torch.nan_to_num(x2, nan=math.nan, posinf=math.nan, neginf=math.nan, out=scratch)
-        pos.sub_(start[:, None]).mul_(inv[:, None]).clamp_(0, bins - 1).nan_to_num_(nan=float(bins))
-        on_cpu = x2.device.type == "cpu"
-        index = pos.to(torch.int32 if on_cpu and channels * (bins + 1) < 2 ** 31 else torch.int64)
-        if channels > 1:
-            index += torch.arange(0, channels * (bins + 1), bins + 1, device=x2.device,
-                                  dtype=index.dtype)[:, None]
-        hist = _bincount(index.reshape(-1), channels * (bins + 1)).reshape(channels, bins + 1)
+        start, inv = start[:, None], inv[:, None]
+        base = torch.arange(0, slots, bins + 1, device=x2.device, dtype=scratch.index.dtype)
+        base = base[:, None]
+        hist = torch.zeros(slots, dtype=torch.int64, device=x2.device)
+        for chunk, pos, index in scratch.chunks():
+            torch.nan_to_num(chunk, nan=math.nan, posinf=math.nan, neginf=math.nan, out=pos)
+            pos.sub_(start).mul_(inv).clamp_(0, bins - 1).nan_to_num_(nan=float(bins))
+            index.copy_(pos)                          # truncation == floor: pos >= 0
+            if channels > 1:
+                index += base
+            hist += _bincount(index.reshape(-1), slots)
+        hist = hist.reshape(channels, bins + 1)
         return hist[:, :bins], hist[:, bins].sum()
 
     def histogram(self) -> tuple[Tensor, Tensor]:
-        """The accumulated histogram: ``(counts [C, bins] float64, bin edges [C, bins + 1] float32)``.
+        """The accumulated histogram: ``(counts [C, bins] float64, edges [C, bins + 1] float32)``.
 
         Per-tensor analyzers return C = 1.
         """
         self._require_stats()
         start, width = self._extent(self._lo, self._hi, self.num_bins)
-        edges = start[:, None] + torch.arange(self.num_bins + 1, device=start.device) * width[:, None]
+        index = torch.arange(self.num_bins + 1, device=start.device)
+        edges = start[:, None] + index * width[:, None]
         return self._counts.clone(), edges
 
     def _centres(self) -> tuple[Tensor, Tensor, Tensor]:
@@ -359,16 +424,17 @@ class _HistogramAnalyzer(EncodingAnalyzer):
         return start[:, None] + idx * width[:, None], start, width
 
 
-def _candidate_costs(centres: Tensor, start: Tensor, width: Tensor, counts: Tensor, scale: Tensor,
-                     zero_point: Tensor, qmin: int, qmax: int, gamma: float = 1.0) -> Tensor:
+def _candidate_costs(centres: Tensor, start: Tensor, width: Tensor, counts: Tensor,
+                     scale: Tensor, zero_point: Tensor | int, qmin: int, qmax: int,
+                     gamma: float = 1.0) -> Tensor:
     """Weighted squared quantization error of every candidate encoding over the histogram.
 
     ``cost[c, k] = sum_b counts[c, b] * err[c, k, b]^2 * (gamma if bin b clips else 1)`` where
-    ``err = qdq(centres[c, b]; scale[c, k], zero_point[c, k]) - centres[c, b]`` with the fake-quant
-    arithmetic of ``quantize_dequantize``. The clipped part is added as
+    ``err = qdq(centres[c, b]; scale[c, k], zero_point[c, k]) - centres[c, b]`` with the
+    fake-quant arithmetic of ``quantize_dequantize``. The clipped part is added as
     ``(gamma - 1) * sum over clipped bins`` using prefix sums over the bin centres (bins below
-    ``(qmin - z - 1/2) s`` or above ``(qmax - z + 1/2) s`` clip; the centres being evenly spaced, where
-    those thresholds fall is computed, not searched).
+    ``(qmin - z - 1/2) s`` or above ``(qmax - z + 1/2) s`` clip; the centres being evenly spaced,
+    where those thresholds fall is computed, not searched).
 
     Args:
         centres: ``[C, B]`` float32, ``start + (i + 1/2) * width``.
@@ -376,42 +442,50 @@ def _candidate_costs(centres: Tensor, start: Tensor, width: Tensor, counts: Tens
         width: ``[C]`` bin width (0 for a degenerate histogram).
         counts: ``[C, B]`` counts.
         scale: ``[C, K]`` float32 candidate scales.
-        zero_point: ``[C, K]`` candidate zero points (integers, on the grid ``[qmin, qmax]``).
+        zero_point: ``[C, K]`` candidate zero points (integers, on the grid ``[qmin, qmax]``),
+            or one Python int shared by all candidates (cheaper).
 
     Returns:
         ``[C, K]`` float64 costs.
     """
     channels, num_cand = scale.shape
     bins = centres.shape[1]
-    counts32 = counts.to(torch.float32)
-    zp = zero_point.to(torch.float32)
+    uniform_zp = isinstance(zero_point, int)
+    zp = None if uniform_zp else zero_point.to(torch.float32)
+    main_centres, main_counts = _occupied_bins(centres, counts.to(torch.float32))
+    used = main_centres.shape[1]
     key = "cpu" if centres.device.type == "cpu" else "other"
-    step = max(1, _COST_CHUNK_ELEMENTS[key] // max(1, num_cand * bins))
+    step = max(1, _COST_CHUNK_ELEMENTS[key] // max(1, num_cand * used))
     main = []
     # one scratch buffer for all chunks: fresh multi-MB allocations page-fault on every chunk
-    work = torch.empty(min(step, channels), num_cand, bins, device=centres.device)
+    work = torch.empty(min(step, channels), num_cand, used, device=centres.device)
     for c0 in range(0, channels, step):
         c1 = min(channels, c0 + step)
-        s, z, c = scale[c0:c1, :, None], zp[c0:c1, :, None], centres[c0:c1, None, :]
-        err = torch.div(c, s, out=work[:c1 - c0])
-        err.round_().add_(z).clamp_(qmin, qmax).sub_(z).mul_(s).sub_(c)
-        main.append(err.square_().mul_(counts32[c0:c1, None, :]).sum(-1))
+        s, c = scale[c0:c1, :, None], main_centres[c0:c1, None, :]
+        err = torch.div(c, s, out=work[:c1 - c0]).round_()
+        if uniform_zp:     # clamp(r + z, qmin, qmax) - z == clamp(r, qmin - z, qmax - z)
+            err.clamp_(qmin - zero_point, qmax - zero_point)
+        else:
+            z = zp[c0:c1, :, None]
+            err.add_(z).clamp_(qmin, qmax).sub_(z)
+        err.mul_(s).sub_(c)
+        main.append(err.square_().mul_(main_counts[c0:c1, None, :]).sum(-1))
     cost = torch.cat(main).to(torch.float64)
     if gamma == 1.0:
         return cost
     # (gamma - 1) * clipped error, from prefix sums of counts, counts*c and counts*c^2 (float64)
     c64, n64 = centres.double(), counts.double()
-    zeros = torch.zeros(channels, 1, dtype=torch.float64, device=centres.device)
-    p0 = torch.cat([zeros, n64.cumsum(1)], 1)
-    p1 = torch.cat([zeros, (n64 * c64).cumsum(1)], 1)
-    p2 = torch.cat([zeros, (n64 * c64 * c64).cumsum(1)], 1)
-    s64, z64 = scale.double(), zero_point.double()
+    moments = torch.zeros(3, channels, bins + 1, dtype=torch.float64, device=centres.device)
+    torch.cumsum(torch.stack([n64, n64 * c64, n64 * c64 * c64]), dim=2, out=moments[:, :, 1:])
+    p0, p1, p2 = moments
+    s64 = scale.double()
+    z64 = float(zero_point) if uniform_zp else zero_point.double()
     v_lo, v_hi = (qmin - z64) * s64, (qmax - z64) * s64
     start64, width64 = start.double()[:, None], width.double()[:, None]
     spread = width64 > 0
     safe_width = torch.where(spread, width64, 1.0)
 
-    def num_centres_below(threshold: Tensor, inclusive: bool) -> Tensor:   # centres < (<=) threshold
+    def num_centres_below(threshold: Tensor, inclusive: bool) -> Tensor:   # c < (<=) threshold
         pos = (threshold - start64) / safe_width - 0.5
         n = torch.floor(pos) + 1 if inclusive else torch.ceil(pos)
         point = (start64 <= threshold) if inclusive else (start64 < threshold)
@@ -428,8 +502,22 @@ def _candidate_costs(centres: Tensor, start: Tensor, width: Tensor, counts: Tens
         return (s2 - 2 * v * s1 + v * v * s0).clamp_(min=0)
 
     full = torch.full_like(i_hi, bins)
-    clipped = range_cost(torch.zeros_like(i_lo), i_lo, v_lo) + range_cost(torch.maximum(i_hi, i_lo), full, v_hi)
+    clipped = (range_cost(torch.zeros_like(i_lo), i_lo, v_lo)
+               + range_cost(torch.maximum(i_hi, i_lo), full, v_hi))
     return cost + (gamma - 1.0) * clipped
+
+
+def _occupied_bins(centres: Tensor, counts: Tensor) -> tuple[Tensor, Tensor]:
+    """Drop empty bins (they cost nothing): per channel the occupied bins first, padded with empty
+    ones to the largest occupancy. Weight histograms are often a third empty. Syncs once on
+    accelerators."""
+    occupied = counts > 0
+    width = int(occupied.sum(1).max())
+    if width > 0.9 * counts.shape[1]:
+        return centres, counts
+    width = max(width, 1)
+    order = torch.argsort((~occupied).to(torch.uint8), dim=1, stable=True)[:, :width]
+    return centres.gather(1, order), counts.gather(1, order)
 
 
 def _select(costs: Tensor, scale: Tensor, zero_point: Tensor) -> tuple[Tensor, Tensor]:
@@ -442,19 +530,20 @@ class TfEnhancedEncodingAnalyzer(_HistogramAnalyzer):
 
     On the unsigned view of the grid (N = qmax - qmin steps, offset o = -zero point):
 
-    * asymmetric: with the observed range ``[m, M]`` (histogram extent, widened to include 0) mapped to
-      the grid (``Δ0 = (M - m) / N``, ``o0 = round(m / Δ0)``), candidates are 17 step sizes
-      ``Δ0 * k / 16`` (k = 1..17) x 22 offsets (``round(-N + N * i / 20)``, i = 0..20, plus ``o0``). As in
-      AIMET, each candidate's range ``[oΔ, oΔ + NΔ]`` is then clamped to the observed one and its step
-      size and offset recomputed, so no candidate spends levels outside the data;
-    * symmetric (signed grid): 101 step sizes ``2 max(|m|, |M|) / N * k / 100`` (k = 1..101) with the
-      offset fixed at the grid's (``qmin``); unsigned symmetric: ``M / N * k / 100``, offset 0.
+    * asymmetric: with the observed range ``[m, M]`` (histogram extent, widened to include 0)
+      mapped to the grid (``Δ0 = (M - m) / N``, ``o0 = round(m / Δ0)``), candidates are 17 step
+      sizes ``Δ0 * k / 16`` (k = 1..17) x 22 offsets (``round(-N + N * i / 20)``, i = 0..20, plus
+      ``o0``). As in AIMET, each candidate's range ``[oΔ, oΔ + NΔ]`` is then clamped to the
+      observed one and its step size and offset recomputed, so no candidate spends levels outside
+      the data;
+    * symmetric (signed grid): 101 step sizes ``2 max(|m|, |M|) / N * k / 100`` (k = 1..101) with
+      the offset fixed at the grid's (``qmin``); unsigned symmetric: ``M / N * k / 100``, offset 0.
 
-    Each candidate's cost is ``sum count * err^2`` over the bin centres, with the error of clipped bins
-    weighted by ``gamma`` (3); the cheapest wins and gives ``min = oΔ``, ``max = min + NΔ``.
-    Differences from AIMET's C++ code: the observed range comes from exact running min/max (clipped
-    to the histogram) instead of bin left edges, and the clipped cost uses the clamped value rather
-    than the centre of the edge bin.
+    Each candidate's cost is ``sum count * err^2`` over the bin centres, with the error of clipped
+    bins weighted by ``gamma`` (3); the cheapest wins and gives ``min = oΔ``, ``max = min + NΔ``.
+    Differences from AIMET's C++ code: the observed range comes from exact running min/max
+    (clipped to the histogram) instead of bin left edges, and the clipped cost uses the clamped
+    value rather than the centre of the edge bin.
 
     Args:
         axis: per-channel axis or None.
@@ -463,38 +552,41 @@ class TfEnhancedEncodingAnalyzer(_HistogramAnalyzer):
         gamma: weight of clipping error (3.0).
     """
 
-    def __init__(self, axis: int | None = None, name: str | None = None, *, num_bins: int = 512,
-                 gamma: float = 3.0) -> None:
+    def __init__(self, axis: int | None = None, name: str | None = None, *,
+                 num_bins: int = 512, gamma: float = 3.0) -> None:
         super().__init__(axis=axis, name=name, num_bins=num_bins)
         self.gamma = float(gamma)
 
-    def _compute(self, qmin: int, qmax: int, symmetric: bool, signed: bool) -> tuple[Tensor, Tensor]:
+    def _compute(self, qmin: int, qmax: int, symmetric: bool,
+                 signed: bool) -> tuple[Tensor, Tensor]:
         steps = qmax - qmin
         centres, start, width = self._centres()
         obs_lo = start.double().clamp(max=0.0)
-        obs_hi = torch.maximum((start + width * self.num_bins).double().clamp(min=0.0), obs_lo + steps * MIN_SCALE)
-        dev = centres.device
+        end = (start + width * self.num_bins).double()
+        obs_hi = torch.maximum(end.clamp(min=0.0), obs_lo + steps * MIN_SCALE)
+        counts = self._counts
         if symmetric:
-            k = torch.arange(1, 102, device=dev, dtype=torch.float64) / 100
-            if signed:
-                delta_max = 2 * torch.maximum(obs_hi, -obs_lo) / steps
-                offset = torch.full_like(delta_max, float(qmin))[:, None].expand(-1, k.numel())
-            else:
-                delta_max = obs_hi / steps
-                offset = torch.zeros(delta_max.shape[0], k.numel(), dtype=torch.float64, device=dev)
-            delta = (delta_max[:, None] * k).clamp(min=MIN_SCALE)
-        else:
-            delta, offset = self._asymmetric_candidates(obs_lo, obs_hi, steps)
+            # offset fixed at the grid's (-qmin on the unsigned view: 128 for int8, 0 unsigned)
+            k = torch.arange(1, 102, device=centres.device, dtype=torch.float64) / 100
+            delta_max = 2 * torch.maximum(obs_hi, -obs_lo) / steps if signed else obs_hi / steps
+            scale = (delta_max[:, None] * k).clamp(min=MIN_SCALE).to(torch.float32)
+            zp_unsigned = -qmin if signed else 0
+            costs = _candidate_costs(centres, start, width, counts, scale, zp_unsigned, 0, steps,
+                                     self.gamma)
+            best = costs.argmin(dim=1, keepdim=True)
+            best_scale = scale.gather(1, best).squeeze(1)
+            return best_scale, torch.zeros_like(best_scale, dtype=torch.float64)
+        delta, offset = self._asymmetric_candidates(obs_lo, obs_hi, steps)
         scale = delta.to(torch.float32)
         zp_unsigned = -offset                                  # zero point on the grid [0, N]
-        costs = _candidate_costs(centres, start, width, self._counts, scale, zp_unsigned, 0, steps, self.gamma)
-        best_scale, best_zp = _select(costs, scale, zp_unsigned.double())
-        if symmetric:
-            return best_scale, torch.zeros_like(best_zp)
+        costs = _candidate_costs(centres, start, width, counts, scale, zp_unsigned, 0, steps,
+                                 self.gamma)
+        best_scale, best_zp = _select(costs, scale, zp_unsigned)
         return best_scale, best_zp + qmin
 
     @staticmethod
-    def _asymmetric_candidates(obs_lo: Tensor, obs_hi: Tensor, steps: int) -> tuple[Tensor, Tensor]:
+    def _asymmetric_candidates(obs_lo: Tensor, obs_hi: Tensor,
+                               steps: int) -> tuple[Tensor, Tensor]:
         """``(delta, offset)`` ``[C, 17 * 22]`` float64, clamped to the observed range."""
         dev = obs_lo.device
         delta_obs = (obs_hi - obs_lo) / steps
@@ -502,10 +594,12 @@ class TfEnhancedEncodingAnalyzer(_HistogramAnalyzer):
         grid_lo = offset_obs * delta_obs
         grid_hi = grid_lo + steps * delta_obs
         k = torch.arange(1, 18, device=dev, dtype=torch.float64) / 16
-        deltas = delta_obs[:, None, None] * k[None, :, None]                                   # [C, 17, 1]
-        spread = torch.round(-steps + steps * torch.arange(21, device=dev, dtype=torch.float64) / 20)
-        offsets = torch.cat([spread.expand(obs_lo.shape[0], -1), offset_obs[:, None]], 1)[:, None, :]
-        cand_lo = torch.maximum(deltas * offsets, grid_lo[:, None, None])                    # [C, 17, 22]
+        deltas = delta_obs[:, None, None] * k[None, :, None]                       # [C, 17, 1]
+        i = torch.arange(21, device=dev, dtype=torch.float64)
+        spread = torch.round(-steps + steps * i / 20)
+        offsets = torch.cat([spread.expand(obs_lo.shape[0], -1), offset_obs[:, None]], 1)
+        offsets = offsets[:, None, :]                                              # [C, 1, 22]
+        cand_lo = torch.maximum(deltas * offsets, grid_lo[:, None, None])          # [C, 17, 22]
         cand_hi = torch.minimum(deltas * offsets + steps * deltas, grid_hi[:, None, None])
         delta = ((cand_hi - cand_lo) / steps).clamp(min=MIN_SCALE)
         delta = delta.to(torch.float32).double()           # the scale the encoding will carry
@@ -531,13 +625,21 @@ class PercentileEncodingAnalyzer(_HistogramAnalyzer):
         (1.0, 0.99)
     """
 
-    def __init__(self, percentile: float = 99.99, axis: int | None = None, name: str | None = None, *,
-                 num_bins: int = 2048) -> None:
+    def __init__(self, percentile: float = 99.99, axis: int | None = None,
+                 name: str | None = None, *, num_bins: int = 2048) -> None:
         super().__init__(axis=axis, name=name, num_bins=num_bins)
-        if isinstance(percentile, bool) or not isinstance(percentile, (int, float)) or not (
-                50 < percentile <= 100):
-            raise ConfigError(f"{self._label()}: percentile must be in (50, 100], got {percentile!r}")
-        self.percentile = float(percentile)
+        self.percentile = percentile
+
+    @property
+    def percentile(self) -> float:
+        """The clipping percentile, in (50, 100]; assignments are validated."""
+        return self._percentile
+
+    @percentile.setter
+    def percentile(self, value: float) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 50 < value <= 100:
+            raise ConfigError(f"{self._label()}: percentile must be in (50, 100], got {value!r}")
+        self._percentile = float(value)
 
     def percentile_range(self) -> tuple[Tensor, Tensor]:
         """The (lower, upper) percentile values, shape ``[]`` or ``[C]``."""
@@ -554,7 +656,8 @@ class PercentileEncodingAnalyzer(_HistogramAnalyzer):
             idx = torch.searchsorted(cdf, target, side="left").clamp_(max=self.num_bins - 1)
             before = torch.where(idx > 0, cdf.gather(1, (idx - 1).clamp(min=0)), 0.0)
             inside = counts.gather(1, idx)
-            part = torch.where(inside > 0, (target - before) / torch.where(inside > 0, inside, 1.0), 1.0)
+            safe = torch.where(inside > 0, inside, 1.0)
+            part = torch.where(inside > 0, (target - before) / safe, 1.0)
             return (start[:, None] + (idx + part.clamp(0, 1)) * width[:, None]).squeeze(1)
 
         lower = value_at(total * (1 - fraction))
@@ -564,17 +667,20 @@ class PercentileEncodingAnalyzer(_HistogramAnalyzer):
         upper = torch.minimum(torch.maximum(upper, mn), mx).to(torch.float32)
         return self._shape_out(lower), self._shape_out(upper)
 
-    def _compute(self, qmin: int, qmax: int, symmetric: bool, signed: bool) -> tuple[Tensor, Tensor]:
+    def _compute(self, qmin: int, qmax: int, symmetric: bool,
+                 signed: bool) -> tuple[Tensor, Tensor]:
         lower, upper = self.percentile_range()
-        return scale_zero_point_from_min_max(lower, upper, qmin, qmax, symmetric=symmetric, signed=signed)
+        return scale_zero_point_from_min_max(lower, upper, qmin, qmax, symmetric=symmetric,
+                                             signed=signed)
 
 
 class MseEncodingAnalyzer(_HistogramAnalyzer):
     """MSE calibration: the clipping range with the smallest quantization MSE over the histogram.
 
     Candidates are ``num_candidates`` (100) fractions ``k / num_candidates`` of the observed range
-    ``[min, max]`` (widened to include 0; both ends scaled), each turned into an encoding as min-max
-    calibration would; the cost is ``sum count * err^2`` over the bin centres (clipping error unweighted).
+    ``[min, max]`` (widened to include 0; both ends scaled), each turned into an encoding as
+    min-max calibration would; the cost is ``sum count * err^2`` over the bin centres (clipping
+    error unweighted).
 
     Args:
         axis, name: as for the other analyzers.
@@ -582,21 +688,26 @@ class MseEncodingAnalyzer(_HistogramAnalyzer):
         num_candidates: clipping fractions tried (100).
     """
 
-    def __init__(self, axis: int | None = None, name: str | None = None, *, num_bins: int = 512,
-                 num_candidates: int = 100) -> None:
+    def __init__(self, axis: int | None = None, name: str | None = None, *,
+                 num_bins: int = 512, num_candidates: int = 100) -> None:
         super().__init__(axis=axis, name=name, num_bins=num_bins)
-        if isinstance(num_candidates, bool) or not isinstance(num_candidates, int) or num_candidates < 1:
-            raise ConfigError(f"{self._label()}: num_candidates must be a positive int, got {num_candidates!r}")
+        if (isinstance(num_candidates, bool) or not isinstance(num_candidates, int)
+                or num_candidates < 1):
+            raise ConfigError(f"{self._label()}: num_candidates must be a positive int, got "
+                              f"{num_candidates!r}")
         self.num_candidates = num_candidates
 
-    def _compute(self, qmin: int, qmax: int, symmetric: bool, signed: bool) -> tuple[Tensor, Tensor]:
+    def _compute(self, qmin: int, qmax: int, symmetric: bool,
+                 signed: bool) -> tuple[Tensor, Tensor]:
         centres, start, width = self._centres()
-        frac = torch.arange(1, self.num_candidates + 1, device=start.device, dtype=torch.float64) / self.num_candidates
+        k = torch.arange(1, self.num_candidates + 1, device=start.device, dtype=torch.float64)
+        frac = k / self.num_candidates
         cand_lo = start.double().clamp(max=0.0)[:, None] * frac
         cand_hi = (start + width * self.num_bins).double().clamp(min=0.0)[:, None] * frac
-        scale, zero_point = scale_zero_point_from_min_max(cand_lo, cand_hi, qmin, qmax, symmetric=symmetric,
-                                                          signed=signed)
-        costs = _candidate_costs(centres, start, width, self._counts, scale, zero_point, qmin, qmax)
+        scale, zero_point = scale_zero_point_from_min_max(cand_lo, cand_hi, qmin, qmax,
+                                                          symmetric=symmetric, signed=signed)
+        shared_zp = 0 if symmetric else zero_point      # symmetric: zero point 0 for all candidates
+        costs = _candidate_costs(centres, start, width, self._counts, scale, shared_zp, qmin, qmax)
         return _select(costs, scale, zero_point)
 
 
@@ -608,19 +719,20 @@ _ANALYZERS = {
 }
 
 
-def get_encoding_analyzer(scheme: QuantScheme | str, axis: int | None = None, name: str | None = None,
-                          **kwargs: object) -> EncodingAnalyzer:
+def get_encoding_analyzer(scheme: QuantScheme | str, axis: int | None = None,
+                          name: str | None = None, **kwargs: object) -> EncodingAnalyzer:
     """Build the analyzer for a quantization scheme.
 
     Args:
-        scheme: a ``QuantScheme`` (range-learning schemes give their initialisation analyzer) or one of
-            "tf", "min_max", "tf_enhanced", "percentile", "mse" or a full scheme name.
+        scheme: a ``QuantScheme`` (range-learning schemes give their initialisation analyzer) or
+            one of "tf", "min_max", "tf_enhanced", "percentile", "mse" or a full scheme name.
         axis: per-channel axis or None.
         name: layer name used in messages.
         **kwargs: analyzer options, e.g. ``percentile=99.9`` or ``num_bins=1024``.
 
     Raises:
-        ConfigError: unknown scheme (the message lists the valid ones) or an option the analyzer lacks.
+        ConfigError: unknown scheme (the message lists the valid ones) or an option the analyzer
+            lacks.
 
     Example:
         >>> type(get_encoding_analyzer("percentile", percentile=99.9)).__name__
@@ -630,6 +742,6 @@ def get_encoding_analyzer(scheme: QuantScheme | str, axis: int | None = None, na
     try:
         return cls(axis=axis, name=name, **kwargs)
     except TypeError as e:
-        raise ConfigError(f"{cls.__name__} (scheme {scheme!r}) does not accept the options {sorted(kwargs)}: {e}"
-                          ) from e
+        raise ConfigError(f"{cls.__name__} (scheme {scheme!r}) does not accept the options "
+                          f"{sorted(kwargs)}: {e}") from e
 

@@ -1,4 +1,5 @@
-"""Quantization schemes and data types, spelled as in AIMET so users can switch by changing an import.
+"""Quantization schemes and data types, spelled as in AIMET so users can switch by changing an
+import.
 
 Example:
     >>> from fxquant.quantsim.quant_scheme import QuantScheme
@@ -15,7 +16,8 @@ from fxquant.errors import ConfigError
 
 __all__ = ["QuantScheme", "QuantizationDataType"]
 
-# Short spellings accepted by ``QuantScheme.parse`` (AIMET accepts the first three; we add the rest).
+# Short spellings accepted by ``QuantScheme.parse`` (AIMET accepts "tf", "tf_enhanced" and
+# "percentile"; we add the rest).
 _SCHEME_ALIASES = {
     "tf": "post_training_tf",
     "min_max": "post_training_tf",
@@ -25,7 +27,8 @@ _SCHEME_ALIASES = {
     "mse": "post_training_mse",
 }
 
-# The calibration (encoding analyzer) behind each scheme; range-learning schemes are initialised with it.
+# The calibration (encoding analyzer) behind each scheme; range-learning schemes are initialised
+# with it.
 _CALIBRATION = {
     "post_training_tf": "tf",
     "post_training_tf_enhanced": "tf_enhanced",

@@ -1,7 +1,7 @@
-"""Fake quantization, bit-exact with ONNX QuantizeLinear/DequantizeLinear, and the quantizer modules.
+"""Fake quantization, bit-exact with ONNX QuantizeLinear/DequantizeLinear, and quantizer modules.
 
-Arithmetic (``SPEC.md`` §1), computed in float32 (float64 for float64 inputs; float16/bfloat16 inputs
-are cast to float32 and the result cast back)::
+Arithmetic (``SPEC.md`` §1), computed in float32 (float64 for float64 inputs; float16/bfloat16
+inputs are cast to float32 and the result cast back)::
 
     q  = clamp(round_half_to_even(x / scale) + zero_point, qmin, qmax)     # a true division
     x' = (q - zero_point) * scale
@@ -13,8 +13,9 @@ Gradients (straight-through estimator, LSQ-style range learning; ``r = round(x /
     d x'/d s = r - x / s inside,  clamp(q, qmin, qmax) - z outside
     d x'/d z = 0 inside,          -s outside
 
-The zero point ``z`` enters the forward pass rounded (and clamped to the grid); its gradient passes
-that rounding straight through. Per-channel gradients of ``s`` and ``z`` are summed over all other axes.
+The zero point ``z`` enters the forward pass rounded (and clamped to the grid); its gradient
+passes that rounding straight through. Per-channel gradients of ``s`` and ``z`` are summed over all
+other axes.
 
 Example:
     >>> import torch
@@ -38,8 +39,8 @@ from fxquant.quantsim.encoding_analyzer import EncodingAnalyzer, get_encoding_an
 from fxquant.quantsim.quant_scheme import QuantizationDataType, QuantScheme
 
 __all__ = [
-    "quantize_dequantize", "quantize", "dequantize", "QuantizerBase", "AffineQuantizer", "FloatQuantizer",
-    "create_quantizer", "BITWIDTH_RANGES",
+    "quantize_dequantize", "quantize", "dequantize", "QuantizerBase", "AffineQuantizer",
+    "FloatQuantizer", "create_quantizer", "BITWIDTH_RANGES",
 ]
 
 logger = logging.getLogger(__name__)
@@ -50,9 +51,9 @@ BITWIDTH_RANGES: dict[str, tuple[int, int]] = {"param": (2, 32), "activation": (
 _INT32_MIN, _INT32_MAX = -(1 << 31), (1 << 31) - 1
 
 
-# ---------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 # Functional arithmetic
-# ---------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 def _compute_dtype(x: Tensor) -> torch.dtype:
     if not x.is_floating_point():
         raise TypeError(f"fake quantization needs a floating-point tensor, got dtype {x.dtype}")
@@ -68,8 +69,9 @@ def _along_axis(t: Tensor, x: Tensor, axis: int | None, what: str) -> Tensor:
     """Reshape a per-channel ``[C]`` tensor so that it broadcasts along ``axis`` of ``x``."""
     if axis is None:
         if t.numel() != 1:
-            raise ConfigError(f"per-tensor quantization (axis=None) needs a single {what}, got shape "
-                              f"{tuple(t.shape)}; pass axis=<channel axis> for per-channel values")
+            raise ConfigError(f"per-tensor quantization (axis=None) needs a single {what}, got "
+                              f"shape {tuple(t.shape)}; pass axis=<channel axis> for per-channel "
+                              f"values")
         return t.reshape(())
     ndim = x.dim()
     if not -ndim <= axis < ndim:
@@ -78,8 +80,9 @@ def _along_axis(t: Tensor, x: Tensor, axis: int | None, what: str) -> Tensor:
     if t.numel() == 1 and t.dim() == 0:
         return t
     if t.numel() != x.shape[ax]:
-        raise ConfigError(f"{what} has {t.numel()} channels but the tensor has {x.shape[ax]} along axis "
-                          f"{axis} (shape {tuple(x.shape)}); use the axis of the channel dimension")
+        raise ConfigError(f"{what} has {t.numel()} channels but the tensor has {x.shape[ax]} "
+                          f"along axis {axis} (shape {tuple(x.shape)}); use the axis of the "
+                          f"channel dimension")
     shape = [1] * ndim
     shape[ax] = -1
     return t.reshape(shape)
@@ -89,8 +92,8 @@ def _prepare(x: Tensor, scale: Tensor | float, zero_point: Tensor | float, axis:
              ) -> tuple[Tensor, Tensor, Tensor]:
     dtype = _compute_dtype(x)
     xc = x if x.dtype == dtype else x.to(dtype)
-    # scale and zero point always become tensors on x's device: a CPU scalar divisor makes CUDA multiply
-    # by a reciprocal instead of dividing, which breaks parity on ties.
+    # scale and zero point always become tensors on x's device: a CPU scalar divisor makes CUDA
+    # multiply by a reciprocal instead of dividing, which breaks parity on ties.
     s = torch.as_tensor(scale).to(device=x.device, dtype=dtype)
     z = torch.as_tensor(zero_point).to(device=x.device, dtype=dtype)
     return xc, _along_axis(s, x, axis, "scale"), _along_axis(z, x, axis, "zero_point")
@@ -100,10 +103,12 @@ class _FakeQuantSTE(torch.autograd.Function):
     """Quantize-dequantize with the straight-through / LSQ gradients of the module docstring."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int) -> Tensor:
+    def forward(ctx: Any, x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int,
+                qmax: int) -> Tensor:
         ctx.qrange = (qmin, qmax)
         ctx.save_for_backward(x, scale, zero_point)
-        return torch.round(x / scale).add_(zero_point).clamp_(qmin, qmax).sub_(zero_point).mul_(scale)
+        return (torch.round(x / scale).add_(zero_point).clamp_(qmin, qmax)
+                .sub_(zero_point).mul_(scale))
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
@@ -124,8 +129,8 @@ class _FakeQuantSTE(torch.autograd.Function):
         return grad_x, grad_s, grad_z, None, None
 
 
-def quantize_dequantize(x: Tensor, scale: Tensor | float, zero_point: Tensor | float, qmin: int, qmax: int,
-                        axis: int | None = None) -> Tensor:
+def quantize_dequantize(x: Tensor, scale: Tensor | float, zero_point: Tensor | float, qmin: int,
+                        qmax: int, axis: int | None = None) -> Tensor:
     """Fake-quantize ``x``: ONNX QuantizeLinear followed by DequantizeLinear, bit for bit.
 
     Differentiable with the straight-through estimator (and LSQ gradients for ``scale`` and
@@ -137,14 +142,15 @@ def quantize_dequantize(x: Tensor, scale: Tensor | float, zero_point: Tensor | f
         zero_point: integer-valued zero point (any numeric dtype), same shape as ``scale``.
         qmin: smallest integer of the grid, e.g. 0 (uint8) or -128 (int8).
         qmax: largest integer of the grid, e.g. 255 or 127.
-        axis: channel axis for per-channel scales (0 for Conv/Linear weights, 1 for ConvTranspose).
+        axis: channel axis of per-channel scales (0 for Conv/Linear weights, 1 for ConvTranspose).
 
     Returns:
         A tensor shaped and typed like ``x``.
 
     Example:
         >>> w = torch.tensor([[0.30, -0.26], [1.0, 2.0]])
-        >>> quantize_dequantize(w, torch.tensor([0.1, 1.0]), torch.tensor([0, 0]), -128, 127, axis=0)
+        >>> quantize_dequantize(w, torch.tensor([0.1, 1.0]), torch.tensor([0, 0]), -128, 127,
+        ...                     axis=0)
         tensor([[ 0.3000, -0.3000],
                 [ 1.0000,  2.0000]])
     """
@@ -162,8 +168,8 @@ def quantize(x: Tensor, scale: Tensor | float, zero_point: Tensor | float, qmin:
     """ONNX QuantizeLinear: ``clamp(round_half_to_even(x / scale) + zero_point, qmin, qmax)``.
 
     Returns:
-        int32 tensor (int64 when the grid does not fit int32, e.g. unsigned 32-bit). Saturation is exact
-        in integers even where float32 cannot represent ``qmax``.
+        int32 tensor (int64 when the grid does not fit int32, e.g. unsigned 32-bit). Saturation
+        is exact in integers even where float32 cannot represent ``qmax``.
 
     Example:
         >>> quantize(torch.tensor([0.25, 0.75, 99.0]), 0.5, 3, 0, 7).tolist()
@@ -176,7 +182,8 @@ def quantize(x: Tensor, scale: Tensor | float, zero_point: Tensor | float, qmin:
     return q.to(torch.int32) if _INT32_MIN <= qmin and qmax <= _INT32_MAX else q
 
 
-def dequantize(q: Tensor, scale: Tensor | float, zero_point: Tensor | int, axis: int | None = None) -> Tensor:
+def dequantize(q: Tensor, scale: Tensor | float, zero_point: Tensor | int,
+               axis: int | None = None) -> Tensor:
     """ONNX DequantizeLinear: ``(q - zero_point) * scale`` with the subtraction done in integers.
 
     Returns:
@@ -198,14 +205,15 @@ def _ste_round(t: Tensor) -> Tensor:
     return t + (torch.round(t) - t).detach()
 
 
-# ---------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 # Quantizer modules
-# ---------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 def _validate_bitwidth(bitwidth: Any, kind: str, label: str) -> int:
     lo, hi = BITWIDTH_RANGES[kind]
     if isinstance(bitwidth, bool) or not isinstance(bitwidth, int) or not lo <= bitwidth <= hi:
-        raise ConfigError(f"{label}: bitwidth {bitwidth!r} is not valid for a {kind} quantizer; valid bit "
-                          f"widths are {lo}-{hi} (integer), or 16 with data_type='float'")
+        raise ConfigError(f"{label}: bitwidth {bitwidth!r} is not valid for a {kind} quantizer; "
+                          f"valid bit widths are {lo}-{hi} (integer), or 16 with "
+                          f"data_type='float'")
     return bitwidth
 
 
@@ -223,14 +231,15 @@ class QuantizerBase(nn.Module):
         kind: "param" or "activation" (selects the valid bit widths: 2-32 and 4-32).
         name: the quantizer's name, used in messages (e.g. "layer1.0.conv1.weight").
         enabled: when False the quantizer is the identity.
-        calibrating: when True ``forward`` feeds its input to the encoding analyzer and returns it
-            unquantized (see ``calibration()``).
+        calibrating: when True ``forward`` feeds its input to the encoding analyzer and returns
+            it unquantized (see ``calibration()``).
     """
 
     def __init__(self, *, kind: str = "activation", name: str = "", enabled: bool = True) -> None:
         super().__init__()
         if kind not in BITWIDTH_RANGES:
-            raise ConfigError(f"quantizer {name!r}: kind {kind!r} is not valid; use 'param' or 'activation'")
+            raise ConfigError(f"quantizer {name!r}: kind {kind!r} is not valid; use 'param' or "
+                              f"'activation'")
         self.kind = kind
         self.name = name
         self.enabled = bool(enabled)
@@ -242,7 +251,7 @@ class QuantizerBase(nn.Module):
 
     @property
     def encoding(self) -> QuantEncoding | None:
-        """The current encoding, or None when there is none (not computed yet, or not applicable)."""
+        """The current encoding, or None (not computed yet, or not applicable)."""
         return None
 
     @property
@@ -256,7 +265,7 @@ class QuantizerBase(nn.Module):
         return self._frozen
 
     def freeze_encoding(self) -> None:
-        """Keep the current encoding: later calibration neither collects statistics nor overwrites it."""
+        """Keep the current encoding: calibration neither collects statistics nor overwrites it."""
         self._frozen = True
 
     def unfreeze_encoding(self) -> None:
@@ -268,7 +277,8 @@ class QuantizerBase(nn.Module):
         raise ConfigError(f"{self._label()} takes no encoding")
 
     def compute_encoding(self) -> None:
-        """Compute the encoding from the statistics collected while calibrating (no-op when frozen)."""
+        """Compute the encoding from the statistics collected while calibrating (no-op when
+        frozen)."""
 
     def _start_calibration(self) -> None:
         """Hook: called when a ``calibration()`` block starts."""
@@ -280,9 +290,10 @@ class QuantizerBase(nn.Module):
     def calibration(self, *, compute: bool = True) -> Iterator[QuantizerBase]:
         """Collect statistics for the duration of the block, then compute the encoding.
 
-        Inside the block ``forward`` returns its input unquantized and feeds it to the encoding analyzer
-        (statistics are reset on entry). On a clean exit the encoding is computed when ``compute`` is True
-        and the quantizer saw data; a quantizer that saw none keeps its encoding and logs a warning.
+        Inside the block ``forward`` returns its input unquantized and feeds it to the encoding
+        analyzer (statistics are reset on entry). On a clean exit the encoding is computed when
+        ``compute`` is True and the quantizer saw data; an enabled quantizer that saw none keeps
+        its encoding and logs a warning.
 
         Example:
             >>> q = AffineQuantizer(8, name="act")
@@ -307,11 +318,12 @@ class QuantizerBase(nn.Module):
 class AffineQuantizer(QuantizerBase):
     """Integer (affine) fake quantizer with a calibrated, optionally learned, encoding.
 
-    ``scale`` and ``zero_point`` are registered as float32 buffers (the zero point holds integer values)
-    so that ``state_dict()`` round-trips them; with ``learn_range=True`` they are ``nn.Parameter``s
-    trained by any optimizer (the zero point only for asymmetric encodings; it is rounded in the forward
-    pass with a straight-through gradient). Both are None until an encoding is computed or set. The grid
-    (bit width, signedness, symmetry) of the stored encoding travels in the state dict's extra state.
+    ``scale`` and ``zero_point`` are registered as float32 buffers (the zero point holds integer
+    values) so that ``state_dict()`` round-trips them; with ``learn_range=True`` they are
+    ``nn.Parameter``s trained by any optimizer (the zero point only for asymmetric encodings; it is
+    rounded in the forward pass with a straight-through gradient). Both are None until an encoding
+    is computed or set. The grid (bit width, signedness, symmetry) of the stored encoding and the
+    frozen flag travel in the state dict's extra state.
 
     Args:
         bitwidth: integer bit width; params 2-32, activations 4-32.
@@ -319,7 +331,8 @@ class AffineQuantizer(QuantizerBase):
         strict_symmetric: drop the most negative value of the signed symmetric grid.
         signed: force a signed/unsigned grid; None = signed iff symmetric.
         unsigned_symmetric: symmetric encodings of non-negative data use the unsigned grid (AIMET).
-        axis: per-channel axis (0 for Conv/Linear weights, 1 for ConvTranspose weights), None = per tensor.
+        axis: per-channel axis (0 for Conv/Linear weights, 1 for ConvTranspose weights), None =
+            per tensor.
         quant_scheme: calibration scheme (``QuantScheme`` or "tf", "min_max", "tf_enhanced",
             "percentile", "mse"); range-learning schemes imply ``learn_range=True``.
         encoding_analyzer: an analyzer to use instead of the one ``quant_scheme`` selects.
@@ -328,8 +341,8 @@ class AffineQuantizer(QuantizerBase):
         name: name used in messages.
         enabled: False makes the quantizer the identity.
 
-    Changing ``bitwidth``, ``symmetric``, ``strict_symmetric`` or ``signed`` drops the current encoding
-    (compute it again); on a frozen quantizer it is an error.
+    Changing ``bitwidth``, ``symmetric``, ``strict_symmetric`` or ``signed`` drops the current
+    encoding (compute it again); on a frozen quantizer it is an error.
 
     Example:
         >>> q = AffineQuantizer(8, symmetric=True, axis=0, kind="param", name="conv.weight")
@@ -340,11 +353,15 @@ class AffineQuantizer(QuantizerBase):
         True
     """
 
-    def __init__(self, bitwidth: int = 8, *, symmetric: bool = False, strict_symmetric: bool = False,
-                 signed: bool | None = None, unsigned_symmetric: bool = False, axis: int | None = None,
+    data_type = QuantizationDataType.int
+
+    def __init__(self, bitwidth: int = 8, *, symmetric: bool = False,
+                 strict_symmetric: bool = False, signed: bool | None = None,
+                 unsigned_symmetric: bool = False, axis: int | None = None,
                  quant_scheme: QuantScheme | str = QuantScheme.post_training_tf,
-                 encoding_analyzer: EncodingAnalyzer | None = None, learn_range: bool | None = None,
-                 kind: str = "activation", name: str = "", enabled: bool = True) -> None:
+                 encoding_analyzer: EncodingAnalyzer | None = None,
+                 learn_range: bool | None = None, kind: str = "activation", name: str = "",
+                 enabled: bool = True) -> None:
         super().__init__(kind=kind, name=name, enabled=enabled)
         scheme = QuantScheme.parse(quant_scheme)
         if axis is not None and (isinstance(axis, bool) or not isinstance(axis, int)):
@@ -356,25 +373,24 @@ class AffineQuantizer(QuantizerBase):
         self.unsigned_symmetric = bool(unsigned_symmetric)
         self.axis = axis
         self.quant_scheme = scheme
-        self.encoding_analyzer = encoding_analyzer if encoding_analyzer is not None else \
-            get_encoding_analyzer(scheme, axis=axis, name=name or None)
+        if encoding_analyzer is None:
+            encoding_analyzer = get_encoding_analyzer(scheme, axis=axis, name=name or None)
+        self.encoding_analyzer = encoding_analyzer
         self._learn_range = scheme.learns_range if learn_range is None else bool(learn_range)
         self._grid: _Grid | None = None
         self._qrange = (0, 0)
         self.register_buffer("scale", None)
         self.register_buffer("zero_point", None)
-        # follows .to(device) so that encodings set later land on the module's device; not saved.
+        # follows .to(device) so that encodings set later land on the module's device; not saved
         self.register_buffer("_device_anchor", torch.empty(0), persistent=False)
 
-    # -- configuration ------------------------------------------------------------------------------
-    data_type = QuantizationDataType.int
-
+    # -- configuration ----------------------------------------------------------------------------
     def _config_changes(self, what: str, old: Any, new: Any) -> None:
         if old == new:
             return
         if self._frozen:
-            raise ConfigError(f"{self._label()} has a frozen encoding; call unfreeze_encoding() before "
-                              f"changing {what}")
+            raise ConfigError(f"{self._label()} has a frozen encoding; call unfreeze_encoding() "
+                              f"before changing {what}")
         if self.scale is not None:
             logger.info("%s: %s changed from %r to %r; its encoding was dropped, compute it again",
                         self._label(), what, old, new)
@@ -433,7 +449,7 @@ class AffineQuantizer(QuantizerBase):
         if self.scale is not None:
             self._store(self.scale.detach().clone(), self.zero_point.detach().clone())
 
-    # -- encoding -----------------------------------------------------------------------------------
+    # -- encoding ---------------------------------------------------------------------------------
     @property
     def is_initialized(self) -> bool:
         return self.scale is not None
@@ -443,19 +459,20 @@ class AffineQuantizer(QuantizerBase):
         if self.scale is None or self._grid is None:
             return None
         qmin, qmax = self._qrange
-        zp = torch.round(self.zero_point.detach()).clamp(qmin, qmax)
-        return QuantEncoding(scale=self.scale.detach().clone(), zero_point=zp, bitwidth=self._grid.bitwidth,
-                             signed=self._grid.signed, symmetric=self._grid.symmetric, strict=self._grid.strict,
-                             axis=self.axis)
+        grid = self._grid
+        return QuantEncoding(scale=self.scale.detach().clone(),
+                             zero_point=torch.round(self.zero_point.detach()).clamp(qmin, qmax),
+                             bitwidth=grid.bitwidth, signed=grid.signed, symmetric=grid.symmetric,
+                             strict=grid.strict, axis=self.axis)
 
     @property
     def qmin(self) -> int:
-        """Smallest grid integer of the current encoding (of the configuration when there is none)."""
+        """Smallest grid integer of the current encoding (of the configuration without one)."""
         return self._qrange[0] if self._grid is not None else quant_range(*self._config_grid())[0]
 
     @property
     def qmax(self) -> int:
-        """Largest grid integer of the current encoding (of the configuration when there is none)."""
+        """Largest grid integer of the current encoding (of the configuration without one)."""
         return self._qrange[1] if self._grid is not None else quant_range(*self._config_grid())[1]
 
     def _config_grid(self) -> tuple[int, bool, bool, bool]:
@@ -466,8 +483,8 @@ class AffineQuantizer(QuantizerBase):
         """Install ``encoding``; the quantizer adopts its bit width, signedness and symmetry.
 
         Raises:
-            ConfigError: the encoding's axis differs from the quantizer's, or its bit width is invalid
-                for this kind of quantizer.
+            ConfigError: the encoding's axis differs from the quantizer's, or its bit width is
+                invalid for this kind of quantizer.
 
         Example:
             >>> q = AffineQuantizer(8, name="x")
@@ -479,13 +496,14 @@ class AffineQuantizer(QuantizerBase):
             raise ConfigError(f"{self._label()}: set_encoding expects a QuantEncoding, got "
                               f"{type(encoding).__name__}")
         if encoding.axis != self.axis:
-            raise ConfigError(f"{self._label()} quantizes along axis {self.axis}, but the encoding has axis "
-                              f"{encoding.axis}")
+            raise ConfigError(f"{self._label()} quantizes along axis {self.axis}, but the "
+                              f"encoding has axis {encoding.axis}")
         _validate_bitwidth(encoding.bitwidth, self.kind, self._label())
         self._bitwidth, self._symmetric = encoding.bitwidth, encoding.symmetric
         if encoding.symmetric and encoding.signed:
             self._strict = encoding.strict
-        self._set_grid(_Grid(encoding.bitwidth, encoding.signed, encoding.symmetric, encoding.strict))
+        self._set_grid(_Grid(encoding.bitwidth, encoding.signed, encoding.symmetric,
+                             encoding.strict))
         self._store(encoding.scale, encoding.zero_point.to(torch.float32))
 
     def _set_grid(self, grid: _Grid) -> None:
@@ -509,7 +527,8 @@ class AffineQuantizer(QuantizerBase):
         self._parameters.pop(name, None)
         self._buffers.pop(name, None)
         if learnable:
-            self.register_parameter(name, nn.Parameter(value.detach().clone(), requires_grad=not self._frozen))
+            param = nn.Parameter(value.detach().clone(), requires_grad=not self._frozen)
+            self.register_parameter(name, param)
         else:
             self.register_buffer(name, value.detach().clone())
 
@@ -527,7 +546,8 @@ class AffineQuantizer(QuantizerBase):
             CalibrationError: there is no encoding to freeze.
         """
         if self.scale is None:
-            raise CalibrationError(f"{self._label()} has no encoding to freeze; compute or set one first")
+            raise CalibrationError(f"{self._label()} has no encoding to freeze; compute or set "
+                                   f"one first")
         super().freeze_encoding()
         for p in (self.scale, self.zero_point):
             if isinstance(p, nn.Parameter):
@@ -558,9 +578,9 @@ class AffineQuantizer(QuantizerBase):
             return
         if not self.encoding_analyzer.has_stats:
             raise CalibrationError(
-                f"{self._label()} collected no statistics: run calibration data through the model inside "
-                f"sim.compute_encodings(...) (the quantizer must be reached by the forward pass) before "
-                f"computing its encoding")
+                f"{self._label()} collected no statistics: run calibration data through the model "
+                f"inside sim.compute_encodings(...) (the quantizer must be reached by the forward "
+                f"pass) before computing its encoding")
         encoding = self.encoding_analyzer.compute_encoding(
             self._bitwidth, self._symmetric, strict=self._strict, signed=self._resolve_signed())
         self.set_encoding(encoding)
@@ -573,14 +593,16 @@ class AffineQuantizer(QuantizerBase):
         if self._frozen:
             return
         if not self.encoding_analyzer.has_stats:
-            logger.warning("%s saw no data during calibration; its encoding was left %s", self._label(),
-                           "unchanged" if self.scale is not None else "unset")
+            if self.enabled:       # a disabled quantizer sees nothing by design
+                logger.warning("%s saw no data during calibration; its encoding was left %s",
+                               self._label(), "unchanged" if self.scale is not None else "unset")
             return
         self.compute_encoding()
 
-    # -- state dict ---------------------------------------------------------------------------------
+    # -- state dict -------------------------------------------------------------------------------
     def get_extra_state(self) -> dict[str, Any]:
-        return {"grid": None if self._grid is None else list(self._grid), "frozen": self._frozen}
+        grid = None if self._grid is None else list(self._grid)
+        return {"grid": grid, "frozen": self._frozen}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         grid = state.get("grid")
@@ -592,16 +614,18 @@ class AffineQuantizer(QuantizerBase):
         elif not frozen and self._frozen:
             self.unfreeze_encoding()
 
-    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, local_metadata: dict[str, Any],
-                              strict: bool, missing_keys: list[str], unexpected_keys: list[str],
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str,
+                              local_metadata: dict[str, Any], strict: bool,
+                              missing_keys: list[str], unexpected_keys: list[str],
                               error_msgs: list[str]) -> None:
-        # Materialise scale/zero_point (absent until an encoding exists) so the default loader can copy
-        # into them; the grid comes from the extra state.
+        # Materialise scale/zero_point (absent until an encoding exists) so that the default
+        # loader can copy into them; the grid comes from the extra state.
         extra = state_dict.get(prefix + "_extra_state")
         if isinstance(extra, dict) and extra.get("grid") is not None:
             self._frozen = False
             self.set_extra_state({"grid": extra["grid"]})
-        scale, zero_point = state_dict.get(prefix + "scale"), state_dict.get(prefix + "zero_point")
+        scale = state_dict.get(prefix + "scale")
+        zero_point = state_dict.get(prefix + "zero_point")
         if isinstance(scale, Tensor) and isinstance(zero_point, Tensor):
             if self._grid is None:
                 self._set_grid(_Grid(*self._config_grid()))
@@ -609,9 +633,10 @@ class AffineQuantizer(QuantizerBase):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
 
-    # -- forward ------------------------------------------------------------------------------------
+    # -- forward ----------------------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
-        """Fake-quantize ``x`` (identity when disabled; pass-through plus statistics when calibrating).
+        """Fake-quantize ``x`` (identity when disabled; pass-through plus statistics when
+        calibrating).
 
         Raises:
             CalibrationError: no encoding yet (call ``sim.compute_encodings`` first).
@@ -625,8 +650,9 @@ class AffineQuantizer(QuantizerBase):
         scale, zero_point = self.scale, self.zero_point
         if scale is None:
             raise CalibrationError(
-                f"{self._label()} has no encoding yet: call sim.compute_encodings(...) (or calibrate it and "
-                f"call compute_encoding(), or set_encoding()) before running the model")
+                f"{self._label()} has no encoding yet: call sim.compute_encodings(...) (or "
+                f"calibrate it and call compute_encoding(), or set_encoding()) before running the "
+                f"model")
         qmin, qmax = self._qrange
         if isinstance(scale, nn.Parameter):
             scale = scale.clamp_min(MIN_SCALE)
@@ -660,16 +686,17 @@ class FloatQuantizer(QuantizerBase):
 
     data_type = QuantizationDataType.float
 
-    def __init__(self, bitwidth: int = 16, *, kind: str = "activation", name: str = "", enabled: bool = True
-                 ) -> None:
+    def __init__(self, bitwidth: int = 16, *, kind: str = "activation", name: str = "",
+                 enabled: bool = True) -> None:
         super().__init__(kind=kind, name=name, enabled=enabled)
         if bitwidth != 16:
-            raise ConfigError(f"{self._label()}: data_type='float' supports bitwidth 16 (float16) only, got "
-                              f"{bitwidth!r}")
+            raise ConfigError(f"{self._label()}: data_type='float' supports bitwidth 16 (float16) "
+                              f"only, got {bitwidth!r}")
         self.bitwidth = 16
 
     def forward(self, x: Tensor) -> Tensor:
-        if not self.enabled or self.calibrating or not x.is_floating_point() or x.dtype == torch.float16:
+        if (not self.enabled or self.calibrating or not x.is_floating_point()
+                or x.dtype == torch.float16):
             return x
         return x.to(torch.float16).to(x.dtype)
 
@@ -677,12 +704,14 @@ class FloatQuantizer(QuantizerBase):
         return f"{super().extra_repr()}, bitwidth=16, data_type=float"
 
 
-def create_quantizer(bitwidth: int = 8, *, data_type: QuantizationDataType | str = QuantizationDataType.int,
+def create_quantizer(bitwidth: int = 8, *,
+                     data_type: QuantizationDataType | str = QuantizationDataType.int,
                      **kwargs: Any) -> QuantizerBase:
-    """Build an ``AffineQuantizer`` (``data_type="int"``) or a ``FloatQuantizer`` (``"float"``, bitwidth 16).
+    """Build an ``AffineQuantizer`` (``data_type="int"``) or a ``FloatQuantizer`` (``"float"``,
+    bitwidth 16).
 
-    Float quantizers accept only the ``kind``, ``name`` and ``enabled`` keyword arguments; the others are
-    ignored for them.
+    Float quantizers take only the ``kind``, ``name`` and ``enabled`` keyword arguments; the others
+    are ignored for them.
 
     Example:
         >>> type(create_quantizer(16, data_type="float")).__name__

@@ -1,0 +1,148 @@
+"""QuantEncoding: grids, min/max -> scale/zero point, validation."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fxquant.errors import ConfigError
+from fxquant.quantsim.encoding import MIN_SCALE, QuantEncoding, quant_range
+from fxquant.quantsim.quantizer import quantize_dequantize
+
+
+@pytest.mark.parametrize(("bitwidth", "signed", "symmetric", "strict", "expected"), [
+    (8, False, False, False, (0, 255)),
+    (8, True, True, False, (-128, 127)),
+    (8, True, True, True, (-127, 127)),
+    (8, True, False, True, (-128, 127)),      # strict applies to symmetric grids only
+    (8, False, True, True, (0, 255)),
+    (4, True, True, False, (-8, 7)),
+    (2, True, True, True, (-1, 1)),
+    (16, False, False, False, (0, 65535)),
+    (32, True, True, False, (-2 ** 31, 2 ** 31 - 1)),
+    (32, False, False, False, (0, 2 ** 32 - 1)),
+])
+def test_quant_range(bitwidth, signed, symmetric, strict, expected):
+    assert quant_range(bitwidth, signed, symmetric, strict) == expected
+
+
+@pytest.mark.parametrize("bitwidth", [1, 33, 0, 8.0, True, "8"])
+def test_bad_bitwidth(bitwidth):
+    with pytest.raises(ConfigError, match="bit widths 2-32"):
+        QuantEncoding.from_min_max(-1.0, 1.0, bitwidth, symmetric=False)
+
+
+def test_asymmetric_uint8():
+    enc = QuantEncoding.from_min_max(-1.0, 3.0, bitwidth=8, symmetric=False)
+    assert (enc.qmin, enc.qmax, enc.signed, enc.symmetric) == (0, 255, False, False)
+    assert enc.scale.dtype == torch.float32 and enc.zero_point.dtype == torch.int64
+    assert enc.scale.item() == pytest.approx(4 / 255)
+    assert int(enc.zero_point) == 64
+    assert int(enc.offset) == -64                      # AIMET's offset convention
+    assert float(enc.min) == pytest.approx(-64 * 4 / 255, rel=1e-6)
+    assert float(enc.max) == pytest.approx(191 * 4 / 255, rel=1e-6)
+
+
+def test_symmetric_int8_covers_range_with_tightest_scale():
+    enc = QuantEncoding.from_min_max(-2.0, 1.0, bitwidth=8, symmetric=True)
+    assert (enc.qmin, enc.qmax, int(enc.zero_point)) == (-128, 127, 0)
+    assert enc.scale.item() == pytest.approx(2.0 / 128)
+    assert int(enc.offset) == -128
+    strict = QuantEncoding.from_min_max(-2.0, 1.0, bitwidth=8, symmetric=True, strict=True)
+    assert (strict.qmin, strict.strict) == (-127, True)
+    assert strict.scale.item() == pytest.approx(2.0 / 127)
+    positive = QuantEncoding.from_min_max(-1.0, 2.0, bitwidth=8, symmetric=True)
+    assert positive.scale.item() == pytest.approx(2.0 / 127)
+
+
+def test_unsigned_symmetric_and_signed_asymmetric():
+    enc = QuantEncoding.from_min_max(0.0, 2.55, bitwidth=8, symmetric=True, signed=False)
+    assert (enc.qmin, enc.qmax, int(enc.zero_point)) == (0, 255, 0)
+    assert enc.scale.item() == pytest.approx(0.01)
+    assert not enc.strict
+    enc = QuantEncoding.from_min_max(-1.0, 3.0, bitwidth=8, symmetric=False, signed=True)
+    assert (enc.qmin, enc.qmax, int(enc.zero_point)) == (-128, 127, 64 - 128)
+    assert torch.allclose(enc.min, QuantEncoding.from_min_max(-1.0, 3.0, 8, False).min)
+
+
+@settings(max_examples=200, deadline=None)
+@given(lo=st.floats(-1e4, 1e4, allow_subnormal=False),
+       hi=st.floats(-1e4, 1e4, allow_subnormal=False),
+       bitwidth=st.integers(2, 32), symmetric=st.booleans(), strict=st.booleans(),
+       signed=st.booleans())
+def test_zero_is_exact_and_range_covered(lo, hi, bitwidth, symmetric, strict, signed):
+    lo, hi = min(lo, hi), max(lo, hi)
+    if symmetric and not signed:
+        lo = max(lo, 0.0)
+    enc = QuantEncoding.from_min_max(lo, hi, bitwidth, symmetric, strict=strict, signed=signed)
+    assert enc.qmin <= int(enc.zero_point) <= enc.qmax
+    assert enc.scale.item() >= MIN_SCALE and math.isfinite(enc.scale.item())
+    zero = quantize_dequantize(torch.zeros(3), enc.scale, enc.zero_point, enc.qmin, enc.qmax)
+    assert torch.equal(zero, torch.zeros(3))
+    # within half a step, plus the float32 rounding of the scale (relative 2^-24, times the range)
+    slack = enc.scale.item() * (0.5 + 1e-3) + (max(hi, 0.0) - min(lo, 0.0)) * 2.0 ** -22
+    assert enc.min.item() <= min(lo, 0.0) + slack
+    assert enc.max.item() >= max(hi, 0.0) - slack
+    if symmetric:
+        assert int(enc.zero_point) == 0
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_all_zero_range_is_valid(symmetric):
+    enc = QuantEncoding.from_min_max(0.0, 0.0, 8, symmetric)
+    assert enc.scale.item() == pytest.approx(MIN_SCALE)
+    assert enc.qmin <= int(enc.zero_point) <= enc.qmax
+    x = torch.tensor([0.0, 1e-9, -1e-9])
+    out = quantize_dequantize(x, enc.scale, enc.zero_point, enc.qmin, enc.qmax)
+    assert torch.equal(out, torch.zeros(3))
+
+
+def test_32bit_zero_point_exact():
+    enc = QuantEncoding.from_min_max(-1.0, 3.0, 32, symmetric=False)
+    assert enc.qmax == 2 ** 32 - 1
+    assert enc.zero_point.dtype == torch.int64
+    assert int(enc.zero_point) == round(1.0 / enc.scale.double().item())
+
+
+def test_per_channel(device):
+    lo = torch.tensor([-1.0, 0.0, -4.0], device=device)
+    hi = torch.tensor([1.0, 0.0, 2.0], device=device)
+    enc = QuantEncoding.from_min_max(lo, hi, 8, symmetric=True, axis=0)
+    assert enc.is_per_channel and enc.scale.shape == (3,)
+    assert enc.device.type == torch.device(device).type
+    assert enc.zero_point.tolist() == [0, 0, 0]
+    assert enc.scale.cpu().tolist() == pytest.approx([1 / 127, MIN_SCALE, 4 / 128], rel=1e-6)
+    moved = enc.to("cpu")
+    assert moved.device.type == "cpu" and moved == enc.to("cpu")
+
+
+def test_constructor_coerces_and_validates():
+    enc = QuantEncoding(scale=torch.tensor([0.5, 0.25], dtype=torch.float64), zero_point=0,
+                        bitwidth=8, signed=True, symmetric=True, axis=0)
+    assert enc.scale.dtype == torch.float32 and enc.zero_point.tolist() == [0, 0]
+    assert QuantEncoding(scale=torch.tensor([0.1]), zero_point=torch.tensor([3.0]), bitwidth=8,
+                         signed=False, symmetric=False).scale.shape == ()
+    with pytest.raises(ConfigError, match="per-tensor QuantEncoding"):
+        QuantEncoding(scale=torch.ones(2), zero_point=0, bitwidth=8, signed=True, symmetric=True)
+    with pytest.raises(ConfigError, match="needs a 1-D scale"):
+        QuantEncoding(scale=torch.ones(2, 2), zero_point=0, bitwidth=8, signed=True,
+                      symmetric=True, axis=0)
+    with pytest.raises(ConfigError, match="does not match scale shape"):
+        QuantEncoding(scale=torch.ones(2), zero_point=torch.zeros(3), bitwidth=8, signed=True,
+                      symmetric=True, axis=0)
+    with pytest.raises(ConfigError, match="axis must be an int"):
+        QuantEncoding(scale=torch.ones(2), zero_point=0, bitwidth=8, signed=True, symmetric=True,
+                      axis="0")
+
+
+def test_equality_and_immutability():
+    a = QuantEncoding.from_min_max(-1.0, 1.0, 8, False)
+    b = QuantEncoding.from_min_max(-1.0, 1.0, 8, False)
+    c = QuantEncoding.from_min_max(-1.0, 1.0, 4, False)
+    assert a == b and a != c and a != "x"
+    with pytest.raises(AttributeError):
+        a.bitwidth = 4  # type: ignore[misc]
+    assert "bitwidth=8" in repr(a)
