@@ -1,0 +1,498 @@
+"""Float ONNX export whose tensors carry fxquant's canonical names.
+
+``torch.onnx.export(..., dynamo=True)`` names values after the exported program's nodes
+(``relu_2``, ``add``). Every ONNX node carries ``metadata_props["pkg.torch.onnx.fx_node"]`` (its
+exported-program node as text); following that node's ``meta["from_node"]`` chain to the oldest entry
+gives the node of *our* GraphModule, whose ``call_module`` target is the canonical layer name
+(``layer1.0.module_add``). :func:`export_onnx` renames, per layer:
+
+* the layer's **output value** — the value produced by one of the layer's ONNX nodes and consumed
+  by a node of another layer (or a graph output) — to the layer name: ``add`` →
+  ``layer1.0.module_add``, ``relu_2`` → ``layer1.0.relu_1``;
+* a layer with several output values: tuple outputs (``torch.chunk`` …) become ``<layer>#0``,
+  ``<layer>#1`` … in ONNX production order; for a single-tensor layer the last value produced
+  (in graph order) is the output, the others keep their names;
+* a layer that produces no ONNX value (``nn.Identity``, eval ``Dropout``, a reshape folded into
+  a constant) gets an ``Identity`` node ``<input value> → <layer>`` when its output is a float
+  tensor and its input value is known, and the ONNX consumers of the layer's FX users are rewired
+  to it (so a quantizer placed there acts on them); otherwise it is listed in ``unmapped_layers``.
+
+A value already called like a canonical name that belongs to another value is renamed first
+(``<name>__<k>``). Graph inputs keep the placeholder names and initializers their state-dict
+names (``conv1.weight``); a parameter the exporter's optimizer dropped because it was all zeros
+(``RemoveOptionalBiasFromConv``) is put back as ``<layer>.bias`` so every parameter keeps a tensor.
+Graph outputs that are layer outputs are renamed too (``linear`` → ``fc``).
+
+The exporter's graph optimizer is off by default (``optimize=False``): it merges equal-valued
+initializers (fresh LayerNorm weights, zero biases) and constant-folds the transposed weight of a
+Linear lowered to MatMul into an unnamed initializer, which loses parameter names.
+``onnx_export_args={"optimize": True}`` turns it back on (names may then go missing and export
+reports them).
+
+Opset: the exporter's default (20 with torch 2.14.1) unless ``onnx_export_args["opset_version"]``
+says otherwise; at least 13 is required (per-channel ``DequantizeLinear``).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import os
+import re
+from collections import defaultdict
+from collections.abc import Mapping
+from typing import Any
+
+import onnx
+import torch
+import torch.fx
+from onnx import helper, numpy_helper
+from torch import nn
+
+from fxquant import _meta
+from fxquant.export._files import save_onnx_atomic
+from fxquant.passes.base import state_tags
+from fxquant.passes.remove_quantizers import RemoveQuantizersPass
+
+__all__ = ["OnnxExport", "export_onnx", "MIN_OPSET"]
+
+logger = logging.getLogger(__name__)
+
+#: Lowest opset export accepts (per-channel DequantizeLinear needs 13).
+MIN_OPSET = 13
+
+_FX_NODE_KEY = "pkg.torch.onnx.fx_node"
+_FX_NAME = re.compile(r"^%([^\s:]+)\s*:")
+_FORBIDDEN_ARGS = ("dynamo", "f", "input_names", "output_names")
+
+
+@dataclasses.dataclass(frozen=True)
+class OnnxExport:
+    """The exported float model and how its tensors relate to fxquant's names.
+
+    Attributes:
+        model: the renamed ``onnx.ModelProto``.
+        graph_module: the float GraphModule that was exported (quantizers removed).
+        layer_outputs: ``{canonical layer name: ONNX value name}`` for every layer with a value
+            (the value name is the layer name itself, or ``<layer>#<i>`` for tuple outputs; a
+            layer whose output was not renamed maps to the value that carries it).
+        unmapped_layers: layers with no ONNX value.
+        fx_values: ``{ONNX value name: FX node name}`` of every value an FX node's ONNX nodes
+            produce for other nodes (layers and other nodes such as ``getitem``).
+        opset: the default-domain opset of ``model``.
+        path: where ``model`` was written, or None.
+    """
+
+    model: onnx.ModelProto
+    graph_module: torch.fx.GraphModule
+    layer_outputs: Mapping[str, str]
+    unmapped_layers: tuple[str, ...]
+    fx_values: Mapping[str, str]
+    opset: int
+    path: str | None = None
+
+
+def _as_args(dummy_input: Any) -> tuple[Any, ...]:
+    if isinstance(dummy_input, tuple):
+        return dummy_input
+    if isinstance(dummy_input, list) and all(isinstance(t, torch.Tensor) for t in dummy_input):
+        return tuple(dummy_input)
+    return (dummy_input,)
+
+
+def _has_quantizers(gm: torch.fx.GraphModule) -> bool:
+    from torch.nn.utils import parametrize
+
+    if any(_meta.get(n, _meta.ROLE) == _meta.ROLE_QUANTIZER for n in gm.graph.nodes):
+        return True
+    return any(parametrize.is_parametrized(m) for m in gm.modules())
+
+
+def float_graph_module(gm_or_model: nn.Module) -> torch.fx.GraphModule:
+    """A prepared float GraphModule for export: prepares an ``nn.Module`` with
+    :func:`fxquant.prepare_model`, and removes quantizers from a copy of a quantized one.
+
+    Example:
+        >>> float_graph_module(sim.model).graph.find_nodes(op="call_module")[0].target
+        'conv1'
+    """
+    if not isinstance(gm_or_model, nn.Module):
+        raise TypeError(f"export_onnx expects an nn.Module or a GraphModule, got "
+                        f"{type(gm_or_model).__qualname__}")
+    if isinstance(gm_or_model, torch.fx.GraphModule) and "prepared" in state_tags(gm_or_model):
+        gm = gm_or_model
+    else:
+        from fxquant.model_preparer import prepare_model
+
+        gm = prepare_model(gm_or_model)
+    if _has_quantizers(gm):
+        gm = RemoveQuantizersPass()(copy.deepcopy(gm)).graph_module
+    return gm
+
+
+def _export_kwargs(onnx_export_args: Mapping[str, Any] | None) -> dict[str, Any]:
+    kwargs = dict(onnx_export_args or {})
+    bad = [k for k in _FORBIDDEN_ARGS if k in kwargs]
+    if bad:
+        raise ValueError(f"onnx_export_args must not set {bad}: export always uses "
+                         "torch.onnx.export(dynamo=True) and fxquant names inputs and outputs; "
+                         "remove these keys")
+    kwargs.setdefault("verbose", False)
+    # The exporter's optimizer merges equal-valued initializers and constant-folds the transposed
+    # weight of a MatMul-lowered Linear into an unnamed one: parameter names would be lost.
+    kwargs.setdefault("optimize", False)
+    kwargs.setdefault("external_data", False)
+    return kwargs
+
+
+def opset_of(model: onnx.ModelProto) -> int:
+    """The default-domain opset version of ``model``."""
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return int(imp.version)
+    raise ValueError("the ONNX model imports no default-domain opset")
+
+
+def export_onnx(gm_or_model: nn.Module, dummy_input: Any, path: str | os.PathLike[str] | None = None,
+                *, onnx_export_args: Mapping[str, Any] | None = None) -> OnnxExport:
+    """Exports a (prepared) model to ONNX with canonical fxquant tensor names.
+
+    Args:
+        gm_or_model: a prepared GraphModule (``sim.model``, ``fxquant.prepare_model(m)``) or any
+            ``nn.Module`` (prepared first). Quantizers are removed from a copy; the argument is
+            not modified.
+        dummy_input: example input (a tensor or a tuple of positional inputs).
+        path: where to write the ``.onnx`` file (atomically), or None to only return the model.
+        onnx_export_args: extra keyword arguments of ``torch.onnx.export`` (e.g.
+            ``{"opset_version": 21}``); ``dynamo``, ``f``, ``input_names`` and ``output_names``
+            are not allowed.
+
+    Returns:
+        An :class:`OnnxExport`: the model, the layer → value name mapping and the unmapped layers.
+
+    Raises:
+        ValueError: the opset is below 13, or forbidden export arguments.
+
+    Example:
+        >>> result = export_onnx(fxquant.prepare_model(resnet18), torch.randn(1, 3, 224, 224))
+        >>> result.layer_outputs["layer1.0.module_add"]
+        'layer1.0.module_add'
+    """
+    gm = float_graph_module(gm_or_model)
+    args = _as_args(dummy_input)
+    if any(n.op == "call_module" and "tensor_meta" not in n.meta for n in gm.graph.nodes):
+        from torch.fx.passes.shape_prop import ShapeProp
+
+        with torch.no_grad():
+            ShapeProp(gm).propagate(*args)  # output types decide tuple and float layers
+    kwargs = _export_kwargs(onnx_export_args)
+    program = torch.onnx.export(gm, args, dynamo=True, **kwargs)
+    model = program.model_proto
+    opset = opset_of(model)
+    if opset < MIN_OPSET:
+        raise ValueError(f"the exported model has opset {opset}; fxquant export needs opset >= "
+                         f"{MIN_OPSET}: pass onnx_export_args={{'opset_version': {MIN_OPSET}}} or higher")
+    origin = _origin_names(program.exported_program)
+    layer_outputs, unmapped, fx_values = _rename(model, gm, origin)
+    _restore_dropped_params(model, gm, layer_outputs)
+    onnx.checker.check_model(model)
+    out_path = None
+    if path is not None:
+        out_path = os.fspath(path)
+        save_onnx_atomic(model, out_path)
+    return OnnxExport(model, gm, layer_outputs, tuple(unmapped), fx_values, opset, out_path)
+
+
+# -------------------------------------------------------------------------------------------------
+# Mapping ONNX nodes to FX nodes
+# -------------------------------------------------------------------------------------------------
+def _origin_names(exported_program: Any) -> dict[str, str]:
+    """``{exported-program node name: name of the oldest from_node}`` (the FX node we exported)."""
+    out = {}
+    for node in exported_program.graph.nodes:
+        chain = node.meta.get("from_node")
+        if not chain:
+            continue
+        source = chain[0]
+        while getattr(source, "from_node", None):
+            source = source.from_node[0]
+        out[node.name] = source.name
+    return out
+
+
+def _fx_node_of(onnx_node: onnx.NodeProto, origin: Mapping[str, str],
+                fx_nodes: Mapping[str, torch.fx.Node]) -> torch.fx.Node | None:
+    for prop in onnx_node.metadata_props:
+        if prop.key == _FX_NODE_KEY:
+            match = _FX_NAME.match(prop.value)
+            if match is None:
+                return None
+            return fx_nodes.get(origin.get(match.group(1), ""))
+    # Nodes rewritten by the exporter's optimizer can lose their metadata; their outputs are
+    # still named after exported-program nodes (e.g. a Split producing "getitem").
+    for name in onnx_node.output:
+        if name in origin:
+            return fx_nodes.get(origin[name])
+    return None
+
+
+def _layer_of(node: torch.fx.Node | None) -> str | None:
+    if node is None or node.op != "call_module":
+        return None
+    if _meta.get(node, _meta.ROLE) not in (_meta.ROLE_OP, None):
+        return None
+    return str(node.target)
+
+
+def _is_tuple_meta(node: torch.fx.Node) -> bool:
+    meta = node.meta.get("tensor_meta")
+    return isinstance(meta, (list, tuple)) and not hasattr(meta, "dtype")
+
+
+def _is_float_output(node: torch.fx.Node) -> bool:
+    meta = node.meta.get("tensor_meta")
+    if meta is None:
+        return True
+    dtype = getattr(meta, "dtype", None)
+    return dtype is not None and dtype.is_floating_point
+
+
+def _rename(model: onnx.ModelProto, gm: torch.fx.GraphModule, origin: Mapping[str, str]
+            ) -> tuple[dict[str, str], list[str], dict[str, str]]:
+    graph = model.graph
+    fx_nodes = {n.name: n for n in gm.graph.nodes}
+    onnx_fx = [_fx_node_of(n, origin, fx_nodes) for n in graph.node]
+    consumers: dict[str, list[int]] = defaultdict(list)
+    for i, node in enumerate(graph.node):
+        for name in _node_inputs(node):
+            consumers[name].append(i)
+    graph_outputs = {o.name for o in graph.output}
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, fx in enumerate(onnx_fx):
+        if fx is not None:
+            groups[fx.name].append(i)
+
+    renames: dict[str, str] = {}
+    layer_outputs: dict[str, str] = {}
+    fx_values: dict[str, str] = {}
+    value_of: dict[str, str] = {}  # FX node name -> ONNX value (before renaming)
+    for fx_name, idxs in groups.items():
+        fx = fx_nodes[fx_name]
+        members = set(idxs)
+        external = []
+        for i in idxs:
+            for v in graph.node[i].output:
+                if v and (v in graph_outputs or any(c not in members for c in consumers.get(v, ()))):
+                    external.append(v)
+        if not external:
+            continue
+        layer = _layer_of(fx)
+        if layer is not None and _is_tuple_meta(fx) and len(external) == len(fx.meta["tensor_meta"]):
+            for k, v in enumerate(external):
+                renames[v] = f"{layer}#{k}"
+                layer_outputs[f"{layer}#{k}"] = v
+                fx_values[v] = fx_name
+            continue
+        chosen = external[-1]
+        value_of[fx_name] = chosen
+        for v in external:
+            fx_values[v] = fx_name
+        if layer is not None:
+            renames[chosen] = layer
+            layer_outputs[layer] = chosen
+            if len(external) > 1:
+                logger.debug("layer %s has %d output values %s; %s is its output", layer,
+                             len(external), external, chosen)
+
+    for node in gm.graph.nodes:
+        if node.op == "placeholder" and node.name in {i.name for i in graph.input}:
+            value_of[node.name] = node.name
+    unmapped = _insert_identities(model, gm, onnx_fx, value_of, renames, layer_outputs, fx_values)
+
+    protected = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    for old, new in list(renames.items()):
+        if new in protected:
+            logger.warning("layer %s has the name of a graph input or initializer; its output keeps "
+                           "the name %s", new, old)
+            del renames[old]
+            layer_outputs[new] = old
+    new_names = set(renames.values())
+    all_values = _all_value_names(graph)
+    taken = (all_values - set(renames)) | new_names
+    for value in sorted(all_values):
+        if value in new_names and value not in renames and value not in protected:
+            k = 1
+            while f"{value}__{k}" in taken:
+                k += 1
+            renames[value] = f"{value}__{k}"
+            taken.add(renames[value])
+    _apply_renames(graph, renames)
+    layer_outputs = {layer: renames.get(v, v) for layer, v in layer_outputs.items()}
+    fx_values = {renames.get(v, v): n for v, n in fx_values.items()}
+    return layer_outputs, unmapped, fx_values
+
+
+def _insert_identities(model: onnx.ModelProto, gm: torch.fx.GraphModule,
+                       onnx_fx: list[torch.fx.Node | None], value_of: dict[str, str],
+                       renames: dict[str, str], layer_outputs: dict[str, str],
+                       fx_values: dict[str, str]) -> list[str]:
+    """Identity nodes for float layers without ONNX values; returns the layers left unmapped."""
+    graph = model.graph
+    unmapped: list[str] = []
+    producer = {v: i for i, n in enumerate(graph.node) for v in n.output}
+    mapped_fx = {fx.name for fx in onnx_fx if fx is not None}
+    inserts: list[tuple[int, onnx.NodeProto]] = []
+    effective: dict[str, frozenset[str]] = {}
+
+    def eff(node: torch.fx.Node) -> frozenset[str]:
+        """The nearest ancestors (or ``node`` itself) that have ONNX values."""
+        if node.name in value_of or node.name in mapped_fx:
+            return frozenset({node.name})
+        if node.name not in effective:
+            effective[node.name] = frozenset().union(*(eff(a) for a in node.all_input_nodes))
+        return effective[node.name]
+
+    for node in gm.graph.nodes:
+        layer = _layer_of(node)
+        if layer is None or layer in layer_outputs or any(
+                k.startswith(f"{layer}#") for k in layer_outputs):
+            continue
+        if _is_tuple_meta(node):
+            named = _name_tuple_items(node, layer, value_of, renames, layer_outputs)
+            if not named:
+                unmapped.append(layer)
+            continue
+        inputs = [a for a in node.all_input_nodes if a.name in value_of]
+        if not _is_float_output(node) or len(node.all_input_nodes) != 1 or not inputs:
+            unmapped.append(layer)
+            continue
+        source = inputs[0]
+        v = value_of[source.name]
+        out = f"{layer}::identity_output"  # renamed to the layer name with the others
+        identity = helper.make_node("Identity", [v], [out], name=f"{layer}/Identity")
+        value_of[node.name] = out
+        effective.clear()
+        for i, onnx_node in enumerate(graph.node):
+            fx = onnx_fx[i]
+            if fx is None:
+                continue
+            sources = frozenset().union(*(eff(a) for a in fx.all_input_nodes)) if (
+                fx.all_input_nodes) else frozenset()
+            if node.name not in sources or source.name in sources:
+                continue
+            for k, name in enumerate(onnx_node.input):
+                if name == v:
+                    onnx_node.input[k] = out
+        inserts.append((producer.get(v, -1) + 1, identity))
+        renames[out] = layer
+        layer_outputs[layer] = out
+        fx_values[out] = node.name
+    for position, identity in sorted(inserts, key=lambda t: -t[0]):
+        graph.node.insert(position, identity)
+    if inserts:
+        _topological_sort(graph)
+    return unmapped
+
+
+def _topological_sort(graph: onnx.GraphProto) -> None:
+    """Stable topological order of ``graph.node`` (inserted Identity chains may be out of order)."""
+    available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered: list[onnx.NodeProto] = []
+    while pending:
+        rest = []
+        for node in pending:
+            if all(name in available for name in _node_inputs(node)):
+                ordered.append(node)
+                available.update(node.output)
+            else:
+                rest.append(node)
+        if len(rest) == len(pending):
+            raise ValueError(f"the exported graph has a cycle or a dangling input at node "
+                             f"{rest[0].name} ({rest[0].op_type}, inputs {list(rest[0].input)})")
+        pending = rest
+    new_nodes = [copy.deepcopy(n) for n in ordered]
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+
+
+def _name_tuple_items(node: torch.fx.Node, layer: str, value_of: Mapping[str, str],
+                      renames: dict[str, str], layer_outputs: dict[str, str]) -> bool:
+    """Names the values of ``getitem`` users of a tuple layer ``<layer>#<index>``."""
+    import operator
+
+    named = False
+    for user in node.users:
+        if (user.op == "call_function" and user.target is operator.getitem
+                and isinstance(user.args[1], int) and user.name in value_of):
+            v = value_of[user.name]
+            if v in renames:
+                continue
+            renames[v] = f"{layer}#{user.args[1]}"
+            layer_outputs[f"{layer}#{user.args[1]}"] = v
+            named = True
+    return named
+
+
+def _output_args(gm: torch.fx.GraphModule) -> set[torch.fx.Node]:
+    out: set[torch.fx.Node] = set()
+    for node in gm.graph.nodes:
+        if node.op == "output":
+            torch.fx.node.map_arg(node.args, out.add)
+    return out
+
+
+def _node_inputs(node: onnx.NodeProto) -> list[str]:
+    """Inputs of ``node`` including outer-scope names used inside its subgraphs."""
+    names = [n for n in node.input if n]
+    for attr in node.attribute:
+        for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+            for inner in sub.node:
+                names.extend(_node_inputs(inner))
+    return names
+
+
+def _all_value_names(graph: onnx.GraphProto) -> set[str]:
+    names = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    for node in graph.node:
+        names.update(v for v in node.output if v)
+    return names
+
+
+def _apply_renames(graph: onnx.GraphProto, renames: Mapping[str, str]) -> None:
+    if not renames:
+        return
+    for node in graph.node:
+        for k, name in enumerate(node.input):
+            if name in renames:
+                node.input[k] = renames[name]
+        for k, name in enumerate(node.output):
+            if name in renames:
+                node.output[k] = renames[name]
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+                _apply_renames(sub, renames)
+    for vi in list(graph.output) + list(graph.value_info):
+        if vi.name in renames:
+            vi.name = renames[vi.name]
+
+
+def _restore_dropped_params(model: onnx.ModelProto, gm: torch.fx.GraphModule,
+                            layer_outputs: Mapping[str, str]) -> None:
+    """Puts back biases the exporter's optimizer removed (all-zero Conv/ConvTranspose biases)."""
+    graph = model.graph
+    initializers = {t.name for t in graph.initializer}
+    by_output = {v: n for n in graph.node for v in n.output}
+    state = gm.state_dict()
+    for name, tensor in state.items():
+        if name in initializers or not name.endswith(".bias"):
+            continue
+        layer = name[: -len(".bias")]
+        value = layer_outputs.get(layer)
+        node = by_output.get(value) if value is not None else None
+        if node is None or node.op_type not in ("Conv", "ConvTranspose") or len(node.input) != 2:
+            continue
+        graph.initializer.append(numpy_helper.from_array(
+            tensor.detach().cpu().to(torch.float32).numpy(), name))
+        node.input.append(name)
+        logger.debug("restored bias initializer %s (dropped by the exporter's optimizer)", name)

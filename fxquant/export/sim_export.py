@@ -1,0 +1,181 @@
+"""``export_sim``: the files of a QuantizationSimModel export, written all-or-nothing.
+
+Files (``<prefix>`` = ``filename_prefix``):
+
+* ``<prefix>.onnx`` — the float model (quantizers removed, batch norms folded as in the sim), tensors
+  named canonically (:func:`fxquant.export.export_onnx`);
+* ``<prefix>.encodings`` — AIMET encodings JSON (version 1.0.0 by default; 0.6.1 and 2.0.0);
+* ``<prefix>_qdq.onnx`` — the float model with QuantizeLinear/DequantizeLinear
+  (:func:`fxquant.export.build_qdq_model`);
+* ``<prefix>.pth`` — ``torch.save`` of the float GraphModule's plain ``state_dict()``.
+
+Everything is written into a temporary folder inside ``path`` and then renamed into place, so a
+failed export leaves no new or partial files and a successful one leaves no temporary files.
+``path`` is created when missing; existing files with these four names are **overwritten**.
+The ONNX opset is 21 unless ``onnx_export_args["opset_version"]`` says otherwise (21 is what 4- and
+16-bit QuantizeLinear/DequantizeLinear need).
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from typing import Any
+
+import onnx
+import torch
+
+from fxquant.export.errors import ExportError
+from fxquant.export.onnx_export import export_onnx
+from fxquant.export.qdq import QDQ_OPSET, build_qdq_model
+from fxquant.passes.remove_quantizers import RemoveQuantizersPass
+from fxquant.quantsim.encoding import QuantEncoding
+from fxquant.quantsim.encodings_file import (QuantizerArgs, VERSIONS, encodings_dict,
+                                             encodings_from_refs)
+
+__all__ = ["export_sim", "sim_encodings", "tensor_names"]
+
+logger = logging.getLogger(__name__)
+
+
+def tensor_names(model: onnx.ModelProto) -> set[str]:
+    """Every tensor name of ``model``'s main graph: inputs, initializers and node outputs."""
+    graph = model.graph
+    names = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    for node in graph.node:
+        names.update(v for v in node.output if v)
+    return names
+
+
+def sim_encodings(sim: Any) -> tuple[dict[str, dict[str, Any]], dict[str, torch.Tensor]]:
+    """``({"activation": …, "param": …}, {"<layer>.bias": scale})`` of a sim's enabled quantizers.
+
+    Example:
+        >>> encs, bias = sim_encodings(sim)
+        >>> encs["param"]["conv1.weight"].axis
+        0
+    """
+    encs = encodings_from_refs(sim.quantizers())
+    bias = {}
+    for name, bq in sim.bias_quantizers().items():
+        scale = bq.scale() if bq.enabled else None
+        if scale is not None:
+            bias[name] = scale.detach().cpu()
+    return encs, bias
+
+
+def _quantizer_args(sim: Any, encs: Mapping[str, Mapping[str, Any]]) -> QuantizerArgs:
+    settings = sim.settings
+    params = [e for e in encs["param"].values() if isinstance(e, QuantEncoding)]
+    return QuantizerArgs(
+        quant_scheme=settings.quant_scheme.name,
+        param_bitwidth=int(settings.default_param_bw),
+        activation_bitwidth=int(settings.default_output_bw),
+        dtype=settings.default_data_type.name,
+        is_symmetric=bool(params) and all(e.symmetric for e in params),
+        per_channel_quantization=any(e.is_per_channel for e in params))
+
+
+def _excluded_layers(sim: Any) -> list[str]:
+    by_layer: dict[str, list[bool]] = {}
+    for ref in sim.quantizers():
+        if ref.layer:
+            by_layer.setdefault(ref.layer, []).append(bool(ref.quantizer.enabled))
+    return [layer for layer, flags in by_layer.items() if not any(flags)]
+
+
+def _check_prefix(filename_prefix: str) -> None:
+    if (not isinstance(filename_prefix, str) or not filename_prefix or filename_prefix in (".", "..")
+            or os.sep in filename_prefix or (os.altsep and os.altsep in filename_prefix)):
+        raise ValueError(f"filename_prefix must be a plain file name without a folder, got "
+                         f"{filename_prefix!r}; put the folder in `path`")
+
+
+def export_sim(sim: Any, path: str | os.PathLike[str], filename_prefix: str, dummy_input: Any, *,
+               onnx_export_args: Mapping[str, Any] | None = None,
+               encoding_version: str = "1.0.0") -> dict[str, str]:
+    """Exports a calibrated sim: float ONNX, encodings, QDQ ONNX and float state dict.
+
+    Args:
+        sim: a :class:`~fxquant.quantsim.quantsim.QuantizationSimModel` with encodings.
+        path: output folder (created when missing).
+        filename_prefix: file name prefix, e.g. ``"resnet18"``.
+        dummy_input: example input for the ONNX export.
+        onnx_export_args: extra ``torch.onnx.export`` keyword arguments (opset 21 by default).
+        encoding_version: "1.0.0" (default), "0.6.1" or "2.0.0".
+
+    Returns:
+        ``{"onnx", "encodings", "qdq_onnx", "pth"}`` → the paths written.
+
+    Raises:
+        ExportError: an encoding names a tensor the float ONNX model lacks (the message lists them).
+        ConfigError: an enabled quantizer has no encoding, or the version is unknown.
+
+    Example:
+        >>> files = export_sim(sim, "out", "resnet18", torch.randn(1, 3, 224, 224))
+        >>> sorted(files)
+        ['encodings', 'onnx', 'pth', 'qdq_onnx']
+    """
+    _check_prefix(filename_prefix)
+    if encoding_version not in VERSIONS:
+        from fxquant.errors import ConfigError
+
+        raise ConfigError(f"encoding_version {encoding_version!r} is not supported; use one of "
+                          f"{list(VERSIONS)}")
+    encs, bias = sim_encodings(sim)
+    args = dict(onnx_export_args or {})
+    args.setdefault("opset_version", QDQ_OPSET)
+    float_gm = RemoveQuantizersPass()(copy.deepcopy(sim.model)).graph_module
+    exported = export_onnx(float_gm, dummy_input, None, onnx_export_args=args)
+    names = tensor_names(exported.model)
+    wanted = [*encs["activation"], *encs["param"], *bias]
+    missing = [n for n in wanted if n not in names]
+    if missing:
+        raise ExportError(
+            f"{len(missing)} encoding name(s) are not tensors of the exported ONNX model: {missing[:20]}"
+            f"{' …' if len(missing) > 20 else ''}. Layers without an ONNX value: "
+            f"{list(exported.unmapped_layers)[:20]}. Disable these quantizers "
+            "(sim.quantizer(name).enabled = False) or report the model so the name mapping can "
+            "cover it.")
+    qdq = build_qdq_model(exported.model, encs["activation"], encs["param"], bias)
+    data = encodings_dict(encs, version=encoding_version, quantizer_args=_quantizer_args(sim, encs),
+                          bias=bias, excluded_layers=_excluded_layers(sim))
+
+    out_dir = os.fspath(path)
+    os.makedirs(out_dir, exist_ok=True)
+    targets = {"onnx": f"{filename_prefix}.onnx", "encodings": f"{filename_prefix}.encodings",
+               "qdq_onnx": f"{filename_prefix}_qdq.onnx", "pth": f"{filename_prefix}.pth"}
+    tmp_dir = tempfile.mkdtemp(prefix=".fxquant-export-", dir=out_dir)
+    moved: list[str] = []
+    try:
+        staged = {k: os.path.join(tmp_dir, v) for k, v in targets.items()}
+        onnx.save_model(exported.model, staged["onnx"])
+        _write_json(staged["encodings"], data)
+        onnx.save_model(qdq.model, staged["qdq_onnx"])
+        torch.save(dict(float_gm.state_dict()), staged["pth"])
+        result = {}
+        for key, name in targets.items():
+            final = os.path.join(out_dir, name)
+            os.replace(staged[key], final)
+            moved.append(final)
+            result[key] = final
+    except BaseException:
+        for final in moved:
+            if os.path.exists(final):
+                os.unlink(final)
+        raise
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    logger.info("exported %d activation, %d param and %d bias encodings to %s", len(encs["activation"]),
+                len(encs["param"]), len(bias), out_dir)
+    return result
+
+
+def _write_json(path: str, data: Mapping[str, Any]) -> None:
+    import json
+
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=1, allow_nan=False)
