@@ -9,7 +9,8 @@ Example:
 from __future__ import annotations
 
 from fxquant.batch_norm_fold import fold_all_batch_norms
-from fxquant.errors import ConfigError, FxQuantError, PassError, TraceError
+from fxquant.errors import CalibrationError, ConfigError, FxQuantError, PassError, TraceError
+from fxquant.export import export_onnx
 from fxquant.model_preparer import prepare_model
 from fxquant.passes import (FoldBatchNormPass, Pass, PassResult, PrepareModelPass, Sequential)
 from fxquant.passes.fold_batchnorm import BatchNormFoldError
@@ -23,6 +24,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AutoLeaf",
     "BatchNormFoldError",
+    "CalibrationError",
     "ConfigError",
     "FoldBatchNormPass",
     "FxQuantError",
@@ -37,6 +39,7 @@ __all__ = [
     "Sequential",
     "TraceError",
     "auto_leaves",
+    "export_onnx",
     "fold_all_batch_norms",
     "load_checkpoint",
     "prepare_model",

@@ -4,7 +4,7 @@ Every error names the culprit (module path, node, JSON path) and, where there is
 """
 from __future__ import annotations
 
-__all__ = ["FxQuantError", "TraceError", "PassError", "ConfigError"]
+__all__ = ["FxQuantError", "TraceError", "PassError", "ConfigError", "CalibrationError"]
 
 
 class FxQuantError(Exception):
@@ -41,3 +41,7 @@ class PassError(FxQuantError):
 
 class ConfigError(FxQuantError, ValueError):
     """An invalid configuration value. The message names the JSON path and the valid values."""
+
+
+class CalibrationError(FxQuantError, RuntimeError):
+    """Statistics or an encoding are needed but missing (calibration has not run or saw no data)."""

@@ -8,7 +8,7 @@ PUBLIC = {
     "Pass", "PassError", "PassResult", "PrepareModelPass", "Sequential", "TraceError",
     "auto_leaves", "fold_all_batch_norms", "prepare_model", "trace",
     "QuantizationSimModel", "QuantScheme", "QuantizationDataType", "save_checkpoint",
-    "load_checkpoint",
+    "load_checkpoint", "CalibrationError", "export_onnx",
 }
 
 

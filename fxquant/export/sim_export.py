@@ -32,9 +32,7 @@ from fxquant.export.errors import ExportError
 from fxquant.export.onnx_export import export_onnx
 from fxquant.export.qdq import QDQ_OPSET, build_qdq_model
 from fxquant.passes.remove_quantizers import RemoveQuantizersPass
-from fxquant.quantsim.encoding import QuantEncoding
-from fxquant.quantsim.encodings_file import (QuantizerArgs, VERSIONS, encodings_dict,
-                                             encodings_from_refs)
+from fxquant.quantsim.encodings_file import VERSIONS, encodings_dict, encodings_from_refs
 
 __all__ = ["export_sim", "sim_encodings", "tensor_names"]
 
@@ -65,18 +63,6 @@ def sim_encodings(sim: Any) -> tuple[dict[str, dict[str, Any]], dict[str, torch.
         if scale is not None:
             bias[name] = scale.detach().cpu()
     return encs, bias
-
-
-def _quantizer_args(sim: Any, encs: Mapping[str, Mapping[str, Any]]) -> QuantizerArgs:
-    settings = sim.settings
-    params = [e for e in encs["param"].values() if isinstance(e, QuantEncoding)]
-    return QuantizerArgs(
-        quant_scheme=settings.quant_scheme.name,
-        param_bitwidth=int(settings.default_param_bw),
-        activation_bitwidth=int(settings.default_output_bw),
-        dtype=settings.default_data_type.name,
-        is_symmetric=bool(params) and all(e.symmetric for e in params),
-        per_channel_quantization=any(e.is_per_channel for e in params))
 
 
 def _excluded_layers(sim: Any) -> list[str]:
@@ -141,7 +127,7 @@ def export_sim(sim: Any, path: str | os.PathLike[str], filename_prefix: str, dum
             "(sim.quantizer(name).enabled = False) or report the model so the name mapping can "
             "cover it.")
     qdq = build_qdq_model(exported.model, encs["activation"], encs["param"], bias)
-    data = encodings_dict(encs, version=encoding_version, quantizer_args=_quantizer_args(sim, encs),
+    data = encodings_dict(encs, version=encoding_version, quantizer_args=sim.quantizer_args(),
                           bias=bias, excluded_layers=_excluded_layers(sim))
 
     out_dir = os.fspath(path)

@@ -21,7 +21,7 @@ import copy
 import logging
 import operator
 import re
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.fx

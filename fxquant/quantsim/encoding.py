@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from fxquant.errors import ConfigError, FxQuantError
+from fxquant.errors import CalibrationError, ConfigError  # noqa: F401 - CalibrationError re-exported
 
 __all__ = [
     "QuantEncoding", "CalibrationError", "MIN_SCALE", "quant_range",
@@ -34,10 +34,6 @@ __all__ = [
 MIN_SCALE: float = float(torch.finfo(torch.float32).eps)
 
 _MIN_BITWIDTH, _MAX_BITWIDTH = 2, 32
-
-
-class CalibrationError(FxQuantError, RuntimeError):
-    """Statistics or an encoding are needed but missing (calibration has not run or saw no data)."""
 
 
 def _check_bitwidth(bitwidth: int) -> int:

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import inspect
 import logging
+import os
 from typing import Any, Callable, Sequence
 
 import torch
@@ -29,7 +30,9 @@ from fxquant.passes.insert_quantizers import QUANTIZES, InsertQuantizersPass, pa
 from fxquant.passes.prepare import PrepareModelPass
 from fxquant.quantsim.bias import Int32BiasQuantizer, find_input_quantizer
 from fxquant.quantsim.config import load_config
+from fxquant.quantsim.encoding import QuantEncoding
 from fxquant.quantsim.encoding_analyzer import PercentileEncodingAnalyzer
+from fxquant.quantsim.encodings_file import QuantizerArgs, read_encodings, write_encodings
 from fxquant.quantsim.policy import ConfigPolicy, QuantSimSettings
 from fxquant.quantsim.quant_scheme import QuantizationDataType, QuantScheme
 from fxquant.quantsim.quantizer import QuantizerBase
@@ -305,6 +308,79 @@ class QuantizationSimModel:
                     progress.n)
 
     # -- persistence and export ----------------------------------------------------------------
+    def quantizer_args(self) -> QuantizerArgs:
+        """The ``quantizer_args`` block of this sim's encodings files."""
+        params = [r.quantizer.encoding for r in self.quantizers()
+                  if r.kind == "param" and isinstance(r.quantizer.encoding, QuantEncoding)]
+        s = self.settings
+        return QuantizerArgs(
+            quant_scheme=s.quant_scheme.name, param_bitwidth=int(s.default_param_bw),
+            activation_bitwidth=int(s.default_output_bw), dtype=s.default_data_type.name,
+            is_symmetric=bool(params) and all(e.symmetric for e in params),
+            per_channel_quantization=any(e.axis is not None for e in params))
+
+    def save_encodings(self, path: str | os.PathLike[str], version: str = "1.0.0") -> None:
+        """Writes the encodings of every enabled quantizer as an AIMET encodings file.
+
+        Keys are the tensor names of :meth:`quantizers` (the same as the exported ONNX model's).
+
+        Example:
+            >>> sim.save_encodings("resnet18.encodings")
+        """
+        bias = {name: bq.scale() for name, bq in self.bias_quantizers().items()
+                if bq.scale() is not None}
+        write_encodings(path, self.quantizers(), version=version,
+                        quantizer_args=self.quantizer_args(), bias=bias)
+
+    def load_encodings(self, path: str | os.PathLike[str] | dict[str, Any], *,
+                       strict: bool = True, freeze: bool = False) -> list[str]:
+        """Sets encodings from an AIMET encodings file (1.0.0, 0.6.1 or 2.0.0), e.g. one saved by
+        :meth:`save_encodings` or computed elsewhere.
+
+        Args:
+            path: the file, or its parsed dict.
+            strict: every entry must name a quantizer of this sim (int32 bias entries excepted).
+            freeze: freeze the loaded encodings so later ``compute_encodings`` keeps them.
+
+        Returns:
+            The names of the quantizers that got an encoding.
+
+        Raises:
+            ConfigError: the file is malformed (the message names the JSON path), or, with
+                ``strict``, names no quantizer of this sim (the message lists them).
+
+        Example:
+            >>> sim.load_encodings("resnet18.encodings")
+        """
+        refs = {r.name: r for r in self.quantizers()}
+        axes = {name: r.quantizer.axis for name, r in refs.items()
+                if getattr(r.quantizer, "axis", None) is not None}
+        encodings = read_encodings(path, axes=axes, param_names=[n for n, r in refs.items()
+                                                                  if r.kind == "param"])
+        bias_names = set(self.bias_quantizers())
+        loaded = []
+        unknown = []
+        for section in ("activation", "param"):
+            for name, enc in encodings[section].items():
+                if name in bias_names:
+                    continue
+                if name not in refs:
+                    unknown.append(name)
+                    continue
+                if isinstance(enc, QuantEncoding):
+                    quantizer = refs[name].quantizer
+                    quantizer.set_encoding(enc.to(_device_of(quantizer)))
+                    if freeze:
+                        quantizer.freeze_encoding()
+                loaded.append(name)
+        if unknown and strict:
+            raise ConfigError(
+                f"encodings for {len(unknown)} tensor(s) that have no quantizer in this sim: "
+                f"{unknown[:10]}; quantizers are named {list(refs)[:10]}... "
+                "(pass strict=False to skip them)")
+        self._encodings_computed = self._encodings_computed or bool(loaded)
+        return loaded
+
     def export(self, path: str, filename_prefix: str, dummy_input: Any,
                onnx_export_args: dict[str, Any] | None = None,
                encoding_version: str = "1.0.0") -> dict[str, str]:
@@ -331,6 +407,11 @@ class _ShapeProp(ShapeProp):
     def run_node(self, n: torch.fx.Node) -> Any:
         self.current = n
         return super().run_node(n)
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    tensor = next(iter(module.buffers()), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
 
 
 def _copy(model: nn.Module) -> nn.Module:

@@ -152,3 +152,32 @@ def test_sim_runs_on_cuda_when_available(device: torch.device) -> None:
     assert y.device == x.device
     assert all(q.quantizer.encoding.scale.device.type == device.type for q in sim.quantizers()
                if q.quantizer.encoding is not None)
+
+
+@pytest.mark.parametrize("version", ["1.0.0", "0.6.1", "2.0.0"])
+def test_save_and_load_encodings_round_trip(tmp_path, version: str) -> None:
+    sim = QuantizationSimModel(trained_net(), torch.randn(1, 1, 8, 8), quant_scheme="tf_enhanced")
+    sim.compute_encodings(_calibrate)
+    path = tmp_path / "sim.encodings"
+    sim.save_encodings(path, version=version)
+    other = QuantizationSimModel(trained_net(), torch.randn(1, 1, 8, 8), quant_scheme="tf")
+    loaded = other.load_encodings(path, freeze=True)
+    assert set(loaded) == {r.name for r in sim.quantizers()}
+    x = digits()[2][:64]
+    with torch.no_grad():
+        assert torch.equal(other.model(x), sim.model(x))
+    other.compute_encodings(_calibrate)  # frozen: kept
+    with torch.no_grad():
+        assert torch.equal(other.model(x), sim.model(x))
+
+
+def test_load_encodings_names_unknown_tensors(tmp_path) -> None:
+    sim = QuantizationSimModel(trained_net(), torch.randn(1, 1, 8, 8))
+    sim.compute_encodings(_calibrate)
+    path = tmp_path / "e.json"
+    sim.save_encodings(path)
+    data = __import__("json").loads(path.read_text())
+    data["activation_encodings"][0]["name"] = "conv7"
+    with pytest.raises(fxquant.ConfigError, match=r"no quantizer in this sim: \['conv7'\]"):
+        sim.load_encodings(data)
+    assert "conv7" not in sim.load_encodings(data, strict=False)
