@@ -32,6 +32,8 @@ class Int32BiasQuantizer(nn.Module):
         >>> bq(conv.bias)  # on the int32 grid of input_scale * weight_scale
     """
 
+    _fxquant_leaf = True
+
     def __init__(self, input_quantizer: QuantizerBase, weight_quantizer: QuantizerBase,
                  name: str = "") -> None:
         super().__init__()

@@ -235,6 +235,9 @@ class QuantizerBase(nn.Module):
             it unquantized (see ``calibration()``).
     """
 
+    #: fxquant.trace keeps modules with this class attribute opaque (one call_module node).
+    _fxquant_leaf = True
+
     def __init__(self, *, kind: str = "activation", name: str = "", enabled: bool = True) -> None:
         super().__init__()
         if kind not in BITWIDTH_RANGES:
