@@ -58,7 +58,7 @@ for name in args["models"]:
     def fp32():
         with torch.no_grad():
             for x in data: prepared(x)
-    def calib(m):
+    def calib(m, _=None):
         with torch.no_grad():
             for x in data: m(x)
     r = {"fp32": timed(fp32, args["repeats"])}
