@@ -23,7 +23,7 @@ __all__ = [
     "FunctionalModule", "Add", "Sub", "Mul", "Div", "MatMul", "Cat", "Stack", "Interpolate",
     "Reshape", "Permute", "Flatten", "Squeeze", "Unsqueeze", "Mean", "Sum", "Pool", "Pad",
     "Split", "Neg", "Exp", "Pow", "Sqrt", "Clamp", "Normalize", "Erf",
-    "DATA_MOVEMENT_MODULES", "module_class_for",
+    "module_class_for",
 ]
 
 
@@ -155,12 +155,6 @@ class Normalize(FunctionalModule):
 class Erf(FunctionalModule):
     """``torch.erf``."""
 
-
-#: Module classes whose output reuses their input's encoding (no new quantization noise).
-DATA_MOVEMENT_MODULES: tuple[type[nn.Module], ...] = (
-    Reshape, Permute, Flatten, Squeeze, Unsqueeze, Split, nn.Flatten, nn.Identity, nn.Dropout,
-    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d,
-)
 
 _FUNCTIONS: dict[Any, type[FunctionalModule]] = {
     operator.add: Add, operator.iadd: Add, torch.add: Add,
