@@ -50,6 +50,7 @@ from onnx import helper, numpy_helper
 from torch import nn
 
 from fxquant import _meta
+from fxquant._fx_utils import as_args
 from fxquant.export._files import save_onnx_atomic
 from fxquant.passes.base import state_tags
 from fxquant.passes.remove_quantizers import RemoveQuantizersPass
@@ -90,14 +91,6 @@ class OnnxExport:
     fx_values: Mapping[str, str]
     opset: int
     path: str | None = None
-
-
-def _as_args(dummy_input: Any) -> tuple[Any, ...]:
-    if isinstance(dummy_input, tuple):
-        return dummy_input
-    if isinstance(dummy_input, list) and all(isinstance(t, torch.Tensor) for t in dummy_input):
-        return tuple(dummy_input)
-    return (dummy_input,)
 
 
 def _has_quantizers(gm: torch.fx.GraphModule) -> bool:
@@ -179,7 +172,7 @@ def export_onnx(gm_or_model: nn.Module, dummy_input: Any, path: str | os.PathLik
         'layer1.0.module_add'
     """
     gm = float_graph_module(gm_or_model)
-    args = _as_args(dummy_input)
+    args = as_args(dummy_input)
     if any(n.op == "call_module" and "tensor_meta" not in n.meta for n in gm.graph.nodes):
         from torch.fx.passes.shape_prop import ShapeProp
 
@@ -432,14 +425,6 @@ def _name_tuple_items(node: torch.fx.Node, layer: str, value_of: Mapping[str, st
             layer_outputs[f"{layer}#{user.args[1]}"] = v
             named = True
     return named
-
-
-def _output_args(gm: torch.fx.GraphModule) -> set[torch.fx.Node]:
-    out: set[torch.fx.Node] = set()
-    for node in gm.graph.nodes:
-        if node.op == "output":
-            torch.fx.node.map_arg(node.args, out.add)
-    return out
 
 
 def _node_inputs(node: onnx.NodeProto) -> list[str]:

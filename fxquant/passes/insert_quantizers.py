@@ -28,6 +28,7 @@ from torch.fx.passes.shape_prop import TensorMetadata
 from torch.nn.utils import parametrize
 
 from fxquant import _meta
+from fxquant._fx_utils import graph_output_nodes
 from fxquant.passes.base import Pass, PassResult
 
 __all__ = ["InsertQuantizersPass", "QuantizationPolicy", "OUTPUT_QUANTIZER", "INPUT_QUANTIZERS",
@@ -100,7 +101,7 @@ class InsertQuantizersPass(Pass):
             return PassResult(gm, False, {"inputs": [], "outputs": [], "params": []})
         modules = dict(gm.named_modules())
         fused = self._fused_nodes(gm, modules)
-        graph_outputs = self._graph_output_producers(gm)
+        graph_outputs = graph_output_nodes(gm)
         inputs: list[str] = []
         outputs: list[str] = []
         params: list[str] = []
@@ -173,14 +174,6 @@ class InsertQuantizersPass(Pass):
                 if len(chain) == len(group):
                     fused.update(chain[:-1])
         return fused
-
-    @staticmethod
-    def _graph_output_producers(gm: torch.fx.GraphModule) -> set[torch.fx.Node]:
-        producers: set[torch.fx.Node] = set()
-        for node in gm.graph.nodes:
-            if node.op == "output":
-                torch.fx.node.map_arg(node.args, producers.add)
-        return producers
 
 
 def quantizer_nodes(gm: torch.fx.GraphModule) -> list[torch.fx.Node]:

@@ -23,6 +23,7 @@ from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 
 from fxquant import _meta
+from fxquant._fx_utils import as_args
 from fxquant.errors import ConfigError
 from fxquant.passes.base import Sequential
 from fxquant.passes.fold_batchnorm import FoldBatchNormPass
@@ -63,14 +64,6 @@ class QuantizerRef:
     layer: str
     quantizer: QuantizerBase
     module_path: str
-
-
-def _as_args(dummy_input: Any) -> tuple[Any, ...]:
-    if isinstance(dummy_input, tuple):
-        return dummy_input
-    if isinstance(dummy_input, list) and all(isinstance(t, torch.Tensor) for t in dummy_input):
-        return tuple(dummy_input)
-    return (dummy_input,)
 
 
 def _signature(model: nn.Module) -> str:
@@ -126,7 +119,7 @@ class QuantizationSimModel:
         self.config = load_config(config_file)
         self.fold_batch_norms = fold_batch_norms
         self.quantize_bias = quantize_bias
-        args = _as_args(dummy_input)
+        args = as_args(dummy_input)
         self._check_signature(model, args)
         policy = ConfigPolicy(self.config, self.settings)
         policy.validate()  # bit widths and data type, before any graph work
