@@ -9,7 +9,8 @@ Example:
 from __future__ import annotations
 
 from fxquant.batch_norm_fold import fold_all_batch_norms
-from fxquant.errors import CalibrationError, ConfigError, FxQuantError, PassError, TraceError
+from fxquant.errors import (CalibrationError, ConfigError, DataDependentError, FxQuantError,
+                            PassError, TraceError)
 from fxquant.export import export_onnx
 from fxquant.model_preparer import prepare_model
 from fxquant.passes import (FoldBatchNormPass, Pass, PassResult, PrepareModelPass, Sequential)
@@ -17,7 +18,7 @@ from fxquant.passes.fold_batchnorm import BatchNormFoldError
 from fxquant.quantsim.checkpoint import load_checkpoint, save_checkpoint
 from fxquant.quantsim.quant_scheme import QuantizationDataType, QuantScheme
 from fxquant.quantsim.quantsim import QuantizationSimModel
-from fxquant.tracing import PH, AutoLeaf, auto_leaves, trace
+from fxquant.tracing import PH, AutoLeaf, Specialization, auto_leaves, specializations, trace
 
 __version__ = "0.1.0"
 
@@ -26,6 +27,7 @@ __all__ = [
     "BatchNormFoldError",
     "CalibrationError",
     "ConfigError",
+    "DataDependentError",
     "FoldBatchNormPass",
     "FxQuantError",
     "PH",
@@ -37,6 +39,7 @@ __all__ = [
     "QuantizationDataType",
     "QuantizationSimModel",
     "Sequential",
+    "Specialization",
     "TraceError",
     "auto_leaves",
     "export_onnx",
@@ -44,5 +47,6 @@ __all__ = [
     "load_checkpoint",
     "prepare_model",
     "save_checkpoint",
+    "specializations",
     "trace",
 ]

@@ -4,7 +4,8 @@ Every error names the culprit (module path, node, JSON path) and, where there is
 """
 from __future__ import annotations
 
-__all__ = ["FxQuantError", "TraceError", "PassError", "ConfigError", "CalibrationError"]
+__all__ = ["FxQuantError", "TraceError", "PassError", "ConfigError", "CalibrationError",
+           "DataDependentError"]
 
 
 class FxQuantError(Exception):
@@ -26,6 +27,14 @@ class TraceError(FxQuantError):
         self.module_path = module_path
         self.module_class = module_class
         self.source_line = source_line
+
+
+class DataDependentError(TraceError):
+    """Python control flow in the traced code depends on tensor data, so it cannot be specialized.
+
+    Under :func:`fxquant.trace` with the default ``strict=False`` the enclosing module (or method)
+    becomes opaque instead.
+    """
 
 
 class PassError(FxQuantError):

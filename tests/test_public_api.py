@@ -9,6 +9,7 @@ PUBLIC = {
     "auto_leaves", "fold_all_batch_norms", "prepare_model", "trace",
     "QuantizationSimModel", "QuantScheme", "QuantizationDataType", "save_checkpoint",
     "load_checkpoint", "CalibrationError", "export_onnx",
+    "DataDependentError", "Specialization", "specializations",
 }
 
 
