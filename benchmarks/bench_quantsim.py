@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ import fxquant  # noqa: E402
 from fxquant.quantsim.quantsim import QuantizationSimModel  # noqa: E402
 
 AIMET_WORKER = r"""
-import json, logging, statistics, sys, time, warnings
+import json, logging, sys, time, warnings
 warnings.filterwarnings("ignore")
 logging.disable(logging.CRITICAL)
 import torch, torchvision
@@ -46,7 +45,7 @@ def timed(fn, repeats):
     out = []
     for _ in range(repeats):
         t = time.perf_counter(); fn(); out.append(time.perf_counter() - t)
-    return statistics.median(out)
+    return min(out)
 
 result = {}
 for name in args["models"]:
@@ -81,7 +80,7 @@ def _timed(fn, repeats: int) -> float:
         start = time.perf_counter()
         fn()
         out.append(time.perf_counter() - start)
-    return statistics.median(out)
+    return min(out)  # the least disturbed run: robust to other load on the machine
 
 
 def bench_fxquant(name: str, batches: int, batch: int, repeats: int) -> dict[str, float]:
@@ -120,7 +119,7 @@ def main() -> None:
                                       "batch": args.batch, "repeats": args.repeats,
                                       "threads": args.threads})
     print(f"CPU, {args.threads} threads, {args.batches} batches of {args.batch}×3×224×224, "
-          f"median of {args.repeats}; ratios are time / FP32 forward time over the same data")
+          f"best of {args.repeats}; ratios are time / FP32 forward time over the same data")
     header = f"{'model':<14}{'metric':<22}{'fxquant':>10}{'AIMET':>10}{'fxq/AIMET':>11}{'goal':>10}"
     print(header)
     goals = {"sim": "≤1.3×", "tf": "≤1.5×", "tf_enhanced": "≤2.5×"}
