@@ -12,6 +12,8 @@ from fxquant.batch_norm_fold import fold_all_batch_norms
 from fxquant.errors import (CalibrationError, ConfigError, DataDependentError, FxQuantError,
                             PassError, TraceError)
 from fxquant.export import export_onnx
+from fxquant.layer_outputs import (LayerOutputDump, LayerOutputUtil, NamingScheme,
+                                   compare_layer_outputs)
 from fxquant.model_preparer import prepare_model
 from fxquant.passes import (FoldBatchNormPass, Pass, PassResult, PrepareModelPass, Sequential)
 from fxquant.passes.fold_batchnorm import BatchNormFoldError
@@ -30,6 +32,9 @@ __all__ = [
     "DataDependentError",
     "FoldBatchNormPass",
     "FxQuantError",
+    "LayerOutputDump",
+    "LayerOutputUtil",
+    "NamingScheme",
     "PH",
     "Pass",
     "PassError",
@@ -42,6 +47,7 @@ __all__ = [
     "Specialization",
     "TraceError",
     "auto_leaves",
+    "compare_layer_outputs",
     "export_onnx",
     "fold_all_batch_norms",
     "load_checkpoint",

@@ -2,6 +2,7 @@
 
 ``fxquant demo`` runs the main job on an embedded default (a torchvision model built with
 ``weights=None``, no download): trace → prepare → fold batch norms, and prints what changed.
+``fxquant compare-outputs A B`` compares two layer-output dumps and names the first divergence.
 """
 from __future__ import annotations
 
@@ -56,6 +57,30 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare_outputs(args: argparse.Namespace) -> int:
+    from fxquant.errors import FxQuantError
+    from fxquant.layer_outputs import compare_layer_outputs
+
+    try:
+        report = compare_layer_outputs(args.dir_a, args.dir_b, encodings=args.encodings,
+                                       sqnr_threshold=args.threshold, layout_a=args.layout_a,
+                                       layout_b=args.layout_b)
+        if args.json:
+            report.to_json(args.json)
+        if args.plot:
+            report.plot(args.plot)
+    except (FxQuantError, OSError, ValueError) as exc:
+        print(f"fxquant compare-outputs: error: {exc}", file=sys.stderr)
+        return 2
+    print(report.format(limit=None if args.all else args.top))
+    print(report.summary())
+    if args.json:
+        print(f"report: {args.json}")
+    if args.plot:
+        print(f"plot: {args.plot}")
+    return 1 if args.check and report.first_divergence is not None else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fxquant`` console script.
 
@@ -70,6 +95,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--size", type=int, default=224, help="input height and width (224)")
     demo.add_argument("--show", type=int, default=5, help="rows to show per section (5)")
     demo.set_defaults(func=_demo)
+    cmp = sub.add_parser(
+        "compare-outputs", help="compare two layer-output dumps and find the first divergence",
+        description="Compares two layer-output dumps (fxquant.LayerOutputUtil, "
+                    "fxquant.onnx.LayerOutputUtil or AIMET layout) tensor by tensor: SQNR, max "
+                    "|diff|, max |diff| in LSBs with --encodings; names the first tensor below "
+                    "the threshold. NCHW/NHWC are aligned automatically.")
+    cmp.add_argument("dir_a", help="reference dump directory (e.g. the QuantSim's)")
+    cmp.add_argument("dir_b", help="dump directory to check (e.g. ONNX Runtime's)")
+    cmp.add_argument("--encodings", help="encodings file of sim.export, for LSB differences")
+    cmp.add_argument("--threshold", type=float, default=20.0,
+                     help="SQNR (dB) below which a tensor has diverged (20)")
+    cmp.add_argument("--layout-a", type=str.upper,
+                     help="layout of dir_a's tensors when it has no manifest")
+    cmp.add_argument("--layout-b", type=str.upper,
+                     help="layout of dir_b's tensors when it has no manifest (e.g. NHWC)")
+    cmp.add_argument("--json", help="write the report as JSON to this file")
+    cmp.add_argument("--plot", help="write a plot of SQNR per tensor to this file (.png, .svg …)")
+    cmp.add_argument("--top", type=int, default=10, help="rows to print, worst first (10)")
+    cmp.add_argument("--all", action="store_true", help="print every tensor in order")
+    cmp.add_argument("--check", action="store_true",
+                     help="exit with status 1 when a tensor is below the threshold")
+    cmp.set_defaults(func=_compare_outputs)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")

@@ -10,6 +10,7 @@ PUBLIC = {
     "QuantizationSimModel", "QuantScheme", "QuantizationDataType", "save_checkpoint",
     "load_checkpoint", "CalibrationError", "export_onnx",
     "DataDependentError", "Specialization", "specializations",
+    "LayerOutputDump", "LayerOutputUtil", "NamingScheme", "compare_layer_outputs",
 }
 
 

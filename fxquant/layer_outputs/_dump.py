@@ -1,0 +1,476 @@
+"""Writing a layer-output dump: directory checks, file names, atomic files, manifest.
+
+Layout (AIMET-compatible, ``SPEC.md`` §2, plus ``manifest.json``)::
+
+    <dir>/layer_output_name_order.json   {"layer_output_names": [<file stem>, ...]} (topological)
+    <dir>/manifest.json                  original names, shapes, dtypes, layouts
+    <dir>/inputs/input_<k>.raw           one model input  (or inputs/input_<k>/<i>.raw for several)
+    <dir>/outputs/layer_outputs_<k>/<file stem>.raw
+
+``.raw`` files hold the tensor's float32 values in C order without a header (``ndarray.tofile``);
+with ``file_format="npy"`` they are ``.npy`` files in the tensor's own dtype.
+
+Every file appears complete or not at all: an instance's outputs are written into a hidden
+temporary folder (``outputs/.tmp-…``) that is renamed to ``layer_outputs_<k>`` when done; single
+files (inputs, JSON) are written to a temporary name and renamed. A killed run can leave a hidden
+``.tmp-*`` entry, never a partial file under a final name; readers ignore hidden entries.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import errno
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from fxquant.layer_outputs.errors import DumpExistsError, DumpWriteError
+
+__all__ = ["DumpWriter", "FILE_FORMATS", "HostInstance", "LAYOUTS", "MANIFEST", "MANIFEST_FORMAT",
+           "NAME_ORDER", "check_dir", "default_layout", "sanitize_names", "write_atomic",
+           "write_error"]
+
+logger = logging.getLogger(__name__)
+
+#: File of the AIMET name order.
+NAME_ORDER = "layer_output_name_order.json"
+#: fxquant's manifest file.
+MANIFEST = "manifest.json"
+#: Value of ``manifest["format"]``.
+MANIFEST_FORMAT = "fxquant.layer_outputs"
+MANIFEST_VERSION = 1
+#: Supported file formats.
+FILE_FORMATS = ("raw", "npy")
+#: Supported dump layouts: as computed (channels first) or channels last.
+LAYOUTS = ("NCHW", "NHWC")
+
+_CHANNELS_FIRST = {1: "N", 2: "NC", 3: "NCL", 4: "NCHW", 5: "NCDHW"}
+_CHANNELS_LAST = {3: "NLC", 4: "NHWC", 5: "NDHWC"}
+_OWN_ENTRIES = ("inputs", "outputs", NAME_ORDER, MANIFEST)
+_MAX_STEM = 180
+_WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)),
+                     *(f"LPT{i}" for i in range(1, 10))}
+# numpy has no bfloat16 / float8: such tensors are widened to float32 before writing.
+_NUMPY_SAFE = {torch.float16, torch.float32, torch.float64, torch.int8, torch.uint8, torch.int16,
+               torch.int32, torch.int64, torch.bool}
+
+
+def default_layout(rank: int, channels_last: bool = False) -> str | None:
+    """The axis letters of a rank-``rank`` tensor as frameworks compute it (``"NCHW"`` for 4-D),
+    or its channels-last form (``"NHWC"``); None when there is no convention (rank 0 or > 5).
+
+    Example:
+        >>> default_layout(4), default_layout(4, channels_last=True)
+        ('NCHW', 'NHWC')
+    """
+    if channels_last and rank in _CHANNELS_LAST:
+        return _CHANNELS_LAST[rank]
+    return _CHANNELS_FIRST.get(rank)
+
+
+def sanitize_names(names: Iterable[str], taken: Iterable[str] = ()) -> dict[str, str]:
+    """File stems for tensor names: AIMET's ``re.sub(r"\\W+", "_", name)``, made unique.
+
+    Names that collide after sanitizing (``a.b`` and ``a_b``; or only by letter case, which
+    case-insensitive file systems merge) get ``__1``, ``__2`` … in order of appearance; stems longer
+    than 180 characters are shortened with a hash; empty stems and Windows device names are padded.
+
+    Args:
+        names: tensor names, in order.
+        taken: stems already used (case-insensitively).
+
+    Example:
+        >>> sanitize_names(["layer1.0.conv1", "layer1_0_conv1", "fc#0"])
+        {'layer1.0.conv1': 'layer1_0_conv1', 'layer1_0_conv1': 'layer1_0_conv1__1', 'fc#0': 'fc_0'}
+    """
+    used = {t.lower() for t in taken}
+    out: dict[str, str] = {}
+    for name in names:
+        if name in out:
+            continue
+        stem = re.sub(r"\W+", "_", name) or "_"
+        if len(stem) > _MAX_STEM:
+            digest = hashlib.sha1(name.encode("utf-8")).hexdigest()[:12]
+            stem = f"{stem[:_MAX_STEM - 13]}_{digest}"
+        if stem.upper() in _WINDOWS_RESERVED:
+            stem = f"{stem}_"
+        candidate, k = stem, 0
+        while candidate.lower() in used:
+            k += 1
+            candidate = f"{stem}__{k}"
+        used.add(candidate.lower())
+        out[name] = candidate
+    return out
+
+
+def _hint(code: int | None) -> str:
+    if code == errno.ENOSPC or code == getattr(errno, "EDQUOT", -1):
+        return "the disk (or quota) is full: free space or choose another dir_path"
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "no permission to write there: choose a writable dir_path"
+    if code in (errno.ENOTDIR, errno.EEXIST):
+        return "a file stands where a directory is needed: choose another dir_path"
+    return "check that dir_path is a writable directory with free space"
+
+
+def write_error(path: str, exc: OSError, action: str = "write") -> DumpWriteError:
+    """A :class:`DumpWriteError` naming ``path`` and the likely fix, for ``exc``."""
+    reason = exc.strerror or str(exc)
+    return DumpWriteError(f"cannot {action} {path}: {reason} ({_hint(exc.errno)})",
+                          errno=exc.errno, filename=path)
+
+
+def write_atomic(path: str, write: Callable[[str], None]) -> None:
+    """Calls ``write(tmp)`` for a hidden temporary file next to ``path``, then renames it.
+
+    On failure the temporary file is removed, ``path`` is unchanged, and an ``OSError`` becomes a
+    :class:`DumpWriteError` naming ``path``.
+
+    Example:
+        >>> write_atomic("dump/manifest.json", lambda tmp: open(tmp, "w").write("{}"))
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+        os.close(fd)
+        write(tmp)
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as exc:
+        raise write_error(path, exc) from exc
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def check_dir(dir_path: str | os.PathLike[str], overwrite: bool) -> None:
+    """Checks, without creating anything, that a dump may be written to ``dir_path``.
+
+    Raises:
+        DumpExistsError: ``dir_path`` holds files and ``overwrite`` is False.
+        DumpWriteError: ``dir_path`` is a file, or its nearest existing parent is not writable.
+
+    Example:
+        >>> check_dir("dumps/new", overwrite=False)
+    """
+    path = os.fspath(dir_path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise write_error(path, OSError(errno.ENOTDIR, "exists and is not a directory"),
+                          "create the dump directory")
+    if os.path.isdir(path):
+        entries = os.listdir(path)
+        if entries and not overwrite:
+            shown = ", ".join(sorted(entries)[:5]) + (" …" if len(entries) > 5 else "")
+            raise DumpExistsError(
+                f"dump directory {path} is not empty ({shown}); pass overwrite=True to replace "
+                "the dump in it, or choose an empty or new directory")
+        existing = path
+    else:
+        existing = os.path.dirname(os.path.abspath(path))
+        while existing and not os.path.exists(existing):
+            existing = os.path.dirname(existing)
+        if existing and not os.path.isdir(existing):
+            reason = OSError(errno.ENOTDIR, f"{existing} is a file, not a directory")
+            raise write_error(path, reason, "create the dump directory")
+    if existing and not os.access(existing, os.W_OK | os.X_OK):
+        raise write_error(path, OSError(errno.EACCES, f"{existing} is not writable"),
+                          "create the dump directory")
+
+
+def _write_json(path: str, data: Mapping[str, Any]) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=1, allow_nan=False)
+
+    write_atomic(path, write)
+
+
+def _as_numpy(value: Any) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        value = value.detach()
+        if value.device.type != "cpu":
+            value = value.cpu()
+        if value.dtype not in _NUMPY_SAFE:
+            value = value.to(torch.float32)
+        return value.numpy()
+    return np.asarray(value)
+
+
+class HostInstance:
+    """One instance's tensors on the way to disk.
+
+    Attributes:
+        inputs: ``[(name, tensor or array)]`` model inputs in positional order.
+        outputs: ``[(name, tensor or array)]`` captured values in topological order.
+        ready: called in the writer thread before the values are read (waits for asynchronous
+            device-to-host copies), or None.
+    """
+
+    __slots__ = ("inputs", "outputs", "ready")
+
+    def __init__(self, inputs: Sequence[tuple[str, Any]], outputs: Sequence[tuple[str, Any]],
+                 ready: Callable[[], None] | None = None) -> None:
+        self.inputs = list(inputs)
+        self.outputs = list(outputs)
+        self.ready = ready
+
+
+class DumpWriter:
+    """Writes instances of a dump into ``dir_path``; one background thread does the file I/O.
+
+    Args:
+        dir_path: target directory (created when missing).
+        overwrite: allow a non-empty ``dir_path``; the previous dump's entries (``inputs/``,
+            ``outputs/``, ``manifest.json``, ``layer_output_name_order.json``) are removed first.
+        file_format: "raw" (float32, AIMET) or "npy" (own dtype, with shape header).
+        layout: "NCHW" (as computed) or "NHWC" (3- to 5-D tensors written channels last).
+        producer: facts recorded in the manifest (library, source, naming scheme …).
+        names: the tensor names expected, in order (written to the name-order file at once).
+
+    Raises:
+        DumpExistsError: ``dir_path`` holds files and ``overwrite`` is False.
+        DumpWriteError: ``dir_path`` cannot be created or written.
+        ValueError: unknown ``file_format`` or ``layout``.
+    """
+
+    def __init__(self, dir_path: str | os.PathLike[str], *, overwrite: bool = False,
+                 file_format: str = "raw", layout: str = "NCHW",
+                 producer: Mapping[str, Any] | None = None, names: Sequence[str] = ()) -> None:
+        if file_format not in FILE_FORMATS:
+            raise ValueError(f"file_format must be one of {list(FILE_FORMATS)}, got "
+                             f"{file_format!r}")
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {list(LAYOUTS)} (the layout files are written "
+                             f"in), got {layout!r}")
+        if dir_path is None or (isinstance(dir_path, str) and not dir_path):
+            raise ValueError("dir_path is required: the directory the dump is written to")
+        self.dir_path = os.fspath(dir_path)
+        self.file_format = file_format
+        self.layout = layout
+        self.producer = dict(producer or {})
+        self._prepare_dir(overwrite)
+        self.order: list[str] = []
+        self.stems: dict[str, str] = {}
+        self.tensors: dict[str, dict[str, Any]] = {}
+        self.input_tensors: list[dict[str, Any]] = []
+        self.instances: list[dict[str, Any]] = []
+        self.next_index = 0
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._pending: list[concurrent.futures.Future[None]] = []
+        self._lock = threading.Lock()
+        self._manifest_written = 0.0
+        self._dirty = False
+        if names:
+            self.register(names)
+        self._write_manifest()
+
+    # -- directory ------------------------------------------------------------------------------
+    def _prepare_dir(self, overwrite: bool) -> None:
+        path = self.dir_path
+        check_dir(path, overwrite)
+        if os.path.isdir(path):
+            for entry in os.listdir(path):
+                full = os.path.join(path, entry)
+                if entry in _OWN_ENTRIES or entry.startswith(".tmp-"):
+                    try:
+                        shutil.rmtree(full) if os.path.isdir(full) else os.unlink(full)
+                    except OSError as exc:
+                        raise write_error(full, exc, "remove the previous dump's") from exc
+                else:
+                    logger.warning("overwrite=True: %s is not part of a dump and is kept", full)
+        for sub in ("", "inputs", "outputs"):
+            target = os.path.join(path, sub) if sub else path
+            try:
+                os.makedirs(target, exist_ok=True)
+            except OSError as exc:
+                raise write_error(target, exc, "create directory") from exc
+        if not os.access(path, os.W_OK):
+            raise write_error(path, OSError(errno.EACCES, "permission denied"), "write into")
+
+    # -- names ----------------------------------------------------------------------------------
+    def register(self, names: Iterable[str]) -> None:
+        """Adds tensor names (in order) and rewrites the name-order file when any is new."""
+        new = list(dict.fromkeys(n for n in names if n not in self.stems))
+        if not new:
+            return
+        with self._lock:  # the writer thread reads stems and order
+            self.stems.update(sanitize_names(new, taken=self.stems.values()))
+            self.order.extend(new)
+            stems = [self.stems[n] for n in self.order]
+        _write_json(os.path.join(self.dir_path, NAME_ORDER), {"layer_output_names": stems})
+
+    # -- writing --------------------------------------------------------------------------------
+    def submit(self, instance: HostInstance, *, wait: bool = True, max_pending: int = 2) -> int:
+        """Queues one instance for writing; returns its index ``k``.
+
+        With ``wait`` the call returns once the instance's files exist; otherwise at most
+        ``max_pending`` instances are in flight (their values held in memory).
+        """
+        self.raise_pending_errors()
+        self.register(name for name, _ in instance.outputs)
+        index = self.next_index
+        self.next_index += 1
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="fxquant-dump")
+        while len(self._pending) >= max_pending:
+            self._pending.pop(0).result()
+        self._pending.append(self._executor.submit(self._write_instance, index, instance))
+        if wait:
+            self.flush()
+        return index
+
+    def raise_pending_errors(self) -> None:
+        """Re-raises the error of a finished background write, if any."""
+        for fut in [f for f in self._pending if f.done()]:
+            self._pending.remove(fut)
+            fut.result()
+
+    def flush(self) -> None:
+        """Waits for every queued instance and writes the manifest."""
+        try:
+            while self._pending:
+                self._pending.pop(0).result()
+        finally:
+            if self._dirty:
+                self._write_manifest()
+
+    def close(self) -> None:
+        """Flushes and stops the writer thread."""
+        try:
+            self.flush()
+        finally:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+                self._executor = None
+
+    def _stored(self, value: Any) -> tuple[np.ndarray, str, str | None]:
+        array = _as_numpy(value)
+        source_dtype = str(array.dtype)
+        layout = default_layout(array.ndim)
+        if self.layout == "NHWC" and array.ndim in _CHANNELS_LAST:
+            array = np.moveaxis(array, 1, -1)
+            layout = default_layout(array.ndim, channels_last=True)
+        if self.file_format == "raw" and array.dtype != np.float32:
+            array = array.astype(np.float32)
+        return array, source_dtype, layout
+
+    def _save(self, array: np.ndarray, path: str) -> None:
+        with open(path, "wb") as f:
+            if self.file_format == "npy":  # through the handle: np.save(path) appends ".npy"
+                np.save(f, np.ascontiguousarray(array), allow_pickle=False)
+            elif array.size == 0:
+                pass
+            elif array.flags.c_contiguous:
+                f.write(memoryview(array).cast("B"))
+            else:
+                array.tofile(f)
+
+    def _describe(self, array: np.ndarray, source_dtype: str, layout: str | None,
+                  **extra: Any) -> dict[str, Any]:
+        return {**extra, "shape": list(array.shape), "dtype": str(array.dtype),
+                "source_dtype": source_dtype, "layout": layout}
+
+    def _write_instance(self, index: int, instance: HostInstance) -> None:
+        if instance.ready is not None:
+            instance.ready()
+        ext = "." + self.file_format
+        out_root = os.path.join(self.dir_path, "outputs")
+        final_dir = os.path.join(out_root, f"layer_outputs_{index}")
+        tmp_dir = None
+        path = out_root
+        shapes: dict[str, list[int]] = {}
+        try:
+            tmp_dir = tempfile.mkdtemp(prefix=f".tmp-layer_outputs_{index}-", dir=out_root)
+            for name, value in instance.outputs:
+                array, source_dtype, layout = self._stored(value)
+                path = os.path.join(final_dir, self.stems[name] + ext)
+                self._save(array, os.path.join(tmp_dir, self.stems[name] + ext))
+                info = self._describe(array, source_dtype, layout, file=self.stems[name] + ext)
+                with self._lock:
+                    known = self.tensors.setdefault(name, info)
+                if known["shape"] != info["shape"]:
+                    shapes[name] = info["shape"]
+            path = final_dir
+            os.replace(tmp_dir, final_dir)
+            tmp_dir = None
+            input_files = self._write_inputs(index, instance.inputs, ext)
+        except OSError as exc:
+            raise (exc if isinstance(exc, DumpWriteError) else write_error(path, exc)) from exc
+        finally:
+            if tmp_dir is not None:
+                shutil.rmtree(tmp_dir, ignore_errors=True)
+        entry: dict[str, Any] = {"index": index, "inputs": input_files,
+                                 "outputs": f"outputs/layer_outputs_{index}"}
+        captured = {name for name, _ in instance.outputs}
+        missing = [n for n in self.order if n not in captured]
+        if shapes:
+            entry["shapes"] = shapes
+        if missing:
+            entry["missing"] = missing
+        with self._lock:
+            self.instances.append(entry)
+            self._dirty = True
+        if time.monotonic() - self._manifest_written > 1.0:
+            self._write_manifest()
+
+    def _write_inputs(self, index: int, inputs: Sequence[tuple[str, Any]], ext: str) -> list[str]:
+        root = os.path.join(self.dir_path, "inputs")
+        described = []
+        files = []
+        if len(inputs) == 1:
+            array, source_dtype, layout = self._stored(inputs[0][1])
+            final = os.path.join(root, f"input_{index}{ext}")
+            write_atomic(final, lambda tmp: self._save(array, tmp))
+            files.append(f"inputs/input_{index}{ext}")
+            described.append(self._describe(array, source_dtype, layout, name=inputs[0][0]))
+        else:
+            final_dir = os.path.join(root, f"input_{index}")
+            tmp_dir = tempfile.mkdtemp(prefix=f".tmp-input_{index}-", dir=root)
+            try:
+                for i, (name, value) in enumerate(inputs):
+                    array, source_dtype, layout = self._stored(value)
+                    self._save(array, os.path.join(tmp_dir, f"{i}{ext}"))
+                    files.append(f"inputs/input_{index}/{i}{ext}")
+                    described.append(self._describe(array, source_dtype, layout, name=name))
+                os.replace(tmp_dir, final_dir)
+                tmp_dir = None
+            finally:
+                if tmp_dir is not None:
+                    shutil.rmtree(tmp_dir, ignore_errors=True)
+        with self._lock:
+            if not self.input_tensors:
+                self.input_tensors = described
+        return files
+
+    def manifest(self) -> dict[str, Any]:
+        """The manifest as a dict (what ``manifest.json`` holds)."""
+        with self._lock:
+            ext = "." + self.file_format
+            tensors = {name: dict(self.tensors.get(name, {}), file=self.stems[name] + ext)
+                       for name in self.order}
+            return {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION,
+                    "producer": self.producer, "file_format": self.file_format,
+                    "layout": self.layout,
+                    "layer_output_names": list(self.order),
+                    "tensors": tensors,
+                    "inputs": [dict(t) for t in self.input_tensors],
+                    "instances": sorted((dict(i) for i in self.instances),
+                                        key=lambda e: e["index"])}
+
+    def _write_manifest(self) -> None:
+        data = self.manifest()
+        self._dirty = False
+        self._manifest_written = time.monotonic()
+        _write_json(os.path.join(self.dir_path, MANIFEST), data)

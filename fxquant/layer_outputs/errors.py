@@ -1,0 +1,36 @@
+"""Errors raised while writing, reading and comparing layer-output dumps."""
+from __future__ import annotations
+
+from fxquant.errors import FxQuantError
+
+__all__ = ["LayerOutputError", "DumpExistsError", "DumpWriteError", "DumpFormatError"]
+
+
+class LayerOutputError(FxQuantError):
+    """Base class of the layer-output errors."""
+
+
+class DumpExistsError(LayerOutputError, FileExistsError):
+    """The target directory already holds files and ``overwrite`` was not requested."""
+
+
+class DumpWriteError(LayerOutputError, OSError):
+    """A file of a dump could not be written (no space, no permission …).
+
+    ``errno`` and ``filename`` are those of the underlying ``OSError``; the message names the
+    path and what to do.
+    """
+
+    def __init__(self, message: str, *, errno: int | None = None,
+                 filename: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.errno = errno
+        self.filename = filename
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class DumpFormatError(LayerOutputError, ValueError):
+    """A directory is not a readable layer-output dump (the message names the file and field)."""

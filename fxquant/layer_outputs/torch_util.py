@@ -1,0 +1,495 @@
+"""``LayerOutputUtil``: every layer's output of a float model or a QuantSim, dumped to disk.
+
+The model is run as a prepared FX graph (every op a module with a canonical name,
+``layer1.0.conv1``, ``layer1.0.module_add``). For a :class:`~fxquant.QuantizationSimModel` the value
+recorded for a layer is what the quantized target computes: the output of the layer's output
+quantizer when it has one (the dequantized value), the op's own output otherwise (inside a
+supergroup such as Conv→ReLU, or a data-movement op such as max-pool); a quantized model input is
+recorded too, under the input's name (``x``). Values are captured by value at the moment the
+layer returns (an in-place ReLU later cannot change them) and stay on the model's device until
+they are written (CUDA: one asynchronous copy per tensor, one synchronisation per instance, in
+the writer thread).
+
+Names (``naming_scheme``):
+
+* ``NamingScheme.PYTORCH``: the canonical layer names; tuple outputs ``<layer>#<i>``.
+* ``NamingScheme.ONNX``: the tensor names of the ONNX model ``sim.export`` /
+  :func:`fxquant.export.export_onnx` writes with the same ``dummy_input`` and
+  ``onnx_export_args`` — by construction the canonical names, except where the exporter
+  could not give a layer a value (those layers are skipped, with a warning).
+* ``NamingScheme.TORCHSCRIPT``: the debug names of ``torch.jit.trace`` outputs (AIMET
+  compatibility; numeric, e.g. ``1384``).
+
+Files: see :mod:`fxquant.layer_outputs._dump` (AIMET layout plus ``manifest.json``).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import enum
+import logging
+import os
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Callable
+
+import torch
+import torch.fx
+from torch import nn
+from tqdm.auto import tqdm
+
+from fxquant import _meta
+from fxquant.layer_outputs._dump import DumpWriter, HostInstance, check_dir
+
+__all__ = ["LayerOutputUtil", "NamingScheme"]
+
+logger = logging.getLogger(__name__)
+
+_QUANTIZES = "quantizes"  # InsertQuantizersPass's meta key ("input" / "output")
+
+
+class NamingScheme(enum.Enum):
+    """How dumped tensors are named (AIMET's enum, same members and values).
+
+    Example:
+        >>> NamingScheme.parse("onnx")
+        <NamingScheme.ONNX: 2>
+    """
+
+    PYTORCH = 1
+    """Canonical layer names (module paths after the preparer)."""
+    ONNX = 2
+    """Tensor names of the exported ONNX model (canonical names for fxquant exports)."""
+    TORCHSCRIPT = 3
+    """Output names of a ``torch.jit.trace`` of the float model (numeric)."""
+
+    @classmethod
+    def parse(cls, value: Any) -> NamingScheme:
+        """A :class:`NamingScheme` from itself, its value (1–3), its name (any case) or another
+        enum with the same member names (AIMET's ``NamingScheme``).
+
+        Raises:
+            ValueError: anything else (the message lists the valid values).
+        """
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, enum.Enum):
+            value = value.name
+        if isinstance(value, int) and not isinstance(value, bool):
+            for member in cls:
+                if member.value == value:
+                    return member
+        if isinstance(value, str) and value.upper() in cls.__members__:
+            return cls[value.upper()]
+        raise ValueError(f"unknown naming scheme {value!r}; use NamingScheme.PYTORCH, "
+                         "NamingScheme.ONNX or NamingScheme.TORCHSCRIPT (or 'pytorch', 'onnx', "
+                         "'torchscript')")
+
+
+class _Site:
+    """One recorded value: ``name`` is produced by the ``call_index``-th call of ``module``."""
+
+    __slots__ = ("name", "module", "node", "meta")
+
+    def __init__(self, name: str, module: str, node: torch.fx.Node, meta: Any) -> None:
+        self.name = name
+        self.module = module
+        self.node = node
+        self.meta = meta
+
+
+def _as_args(input_instance: Any) -> tuple[Any, ...]:
+    if isinstance(input_instance, tuple):
+        return input_instance
+    if isinstance(input_instance, list):
+        return tuple(input_instance)
+    return (input_instance,)
+
+
+def _check_dummy(dummy_input: Any, scheme: NamingScheme) -> None:
+    if dummy_input is None:
+        raise ValueError(f"naming_scheme=NamingScheme.{scheme.name} needs dummy_input (the input "
+                         "the model is exported with, e.g. the one given to sim.export); pass "
+                         "dummy_input=..., or use NamingScheme.PYTORCH")
+    if not isinstance(dummy_input, (torch.Tensor, tuple, list)):
+        raise ValueError(f"dummy_input must be a tensor, or a tuple or list of the forward's "
+                         f"positional inputs, got {type(dummy_input).__qualname__}")
+
+
+def _is_quantized(gm: torch.fx.GraphModule) -> bool:
+    return any(_meta.get(n, _meta.ROLE) == _meta.ROLE_QUANTIZER for n in gm.graph.nodes)
+
+
+def _resolve_model(model: Any) -> tuple[torch.fx.GraphModule, bool, str]:
+    """(graph module to run, whether it holds quantizers, a description)."""
+    from fxquant.passes.base import state_tags
+    from fxquant.quantsim.quantsim import QuantizationSimModel
+
+    if isinstance(model, QuantizationSimModel):
+        return model.model, True, repr(model)
+    if isinstance(model, torch.fx.GraphModule):
+        if _is_quantized(model):
+            return model, True, "quantized GraphModule"
+        if "prepared" in state_tags(model):
+            return model, False, f"prepared {type(model).__name__}"
+    if isinstance(model, nn.Module):
+        from fxquant.model_preparer import prepare_model
+
+        return prepare_model(model), False, type(model).__qualname__
+    raise TypeError(f"LayerOutputUtil expects an nn.Module or a QuantizationSimModel, got "
+                    f"{type(model).__qualname__}")
+
+
+def _layer_of(node: torch.fx.Node) -> bool:
+    return node.op == "call_module" and _meta.get(node, _meta.ROLE) in (_meta.ROLE_OP, None)
+
+
+def _sites(gm: torch.fx.GraphModule) -> list[_Site]:
+    """Where each layer's recorded value comes from, in graph order."""
+    sites = []
+    for node in gm.graph.nodes:
+        role = _meta.get(node, _meta.ROLE)
+        if role == _meta.ROLE_QUANTIZER and _meta.get(node, _QUANTIZES) == "input":
+            sites.append(_Site(_meta.get(node, _meta.LAYER_NAME), str(node.target), node,
+                               node.meta.get("tensor_meta")))
+        elif _layer_of(node):
+            quantizer = next((u for u in node.users
+                              if _meta.get(u, _meta.ROLE) == _meta.ROLE_QUANTIZER
+                              and _meta.get(u, _QUANTIZES) == "output"), None)
+            source = quantizer if quantizer is not None else node
+            sites.append(_Site(str(node.target), str(source.target), node,
+                               node.meta.get("tensor_meta")))
+    return sites
+
+
+def _expected_names(sites: Sequence[_Site]) -> list[str] | None:
+    """The names a forward will record, when shape propagation has run on every site."""
+    from torch.fx.passes.shape_prop import TensorMetadata
+
+    names = []
+    for site in sites:
+        meta = site.meta
+        if isinstance(meta, TensorMetadata):
+            names.append(site.name)
+        elif isinstance(meta, (list, tuple)) and meta and all(
+                isinstance(m, TensorMetadata) for m in meta):
+            names.extend(f"{site.name}#{i}" for i in range(len(meta)))
+        elif meta is None:
+            return None
+    return names
+
+
+def _float_module(gm: torch.fx.GraphModule, quantized: bool) -> torch.fx.GraphModule:
+    if not quantized:
+        return gm
+    from fxquant.passes.remove_quantizers import RemoveQuantizersPass
+
+    return RemoveQuantizersPass()(copy.deepcopy(gm)).graph_module
+
+
+def _onnx_names(gm: torch.fx.GraphModule, quantized: bool, dummy_input: Any,
+                onnx_export_args: Mapping[str, Any] | None) -> tuple[dict[str, str], Any]:
+    from fxquant.export import export_onnx
+
+    args = dict(onnx_export_args or {})
+    if quantized:  # what sim.export passes to export_onnx
+        from fxquant.export.qdq import QDQ_OPSET
+
+        args.setdefault("opset_version", QDQ_OPSET)
+    exported = export_onnx(gm, dummy_input, onnx_export_args=args)
+    names = dict(exported.layer_outputs)
+    for graph_input in exported.model.graph.input:
+        names.setdefault(graph_input.name, graph_input.name)
+    if exported.unmapped_layers:
+        logger.warning("%d layer(s) have no tensor in the exported ONNX model and are not dumped "
+                       "with ONNX naming: %s", len(exported.unmapped_layers),
+                       list(exported.unmapped_layers)[:20])
+    return names, exported
+
+
+def _torchscript_names(gm: torch.fx.GraphModule, dummy_input: Any) -> dict[str, str]:
+    args = tuple(a for a in _as_args(dummy_input))
+    with torch.no_grad(), warnings.catch_warnings(), _eval_mode(gm):
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(gm, args, check_trace=False)
+    graph = traced.graph
+    inputs = list(graph.inputs())
+    paths: dict[str, str] = {inputs[0].debugName(): ""}
+    names: dict[str, str] = {}
+    placeholders = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
+    for placeholder, value in zip(placeholders, inputs[1:]):
+        names[placeholder] = value.debugName()
+    unpacked: dict[str, list[str]] = {}
+    for node in graph.nodes():
+        if node.kind() == "prim::TupleUnpack":
+            unpacked[node.input().debugName()] = [o.debugName() for o in node.outputs()]
+    for node in graph.nodes():
+        kind = node.kind()
+        if kind == "prim::GetAttr":
+            parent = paths.get(node.input().debugName())
+            if parent is not None:
+                attr = node.s("name")
+                paths[node.output().debugName()] = f"{parent}.{attr}" if parent else attr
+        elif kind == "prim::CallMethod":
+            owner = paths.get(next(iter(node.inputs())).debugName())
+            if owner is None or owner == "":
+                continue
+            out = node.output().debugName()
+            names[owner] = out
+            for i, item in enumerate(unpacked.get(out, [])):
+                names[f"{owner}#{i}"] = item
+    return names
+
+
+@contextlib.contextmanager
+def _eval_mode(module: nn.Module):  # type: ignore[no-untyped-def]
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def _device_of(module: nn.Module) -> torch.device | None:
+    for tensor in module.parameters():
+        return tensor.device
+    for tensor in module.buffers():
+        return tensor.device
+    return None
+
+
+class _Capture:
+    """Forward hooks that copy each site's value by value; CUDA copies go to pinned host memory
+    asynchronously (one event per instance)."""
+
+    def __init__(self, gm: torch.fx.GraphModule, sites: Sequence[_Site]) -> None:
+        self.gm = gm
+        self.by_module: dict[str, list[str]] = {}
+        for site in sites:
+            self.by_module.setdefault(site.module, []).append(site.name)
+        self.values: list[tuple[str, torch.Tensor]] = []
+        self.calls: dict[str, int] = {}
+        self.async_devices: set[torch.device] = set()
+
+    def grab(self, tensor: torch.Tensor) -> torch.Tensor:
+        tensor = tensor.detach()
+        if tensor.device.type == "cpu":
+            return tensor.clone()
+        if tensor.device.type == "cuda":
+            host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+            host.copy_(tensor, non_blocking=True)
+            self.async_devices.add(tensor.device)
+            return host
+        return tensor.to("cpu")  # other accelerators: a synchronous copy
+
+    def _hook(self, path: str) -> Callable[..., None]:
+        names = self.by_module[path]
+
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            k = self.calls.get(path, 0)
+            self.calls[path] = k + 1
+            if k >= len(names):
+                return
+            name = names[k]
+            if isinstance(output, torch.Tensor):
+                self.values.append((name, self.grab(output)))
+            elif isinstance(output, (tuple, list)):
+                for i, item in enumerate(output):
+                    if isinstance(item, torch.Tensor):
+                        self.values.append((f"{name}#{i}", self.grab(item)))
+            else:
+                logger.debug("%s returned %s, not a tensor: not dumped", name,
+                             type(output).__name__)
+
+        return hook
+
+    def run(self, args: tuple[Any, ...]) -> tuple[list[tuple[str, torch.Tensor]],
+                                                   Callable[[], None] | None]:
+        """Runs the model once; returns the captured values and the wait for their copies
+        (covering every asynchronous copy since ``async_devices`` was last cleared)."""
+        self.values = []
+        self.calls = {}
+        handles = []
+        try:
+            for path in self.by_module:
+                handles.append(self.gm.get_submodule(path).register_forward_hook(self._hook(path)))
+            with torch.no_grad(), _eval_mode(self.gm):
+                self.gm(*args)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return self.values, self.ready()
+
+    def ready(self) -> Callable[[], None] | None:
+        if not self.async_devices:
+            return None
+        events = []
+        for device in self.async_devices:
+            event = torch.cuda.Event()
+            event.record(torch.cuda.current_stream(device))
+            events.append(event)
+
+        def wait() -> None:
+            for event in events:
+                event.synchronize()
+
+        return wait
+
+
+class LayerOutputUtil:
+    """Captures and saves every layer's output of a float model or a QuantSim.
+
+    Args:
+        model: a float ``nn.Module`` (prepared on a copy: its layers get canonical names), a
+            prepared ``GraphModule``, or a :class:`~fxquant.QuantizationSimModel` (or its
+            ``sim.model``), whose recorded values are the quantized ones.
+        dir_path: directory to write to (created when missing; must be empty unless
+            ``overwrite``).
+        naming_scheme: a :class:`NamingScheme` (or its name): PYTORCH (canonical names), ONNX
+            (tensor names of the exported model) or TORCHSCRIPT.
+        dummy_input: the input the model is exported with (needed by ONNX and TORCHSCRIPT).
+        onnx_export_args: the ``onnx_export_args`` given to ``sim.export`` / ``export_onnx``.
+        overwrite: replace a dump already in ``dir_path``.
+        file_format: "raw" (float32, AIMET's format) or "npy" (the tensor's own dtype).
+        layout: "NCHW" (as computed) or "NHWC" (3- to 5-D tensors written channels last, as
+            many targets dump them).
+
+    Raises:
+        ValueError: unknown naming scheme, ONNX/TORCHSCRIPT naming without ``dummy_input``, bad
+            ``file_format`` / ``layout``.
+        DumpExistsError: ``dir_path`` is not empty and ``overwrite`` is False.
+        DumpWriteError: ``dir_path`` cannot be created or written (the message names the path).
+
+    Example:
+        >>> util = LayerOutputUtil(sim, "dumps/sim", NamingScheme.ONNX, dummy_input=x0)
+        >>> util.generate_layer_outputs(x)
+        >>> util.generate_layer_outputs_batch(images)   # with a progress bar
+        32
+    """
+
+    def __init__(self, model: nn.Module | Any, dir_path: str | os.PathLike[str],
+                 naming_scheme: NamingScheme | str | int = NamingScheme.PYTORCH,
+                 dummy_input: torch.Tensor | tuple[Any, ...] | list[Any] | None = None,
+                 onnx_export_args: Mapping[str, Any] | None = None, *, overwrite: bool = False,
+                 file_format: str = "raw", layout: str = "NCHW") -> None:
+        self.naming_scheme = NamingScheme.parse(naming_scheme)
+        if self.naming_scheme is not NamingScheme.PYTORCH:
+            _check_dummy(dummy_input, self.naming_scheme)
+        if dir_path is None or (isinstance(dir_path, str) and not dir_path):
+            raise ValueError("dir_path is required: the directory the dump is written to")
+        check_dir(dir_path, overwrite)  # fail before the (slow) preparation and export
+        self.graph_module, self.quantized, description = _resolve_model(model)
+        self._sites = _sites(self.graph_module)
+        self.onnx_export = None
+        if self.naming_scheme is NamingScheme.PYTORCH:
+            self.name_map: dict[str, str] | None = None
+        elif self.naming_scheme is NamingScheme.ONNX:
+            self.name_map, self.onnx_export = _onnx_names(self.graph_module, self.quantized,
+                                                          dummy_input, onnx_export_args)
+        else:
+            self.name_map = _torchscript_names(
+                _float_module(self.graph_module, self.quantized), dummy_input)
+        self._input_names = [n.name for n in self.graph_module.graph.nodes if n.op == "placeholder"]
+        expected = _expected_names(self._sites)
+        names = [] if expected is None else [r for n in expected if (r := self._rename(n))]
+        self._writer = DumpWriter(dir_path, overwrite=overwrite, file_format=file_format,
+                                  layout=layout, names=names,
+                                  producer={"library": "fxquant", "source": "torch",
+                                            "model": description, "quantized": self.quantized,
+                                            "naming_scheme": self.naming_scheme.name})
+        self._capture = _Capture(self.graph_module, self._sites)
+        self._skipped: set[str] = set()
+
+    @property
+    def dir_path(self) -> str:
+        """The dump directory."""
+        return self._writer.dir_path
+
+    def _rename(self, name: str) -> str | None:
+        if self.name_map is None:
+            return name
+        return self.name_map.get(name)
+
+    def _instance(self, input_instance: Any) -> HostInstance:
+        args = _as_args(input_instance)
+        device = _device_of(self.graph_module)
+        if device is not None:
+            args = tuple(a.to(device) if isinstance(a, torch.Tensor) and a.device != device else a
+                         for a in args)
+        self._capture.async_devices = set()
+        inputs = []
+        for i, arg in enumerate(args):
+            if isinstance(arg, torch.Tensor):
+                name = self._input_names[i] if i < len(self._input_names) else f"input_{i}"
+                inputs.append((name, self._capture.grab(arg)))
+        values, ready = self._capture.run(args)
+        outputs = []
+        for name, value in values:
+            renamed = self._rename(name)
+            if renamed is None:
+                if name not in self._skipped:
+                    self._skipped.add(name)
+                    logger.warning("%s has no %s name: not dumped", name, self.naming_scheme.name)
+                continue
+            outputs.append((renamed, value))
+        return HostInstance(inputs, outputs, ready)
+
+    def generate_layer_outputs(self, input_instance: torch.Tensor | Sequence[torch.Tensor]) -> None:
+        """Runs one input instance and writes it and every layer's output.
+
+        Args:
+            input_instance: the model's input: a tensor, or a tuple/list of positional inputs
+                (moved to the model's device when elsewhere).
+
+        Example:
+            >>> util.generate_layer_outputs(torch.randn(1, 3, 224, 224))
+            >>> sorted(os.listdir("dumps/sim/outputs"))
+            ['layer_outputs_0']
+        """
+        index = self._writer.submit(self._instance(input_instance), wait=True)
+        logger.info("wrote layer outputs of input instance %d to %s", index, self.dir_path)
+
+    def generate_layer_outputs_batch(self, input_instances: Iterable[Any], *,
+                                     progress: bool = True) -> int:
+        """Runs and writes many input instances; writing overlaps the next forward pass.
+
+        Args:
+            input_instances: an iterable of input instances (each as for
+                :meth:`generate_layer_outputs`), e.g. a ``DataLoader`` of single images.
+            progress: show a progress bar.
+
+        Returns:
+            The number of instances written.
+
+        Example:
+            >>> util.generate_layer_outputs_batch(torch.randn(32, 1, 3, 224, 224))
+            32
+        """
+        total = len(input_instances) if hasattr(input_instances, "__len__") else None
+        count = 0
+        try:
+            for instance in tqdm(input_instances, total=total, desc="layer outputs", unit="input",
+                                 leave=False, disable=None if progress else True):
+                self._writer.submit(self._instance(instance), wait=False)
+                count += 1
+        finally:
+            self._writer.flush()
+        logger.info("wrote layer outputs of %d input instances to %s", count, self.dir_path)
+        return count
+
+    def close(self) -> None:
+        """Finishes pending writes and stops the writer thread (also done at exit)."""
+        self._writer.close()
+
+    def __enter__(self) -> LayerOutputUtil:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        writer = getattr(self, "_writer", None)
+        if writer is not None and writer._executor is not None:
+            writer._executor.shutdown(wait=False)

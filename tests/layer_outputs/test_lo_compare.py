@@ -1,0 +1,132 @@
+"""compare_layer_outputs: metrics, layouts, first divergence, JSON, plot and the CLI."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+import fxquant.onnx
+from fxquant.cli import main
+from fxquant.layer_outputs import (DumpFormatError, LayerOutputDump, LayerOutputUtil, NamingScheme,
+                                   compare_layer_outputs)
+from fxquant.layer_outputs._dump import DumpWriter, HostInstance
+from tests.layer_outputs.lo_helpers import build_sim, disable_all, inputs, tiny
+
+
+@pytest.fixture(scope="module")
+def float_dump(tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = tmp_path_factory.mktemp("lo") / "nchw"
+    LayerOutputUtil(tiny(), path).generate_layer_outputs_batch(inputs(2), progress=False)
+    return str(path)
+
+
+def test_nhwc_dump_compares_with_nchw(tmp_path: os.PathLike[str], float_dump: str) -> None:
+    LayerOutputUtil(tiny(), tmp_path / "nhwc", layout="NHWC").generate_layer_outputs_batch(
+        inputs(2), progress=False)
+    report = compare_layer_outputs(float_dump, tmp_path / "nhwc")
+    assert report["conv"].permutation == "NHWC->NCHW" and report["conv"].sqnr_db == math.inf
+    assert report["fc"].permutation is None
+    assert all(r.sqnr_db == math.inf for r in report.layers)
+    back = compare_layer_outputs(tmp_path / "nhwc", float_dump)  # either side can be the reference
+    assert back["conv"].permutation == "NCHW->NHWC" and back.first_divergence is None
+
+
+def _target_dump(src: str, dst: os.PathLike[str], fmt: str) -> None:
+    """What a target tool writes: NHWC files in AIMET's layout, no manifest."""
+    dump = LayerOutputDump(src)
+    os.makedirs(os.path.join(dst, "outputs", "layer_outputs_0"))
+    for name in dump.names:
+        value = dump.load(name)
+        if value.ndim == 4:
+            value = np.moveaxis(value, 1, -1)
+        stem = name.replace("#", "_")
+        path = os.path.join(dst, "outputs", "layer_outputs_0", f"{stem}.{fmt}")
+        np.save(path, value) if fmt == "npy" else value.tofile(path)
+
+
+@pytest.mark.parametrize("fmt", ["raw", "npy"])
+def test_target_dump_without_manifest(tmp_path: os.PathLike[str], float_dump: str,
+                                      fmt: str) -> None:
+    _target_dump(float_dump, tmp_path / "target", fmt)
+    report = compare_layer_outputs(float_dump, tmp_path / "target")
+    assert report.instances == [0] and report.name_match == 1.0  # matched through file stems
+    conv = report["conv"]
+    assert conv.sqnr_db == math.inf and conv.name_b is None  # same name on both sides
+    assert conv.permutation == ("NHWC->NCHW" if fmt == "raw" else "(0, 3, 1, 2)")
+    assert report["module_split#0"].name_b == "module_split_0"
+    told = compare_layer_outputs(float_dump, tmp_path / "target", layout_b="NHWC")
+    assert told["conv"].sqnr_db == math.inf and not told["conv"].ambiguous
+
+
+def test_metrics_and_shape_mismatch(tmp_path: os.PathLike[str]) -> None:
+    a = np.linspace(-1, 1, 24, dtype=np.float32).reshape(1, 2, 3, 4)
+    noise = np.zeros_like(a)
+    noise[0, 0, 0, :2] = [0.25, -0.5]
+    for name, values in (("a", a), ("b", a + noise)):
+        writer = DumpWriter(tmp_path / name)
+        writer.submit(HostInstance([("x", a)], [("t", values), ("u", a[:, :1]),
+                                                ("v", a if name == "a" else a[..., :2])]))
+        writer.close()
+    report = compare_layer_outputs(tmp_path / "a", tmp_path / "b", encodings={"t": 0.25},
+                                   sqnr_threshold=30)
+    t = report["t"]
+    expected = 10 * math.log10(float((a.astype(np.float64) ** 2).sum()) / (0.25 ** 2 + 0.5 ** 2))
+    assert t.sqnr_db == pytest.approx(expected)
+    assert (t.max_abs_diff, t.max_diff_lsb, t.equal_fraction) == (0.5, 2.0, 22 / 24)
+    assert report["u"].sqnr_db == math.inf
+    assert report["v"].status == "shape_mismatch" and "24 elements" in report["v"].note
+    assert report.first_divergence == "t"
+    with pytest.raises(KeyError, match="'w' was not compared"):
+        report["w"]
+    with pytest.raises(ValueError, match=r"instances \[3\] are not in both dumps"):
+        compare_layer_outputs(tmp_path / "a", tmp_path / "b", instances=[3])
+    with pytest.raises(DumpFormatError, match="is not a directory"):
+        compare_layer_outputs(tmp_path / "a", tmp_path / "nope")
+    with pytest.raises(TypeError, match="encodings must be"):
+        compare_layer_outputs(tmp_path / "a", tmp_path / "b", encodings=3.0)
+
+
+def test_first_divergence_names_the_perturbed_layer(tmp_path: os.PathLike[str]) -> None:
+    """Sim vs its QDQ model in ORT: bit-equal; with one encoding perturbed in the sim, that layer
+    is the first divergence and the report says so in LSBs."""
+    sim = build_sim(tiny(), (2, 3, 16, 16))
+    xs = inputs(2)
+    files = sim.export(tmp_path / "out", "tiny", xs[0])
+    fxquant.onnx.LayerOutputUtil(files["qdq_onnx"], tmp_path / "ort",
+                                 session_options=disable_all()).generate_layer_outputs_batch(xs)
+    quantizer = sim.quantizer("conv2")
+    enc = quantizer.encoding
+    quantizer.set_encoding(dataclasses.replace(enc, scale=enc.scale * 0.25))
+    LayerOutputUtil(sim, tmp_path / "sim", NamingScheme.ONNX,
+                    dummy_input=xs[0]).generate_layer_outputs_batch(xs)
+    report = compare_layer_outputs(tmp_path / "sim", tmp_path / "ort",
+                                   encodings=files["encodings"])
+    assert report.first_divergence == "conv2", report.format()
+    assert report["relu"].sqnr_db == math.inf  # before it: identical
+    assert report["conv2"].max_diff_lsb > 10
+    data = json.loads(report.to_json(tmp_path / "report.json"))
+    assert data == json.loads((tmp_path / "report.json").read_text())
+    assert data["first_divergence"] == "conv2" and data["layers"][0]["sqnr_db"] == "inf"
+    fig = report.plot(tmp_path / "report.png")
+    assert (tmp_path / "report.png").stat().st_size > 1000 and len(fig.axes) == 2
+    assert "first divergence (SQNR < 20 dB): conv2" in report.summary()
+
+    assert main(["compare-outputs", str(tmp_path / "sim"), str(tmp_path / "ort"), "--encodings",
+                 files["encodings"], "--json", str(tmp_path / "cli.json"), "--check"]) == 1
+    assert json.loads((tmp_path / "cli.json").read_text())["first_divergence"] == "conv2"
+    assert main(["compare-outputs", str(tmp_path / "sim"), str(tmp_path / "ort"), "--threshold",
+                 "1", "--all", "--plot", str(tmp_path / "cli.svg")]) == 0
+    assert (tmp_path / "cli.svg").exists()
+
+
+def test_cli_reports_errors(tmp_path: os.PathLike[str], float_dump: str,
+                            capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["compare-outputs", float_dump, str(tmp_path / "missing")]) == 2
+    assert "error: " in capsys.readouterr().err
+    assert main(["compare-outputs", float_dump, float_dump, "--top", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "names in common 100.0%" in out and "no tensor below 20 dB" in out

@@ -1,0 +1,192 @@
+"""Dump files: names, layout on disk, manifest, atomic writes and the error paths."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+
+import numpy as np
+import pytest
+
+from fxquant.layer_outputs import (DumpExistsError, DumpFormatError, DumpWriteError,
+                                   LayerOutputDump, sanitize_names)
+from fxquant.layer_outputs._dump import DumpWriter, HostInstance
+
+
+def _instance(k: int = 0) -> HostInstance:
+    rng = np.random.default_rng(k)
+    return HostInstance([("x", rng.standard_normal((1, 3, 4, 5)).astype(np.float32))],
+                        [("conv.1", rng.standard_normal((1, 2, 4, 5)).astype(np.float32)),
+                         ("conv_1", rng.standard_normal((1, 2)).astype(np.float32)),
+                         ("idx", np.arange(6, dtype=np.int64).reshape(2, 3))])
+
+
+def test_sanitize_names_never_collide() -> None:
+    names = ["layer1.0.conv1", "layer1_0_conv1", "Layer1_0_conv1", "fc#0", "a/b:c", "", "x" * 300,
+             "x" * 299 + "y", "con"]
+    stems = sanitize_names(names)
+    assert stems["layer1.0.conv1"] == "layer1_0_conv1"  # AIMET's sanitizing when unique
+    assert stems["fc#0"] == "fc_0"
+    assert len({s.lower() for s in stems.values()}) == len(names)  # also case-insensitively
+    assert all(len(s) <= 180 and s for s in stems.values())
+    assert stems["con"] != "con"  # a Windows device name
+
+
+def test_layout_on_disk_and_manifest(tmp_path: os.PathLike[str]) -> None:
+    writer = DumpWriter(tmp_path / "d", producer={"source": "test"})
+    for k in range(2):
+        assert writer.submit(_instance(k)) == k
+    writer.close()
+    root = tmp_path / "d"
+    assert sorted(os.listdir(root)) == ["inputs", "layer_output_name_order.json", "manifest.json",
+                                        "outputs"]
+    order = json.loads((root / "layer_output_name_order.json").read_text())["layer_output_names"]
+    assert order == ["conv_1", "conv_1__1", "idx"]
+    assert sorted(os.listdir(root / "inputs")) == ["input_0.raw", "input_1.raw"]
+    assert sorted(os.listdir(root / "outputs")) == ["layer_outputs_0", "layer_outputs_1"]
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert manifest["layer_output_names"] == ["conv.1", "conv_1", "idx"]
+    assert manifest["tensors"]["conv.1"] == {"file": "conv_1.raw", "shape": [1, 2, 4, 5],
+                                             "dtype": "float32", "source_dtype": "float32",
+                                             "layout": "NCHW"}
+    assert manifest["tensors"]["idx"]["source_dtype"] == "int64"
+    assert [i["index"] for i in manifest["instances"]] == [0, 1]
+    raw = np.fromfile(root / "outputs" / "layer_outputs_1" / "conv_1.raw", dtype=np.float32)
+    np.testing.assert_array_equal(raw.reshape(1, 2, 4, 5), _instance(1).outputs[0][1])
+    dump = LayerOutputDump(root)
+    np.testing.assert_array_equal(dump.load("idx", 0), np.arange(6, dtype=np.float32).reshape(2, 3))
+    np.testing.assert_array_equal(dump.load_inputs(1)[0], _instance(1).inputs[0][1])
+
+
+def test_nhwc_and_npy(tmp_path: os.PathLike[str]) -> None:
+    writer = DumpWriter(tmp_path / "d", file_format="npy", layout="NHWC")
+    writer.submit(_instance())
+    writer.close()
+    dump = LayerOutputDump(tmp_path / "d")
+    info = dump.info("conv.1")
+    assert (info.layout, info.shape, info.file) == ("NHWC", (1, 4, 5, 2), "conv_1.npy")
+    np.testing.assert_array_equal(dump.load("conv.1"),
+                                  np.moveaxis(_instance().outputs[0][1], 1, -1))
+    assert dump.load("idx").dtype == np.int64  # npy keeps the dtype
+
+
+def test_non_empty_dir_is_an_error_unless_overwrite(tmp_path: os.PathLike[str]) -> None:
+    target = tmp_path / "d"
+    writer = DumpWriter(target)
+    writer.submit(_instance(0))
+    writer.submit(_instance(1))
+    writer.close()
+    with pytest.raises(DumpExistsError, match=r"is not empty .*pass overwrite=True"):
+        DumpWriter(target)
+    (target / "notes.txt").write_text("keep me")
+    writer = DumpWriter(target, overwrite=True)
+    writer.submit(_instance(5))
+    writer.close()
+    assert os.listdir(target / "outputs") == ["layer_outputs_0"]  # the old instances are gone
+    assert (target / "notes.txt").read_text() == "keep me"
+
+
+def test_unwritable_target_names_the_path(tmp_path: os.PathLike[str]) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(DumpWriteError, match=r"cannot create the dump directory .*file"):
+        DumpWriter(blocker / "dump")
+    with pytest.raises(DumpWriteError, match="exists and is not a directory"):
+        DumpWriter(blocker)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
+def test_read_only_dir(tmp_path: os.PathLike[str]) -> None:
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        with pytest.raises(DumpWriteError, match=r"no permission|not writable"):
+            DumpWriter(ro / "dump")
+    finally:
+        ro.chmod(0o700)
+
+
+def test_disk_full_leaves_only_whole_files(tmp_path: os.PathLike[str],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    writer = DumpWriter(tmp_path / "d")
+    writer.submit(_instance(0))
+    calls = {"n": 0}
+    save = DumpWriter._save
+
+    def failing(self: DumpWriter, array: np.ndarray, path: str) -> None:
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second tensor of instance 1
+            raise OSError(errno.ENOSPC, "No space left on device")
+        save(self, array, path)
+
+    monkeypatch.setattr(DumpWriter, "_save", failing)
+    with pytest.raises(DumpWriteError,
+                       match=r"cannot write .*layer_outputs_1.*disk .*full") as info:
+        writer.submit(_instance(1))
+    assert info.value.errno == errno.ENOSPC
+    assert isinstance(info.value, OSError)
+    monkeypatch.setattr(DumpWriter, "_save", save)
+    writer.close()
+    outputs = tmp_path / "d" / "outputs"
+    assert os.listdir(outputs) == ["layer_outputs_0"]  # no partial instance, no temporary folder
+    dump = LayerOutputDump(tmp_path / "d")
+    assert dump.instances == [0]
+
+
+def test_interrupted_run_is_readable(tmp_path: os.PathLike[str]) -> None:
+    """A killed run can leave a hidden temporary folder; readers ignore it."""
+    writer = DumpWriter(tmp_path / "d")
+    writer.submit(_instance(0))
+    writer.close()
+    (tmp_path / "d" / "outputs" / ".tmp-layer_outputs_1-abc").mkdir()
+    (tmp_path / "d" / "outputs" / ".tmp-layer_outputs_1-abc" / "conv_1.raw").write_bytes(b"\0" * 3)
+    assert LayerOutputDump(tmp_path / "d").instances == [0]
+
+
+def test_reads_aimet_layout_without_manifest(tmp_path: os.PathLike[str]) -> None:
+    root = tmp_path / "aimet"
+    (root / "outputs" / "layer_outputs_0").mkdir(parents=True)
+    (root / "inputs").mkdir()
+    (root / "layer_output_name_order.json").write_text(
+        json.dumps({"layer_output_names": ["conv1", "fc"]}))
+    np.arange(6, dtype=np.float32).tofile(root / "outputs" / "layer_outputs_0" / "conv1.raw")
+    np.ones(2, dtype=np.float32).tofile(root / "outputs" / "layer_outputs_0" / "fc.raw")
+    dump = LayerOutputDump(root)
+    assert (dump.names, dump.instances, dump.has_manifest) == (["conv1", "fc"], [0], False)
+    assert dump.info("conv1").shape is None
+    np.testing.assert_array_equal(dump.load("conv1"), np.arange(6, dtype=np.float32))
+
+
+def test_bad_dumps_are_reported(tmp_path: os.PathLike[str]) -> None:
+    with pytest.raises(DumpFormatError, match="is not a directory"):
+        LayerOutputDump(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DumpFormatError, match="holds no complete instance"):
+        LayerOutputDump(tmp_path / "empty")
+    writer = DumpWriter(tmp_path / "d")
+    writer.submit(_instance())
+    writer.close()
+    (tmp_path / "d" / "outputs" / "layer_outputs_0" / "conv_1.raw").write_bytes(b"\0" * 8)
+    with pytest.raises(DumpFormatError, match=r"conv_1.raw holds 2 float32 values .*needs 40"):
+        LayerOutputDump(tmp_path / "d").load("conv.1")
+    (tmp_path / "d" / "manifest.json").write_text('{"format": "other"}')
+    with pytest.raises(DumpFormatError, match="field 'format'"):
+        LayerOutputDump(tmp_path / "d")
+    with pytest.raises(ValueError, match="file_format must be one of"):
+        DumpWriter(tmp_path / "e", file_format="csv")
+    with pytest.raises(ValueError, match="layout must be one of"):
+        DumpWriter(tmp_path / "e", layout="CHWN")
+
+
+def test_permission_error_names_the_path_and_fix(tmp_path: os.PathLike[str],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """As root (CI containers) chmod does not stop writes: simulate the refusal."""
+    def refuse(path: str, exist_ok: bool = False) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied", path)
+
+    monkeypatch.setattr("fxquant.layer_outputs._dump.os.makedirs", refuse)
+    with pytest.raises(DumpWriteError, match=r"cannot create directory .*locked.*no permission to "
+                                             r"write there: choose a writable dir_path") as info:
+        DumpWriter(tmp_path / "locked")
+    assert info.value.errno == errno.EACCES and str(tmp_path / "locked") in info.value.filename
