@@ -14,7 +14,10 @@ from fxquant.errors import (CalibrationError, ConfigError, DataDependentError, F
 from fxquant.export import export_onnx
 from fxquant.layer_outputs import (LayerOutputDump, LayerOutputUtil, NamingScheme,
                                    compare_layer_outputs)
+from fxquant import numeric_suite
+from fxquant import ns
 from fxquant.model_preparer import prepare_model
+from fxquant.numeric_suite import ComparisonReport, compare
 from fxquant.passes import (FoldBatchNormPass, Pass, PassResult, PrepareModelPass, Sequential)
 from fxquant.passes.fold_batchnorm import BatchNormFoldError
 from fxquant.quantsim.checkpoint import load_checkpoint, save_checkpoint
@@ -28,6 +31,7 @@ __all__ = [
     "AutoLeaf",
     "BatchNormFoldError",
     "CalibrationError",
+    "ComparisonReport",
     "ConfigError",
     "DataDependentError",
     "FoldBatchNormPass",
@@ -47,10 +51,13 @@ __all__ = [
     "Specialization",
     "TraceError",
     "auto_leaves",
+    "compare",
     "compare_layer_outputs",
     "export_onnx",
     "fold_all_batch_norms",
     "load_checkpoint",
+    "ns",
+    "numeric_suite",
     "prepare_model",
     "save_checkpoint",
     "specializations",

@@ -4,7 +4,8 @@ Keys (all optional except where a pass sets them):
     module_path: dotted path of the module whose code produced the node ("" for the root).
     handle: stable integer id assigned at trace time; copied when a pass replaces a node.
     source: "file:line: code" of the user's source line that produced the node.
-    role: "op" (a model op), "quantizer" or "logger".
+    role: "op" (a model op), "quantizer", "logger" or "shadow" (a model-B copy of an op placed
+        by the numeric suite's InsertShadowsPass).
     layer_name: canonical layer name (the module path after the preparer) for quantizable ops.
 
 Passes never set ad-hoc attributes on nodes; they call these helpers.
@@ -25,6 +26,7 @@ LAYER_NAME = "layer_name"
 ROLE_OP = "op"
 ROLE_QUANTIZER = "quantizer"
 ROLE_LOGGER = "logger"
+ROLE_SHADOW = "shadow"
 
 _HANDLE_COUNTER = "_fxquant_next_handle"
 

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 from fxquant.passes.base import Pass, PassResult, Sequential, pass_history, state_tags
 from fxquant.passes.fold_batchnorm import FoldBatchNormPass
+from fxquant.passes.insert_loggers import InsertLoggersPass
+from fxquant.passes.insert_quantizers import InsertQuantizersPass
+from fxquant.passes.insert_shadows import InsertShadowsPass
 from fxquant.passes.prepare import PrepareModelPass
 
-__all__ = ["FoldBatchNormPass", "Pass", "PassResult", "PrepareModelPass", "Sequential",
+__all__ = ["FoldBatchNormPass", "InsertLoggersPass", "InsertQuantizersPass", "InsertShadowsPass", "Pass", "PassResult", "PrepareModelPass", "Sequential",
            "pass_history", "state_tags"]

@@ -1,0 +1,299 @@
+"""InsertLoggersPass: logger modules that record what a layer computes.
+
+For every selected layer (a ``call_module`` node with role "op"; its canonical name is its target,
+e.g. ``layer1.0.conv1``) the pass inserts a ``call_module`` node right after the value to record:
+
+* ``node_output``: the layer's output — after its output quantizer when one follows it (what a
+  quantized target computes), else the op's own output;
+* ``node_input`` (``log_inputs=True``): every tensor argument of the op, including those inside
+  lists (``torch.cat([a, b])``), right before the op runs.
+
+Which module records the value is the caller's choice: ``make_logger(site)`` gets a
+:class:`LogSite` describing the value and returns a module (or None to skip it); the numeric
+suite passes its ``OutputLogger``. Loggers live under ``ns_loggers.<layer>.<kind>_logger`` and
+their nodes carry ``role="logger"``, ``layer_name`` and ``logs`` ("output"/"input") in
+``node.meta["fxquant"]``. Logger nodes have no users; the pass marks each logger module
+``_is_impure`` so that ``graph.eliminate_dead_code()`` keeps them.
+
+The module also holds the small graph helpers shared with
+:mod:`fxquant.passes.insert_shadows` (finding layers, their output quantizers, in-place ops).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import operator
+from typing import Any, Callable, Iterable, Iterator
+
+import torch
+import torch.fx
+from torch import nn
+
+from fxquant import _meta
+from fxquant.passes.base import Pass, PassResult
+
+__all__ = ["InsertLoggersPass", "LogSite", "LOGGER_ROOT", "LOGS", "layer_nodes",
+           "output_quantizer_node", "logged_output_node", "may_mutate_input", "tensor_args",
+           "type_name", "logger_nodes"]
+
+logger = logging.getLogger(__name__)
+
+#: Root container of every logger module the numeric-suite passes add.
+LOGGER_ROOT = "ns_loggers"
+#: Meta key on logger nodes: "output" or "input".
+LOGS = "logs"
+_QUANTIZES = "quantizes"  # written by InsertQuantizersPass (its QUANTIZES constant)
+
+_INPLACE_OPERATORS = frozenset({
+    operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ifloordiv,
+    operator.imod, operator.ipow, operator.iand, operator.ior, operator.ixor, operator.ilshift,
+    operator.irshift, operator.imatmul,
+})
+
+
+@dataclasses.dataclass(frozen=True)
+class LogSite:
+    """One value a logger records.
+
+    Attributes:
+        layer: canonical name of the layer (the op node's module path).
+        results_type: "node_output" or "node_input".
+        op_node: name of the layer's op node.
+        value_node: name of the node whose value is recorded (the op, its output quantizer, or
+            the producer of an input).
+        op_type: qualified class name of the layer's module.
+        value_type: qualified class name (or function name) of what produces the value.
+        index_of_arg: position of the input among the op's arguments (0 for outputs).
+        index_within_arg: position inside a list argument, e.g. ``cat([a, b])`` (0 otherwise).
+    """
+
+    layer: str
+    results_type: str
+    op_node: str
+    value_node: str
+    op_type: str
+    value_type: str
+    index_of_arg: int = 0
+    index_within_arg: int = 0
+
+
+def type_name(gm: torch.fx.GraphModule, node: torch.fx.Node) -> str:
+    """A readable type for what ``node`` runs: the module's qualified class name, the function's
+    qualified name, or the method name.
+
+    Example:
+        >>> type_name(gm, conv_node)
+        'torch.nn.modules.conv.Conv2d'
+    """
+    if node.op == "call_module":
+        cls = type(gm.get_submodule(str(node.target)))
+        return f"{cls.__module__}.{cls.__qualname__}"
+    if node.op == "call_function":
+        module = getattr(node.target, "__module__", None) or ""
+        name = getattr(node.target, "__qualname__", None) or getattr(node.target, "__name__", "")
+        return f"{module}.{name}" if module else str(name or node.target)
+    return str(node.target) if node.op == "call_method" else node.op
+
+
+def layer_nodes(gm: torch.fx.GraphModule) -> dict[str, torch.fx.Node]:
+    """``{canonical layer name: op node}`` of ``gm``, in graph order.
+
+    Layers are ``call_module`` nodes with role "op" (every op is a module after the preparer).
+
+    Example:
+        >>> list(layer_nodes(fxquant.prepare_model(resnet18)))[:3]
+        ['conv1', 'bn1', 'relu']
+    """
+    out: dict[str, torch.fx.Node] = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and _meta.get(node, _meta.ROLE) == _meta.ROLE_OP:
+            out.setdefault(str(node.target), node)
+    return out
+
+
+def output_quantizer_node(node: torch.fx.Node) -> torch.fx.Node | None:
+    """The output-quantizer node quantizing ``node``'s output, or None."""
+    for user in node.users:
+        if (_meta.get(user, _meta.ROLE) == _meta.ROLE_QUANTIZER
+                and _meta.get(user, _QUANTIZES) == "output" and user.args[:1] == (node,)):
+            return user
+    return None
+
+
+def logged_output_node(node: torch.fx.Node, after_output_quantizer: bool = True) -> torch.fx.Node:
+    """The node whose value stands for ``node``'s layer output (its output quantizer if any)."""
+    if after_output_quantizer:
+        quantizer = output_quantizer_node(node)
+        if quantizer is not None:
+            return quantizer
+    return node
+
+
+def may_mutate_input(gm: torch.fx.GraphModule, node: torch.fx.Node) -> bool:
+    """Whether ``node`` may write into its first argument (``inplace=True`` modules,
+    ``x += y``, ``x.relu_()`` …), so a value it reads must be copied first to stay intact."""
+    if node.op == "call_module":
+        module = gm.get_submodule(str(node.target))
+        if getattr(module, "inplace", False) is True:
+            return True
+        fn = getattr(module, "fn", None)
+        method = getattr(module, "method", None)
+        if fn is not None and _hashable(fn) and fn in _INPLACE_OPERATORS:
+            return True
+        return isinstance(method, str) and _is_inplace_name(method)
+    if node.op == "call_function":
+        if _hashable(node.target) and node.target in _INPLACE_OPERATORS:
+            return True
+        return _is_inplace_name(getattr(node.target, "__name__", ""))
+    if node.op == "call_method":
+        return _is_inplace_name(str(node.target))
+    return False
+
+
+def _is_inplace_name(name: str) -> bool:
+    if name.startswith("__i") and name.endswith("__"):
+        return True
+    return name.endswith("_") and not name.startswith("_")
+
+
+def _hashable(obj: Any) -> bool:
+    try:
+        hash(obj)
+    except TypeError:
+        return False
+    return True
+
+
+def tensor_args(node: torch.fx.Node) -> Iterator[tuple[int, int, torch.fx.Node]]:
+    """``(index_of_arg, index_within_arg, producer)`` for every node argument of ``node``
+    (positional arguments, then keyword arguments), looking one level into lists/tuples."""
+    values = list(node.args) + list(node.kwargs.values())
+    for i, arg in enumerate(values):
+        if isinstance(arg, torch.fx.Node):
+            yield i, 0, arg
+        elif isinstance(arg, (list, tuple)):
+            for j, item in enumerate(arg):
+                if isinstance(item, torch.fx.Node):
+                    yield i, j, item
+
+
+def logger_nodes(gm: torch.fx.GraphModule) -> list[torch.fx.Node]:
+    """The logger nodes of ``gm``, in graph order."""
+    return [n for n in gm.graph.nodes if _meta.get(n, _meta.ROLE) == _meta.ROLE_LOGGER]
+
+
+def add_logger_node(gm: torch.fx.GraphModule, path: str, module: nn.Module,
+                    value: torch.fx.Node, *, layer: str, logs: str,
+                    before: torch.fx.Node | None = None) -> torch.fx.Node:
+    """Registers ``module`` at ``path`` and calls it on ``value`` right after ``value`` (or
+    right before ``before``); the node is tagged as a logger and kept by dead-code elimination."""
+    if not getattr(module, "_is_impure", False):
+        module._is_impure = True  # type: ignore[attr-defined]
+    gm.add_submodule(path, module)
+    ctx = gm.graph.inserting_before(before) if before is not None else \
+        gm.graph.inserting_after(value)
+    with ctx:
+        node = gm.graph.call_module(path, (value,))
+    _meta.copy_meta(value, node, **{_meta.MODULE_PATH: path, _meta.ROLE: _meta.ROLE_LOGGER,
+                                    _meta.LAYER_NAME: layer, LOGS: logs})
+    _meta.node_meta(node).pop(_meta.HANDLE, None)
+    _meta.node_meta(node).pop(_QUANTIZES, None)
+    _meta.assign_handles(gm.graph, [node])
+    return node
+
+
+class InsertLoggersPass(Pass):
+    """Inserts a logger after each selected layer's output (and, on request, before its inputs).
+
+    Args:
+        make_logger: called with a :class:`LogSite` for every value that can be logged; returns
+            the logger module (any ``nn.Module`` returning its input), or None to skip the value.
+        layers: canonical names of the layers to log; None logs every layer.
+        log_outputs: log ``node_output`` values.
+        log_inputs: log ``node_input`` values.
+        after_output_quantizer: log a layer's output after its output quantizer when it has one.
+
+    Raises (as :class:`~fxquant.errors.PassError`):
+        ValueError: a name in ``layers`` is not a layer of the graph module.
+
+    Example:
+        >>> sites = []
+        >>> def make(site):
+        ...     sites.append(site)
+        ...     return nn.Identity()
+        >>> InsertLoggersPass(make, layers=["conv1"])(fxquant.prepare_model(model))
+        >>> sites[0].layer, sites[0].results_type
+        ('conv1', 'node_output')
+    """
+
+    requires = frozenset()
+    provides = frozenset({"loggers"})
+    preserves_numerics = True
+
+    def __init__(self, make_logger: Callable[[LogSite], nn.Module | None],
+                 layers: Iterable[str] | None = None, *, log_outputs: bool = True,
+                 log_inputs: bool = False, after_output_quantizer: bool = True) -> None:
+        if not callable(make_logger):
+            raise TypeError(f"InsertLoggersPass: make_logger must be callable, got "
+                            f"{make_logger!r}")
+        if isinstance(layers, str):
+            raise TypeError(f"InsertLoggersPass: layers must be a collection of layer names, got "
+                            f"the string {layers!r}; write layers=[{layers!r}]")
+        self.make_logger = make_logger
+        self.layers = None if layers is None else tuple(layers)
+        self.log_outputs = log_outputs
+        self.log_inputs = log_inputs
+        self.after_output_quantizer = after_output_quantizer
+
+    def __repr__(self) -> str:
+        args = [] if self.layers is None else [f"layers=[{len(self.layers)} names]"]
+        if self.log_inputs:
+            args.append("log_inputs=True")
+        if not self.log_outputs:
+            args.append("log_outputs=False")
+        return f"InsertLoggersPass({', '.join(args)})"
+
+    def call(self, gm: torch.fx.GraphModule) -> PassResult:
+        layers = layer_nodes(gm)
+        if self.layers is not None:
+            missing = [name for name in self.layers if name not in layers]
+            if missing:
+                import difflib
+
+                close = difflib.get_close_matches(missing[0], list(layers), n=3)
+                raise ValueError(
+                    f"{len(missing)} name(s) in layers are not layers of the graph module, e.g. "
+                    f"{missing[0]!r}" + (f" (did you mean {', '.join(map(repr, close))}?)"
+                                         if close else "")
+                    + "; layer names are module paths after the preparer (layer_nodes(gm)).")
+        selected = set(layers if self.layers is None else self.layers)
+        existing = {(_meta.get(n, _meta.LAYER_NAME), str(n.target))
+                    for n in logger_nodes(gm)}
+        added: list[str] = []
+        for name, op in layers.items():
+            if name not in selected:
+                continue
+            op_type = type_name(gm, op)
+            if self.log_outputs:
+                value = logged_output_node(op, self.after_output_quantizer)
+                path = f"{LOGGER_ROOT}.{name}.output_logger"
+                if (name, path) not in existing:
+                    site = LogSite(name, "node_output", op.name, value.name, op_type,
+                                   type_name(gm, value))
+                    module = self.make_logger(site)
+                    if module is not None:
+                        add_logger_node(gm, path, module, value, layer=name, logs="output")
+                        added.append(path)
+            if self.log_inputs:
+                for i, j, arg in list(tensor_args(op)):
+                    path = f"{LOGGER_ROOT}.{name}.input_logger_{i}_{j}"
+                    if (name, path) in existing:
+                        continue
+                    site = LogSite(name, "node_input", op.name, arg.name, op_type,
+                                   type_name(gm, arg), i, j)
+                    module = self.make_logger(site)
+                    if module is not None:
+                        add_logger_node(gm, path, module, arg, layer=name, logs="input",
+                                        before=op)
+                        added.append(path)
+        return PassResult(gm, bool(added), {"loggers": added})

@@ -1,0 +1,299 @@
+"""The torch-shaped API on fxquant sims: results shape, canonical keys, streaming, shadowing of
+add/mul/cat, what is left unmatched, and every error path."""
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import fxquant
+import fxquant.ns as ns
+from tests.numeric_suite.ns_helpers import (calibrated_sim, mixnet, quantized_layer_names,
+                                            weight_quantized_layer_names)
+
+SHAPE = (2, 3, 8, 8)
+ENTRY_KEYS = {"type", "values", "prev_node_name", "prev_node_target_type", "ref_node_name",
+              "ref_node_target_type", "index_within_arg", "index_of_arg", "fqn", "qconfig_str"}
+
+
+@pytest.fixture
+def pair(device: torch.device) -> tuple[nn.Module, fxquant.QuantizationSimModel]:
+    model = mixnet().to(device)
+    return model, calibrated_sim(model, SHAPE, device)
+
+
+def _inputs(device: torch.device, n: int = 3) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(7)
+    return [torch.randn(*SHAPE, generator=gen).to(device) for _ in range(n)]
+
+
+def _assert_same(got: torch.Tensor, expected: torch.Tensor) -> None:
+    """Bit-equal on CPU; on CUDA the library may pick another kernel for the same call."""
+    if got.device.type == "cpu":
+        assert torch.equal(got, expected)
+    else:
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def _sqnr(results: dict, model: str, kind: str = "node_output") -> dict[str, float]:
+    return {layer: float(v[kind][model][0]["sqnr"][0]) for layer, v in results.items()
+            if kind in v}
+
+
+def test_extract_weights_compares_fake_quantized_weights(pair) -> None:
+    model, sim = pair
+    results = ns.extract_weights("float", model, "int8", sim)
+    assert set(results) == weight_quantized_layer_names(sim)
+    ns.extend_logger_results_with_comparison(results, "float", "int8", ns.compute_sqnr, "sqnr")
+    entry = results["conv2"]["weight"]["int8"][0]
+    assert ENTRY_KEYS <= set(entry) and entry["type"] == "weight"
+    folded = fxquant.prepare_model(model)
+    fxquant.fold_all_batch_norms(folded)
+    float_weight = results["conv2"]["weight"]["float"][0]["values"][0]
+    torch.testing.assert_close(float_weight, folded.conv2.weight)
+    _assert_same(entry["values"][0], sim.model.conv2.weight)  # through the quantizer
+    assert all(35 < s < 70 for s in _sqnr(results, "int8", "weight").values())
+
+
+def test_activation_keys_are_the_sims_quantized_layer_names(pair, device) -> None:
+    model, sim = pair
+    a_ns, b_ns = ns.add_loggers("float", model, "int8", sim)
+    with torch.no_grad():
+        for x in _inputs(device):
+            a_ns(x)
+            b_ns(x)
+    results = ns.extract_logger_info(a_ns, b_ns, ns.OutputLogger, "float")
+    assert set(results) == quantized_layer_names(sim)
+    assert {"module_add", "module_mul", "module_cat"} <= set(results)
+    assert list(results) == [n for n in fxquant.passes.insert_loggers.layer_nodes(sim.model)
+                             if n in results]  # model A's graph order
+    ns.extend_logger_results_with_comparison(results, "float", "int8", ns.compute_sqnr, "sqnr")
+    entry = results["module_add"]["node_output"]["int8"][0]
+    assert ENTRY_KEYS <= set(entry) and entry["values"] == []  # streaming: no tensors kept
+    assert entry["stats"]["count"] == 3 and entry["comparison_stats"]["float"]["count"] == 3
+    assert "AffineQuantizer" in entry["qconfig_str"]
+    assert all(15 < s < 60 for s in _sqnr(results, "int8").values())
+
+
+def test_streaming_equals_saved_activations_over_all_batches(pair, device) -> None:
+    model, sim = pair
+    a_ns, b_ns = ns.add_loggers("float", model, "int8", sim, save_activations=True)
+    with torch.no_grad():
+        for x in _inputs(device):
+            a_ns(x)
+            b_ns(x)
+    saved = ns.extract_logger_info(a_ns, b_ns)
+    entry_a = saved["module_cat"]["node_output"]["float"][0]
+    entry_b = saved["module_cat"]["node_output"]["int8"][0]
+    assert len(entry_b["values"]) == 3
+    streamed = entry_b["comparison_stats"]["float"]
+    x = torch.cat([v.reshape(-1) for v in entry_a["values"]])
+    y = torch.cat([v.reshape(-1) for v in entry_b["values"]])
+    expected = ns.compute_sqnr(x, y).item()
+    assert 10 * math.log10(streamed["signal"] / streamed["noise"]) == pytest.approx(expected,
+                                                                                      abs=1e-3)
+    ns.extend_logger_results_with_comparison(saved, "float", "int8", ns.compute_sqnr, "sqnr")
+    assert len(entry_b["sqnr"]) == 3  # one per batch, as torch does with saved values
+    ns.loggers_set_save_activations(b_ns, False)
+
+
+def test_shadowing_covers_add_mul_cat_and_keeps_model_a_outputs(pair, device) -> None:
+    model, sim = pair
+    shadow = ns.add_shadow_loggers("float", model, "int8", sim)
+    folded = fxquant.prepare_model(model)
+    fxquant.fold_all_batch_norms(folded)
+    a_ns, b_ns = ns.add_loggers("float", model, "int8", sim)
+    with torch.no_grad():
+        for x in _inputs(device):
+            _assert_same(shadow(x), folded(x))
+            a_ns(x)
+            b_ns(x)
+    shadowed = ns.extract_shadow_logger_info(shadow, ns.OutputLogger, "float")
+    plain = ns.extract_logger_info(a_ns, b_ns)
+    for results in (shadowed, plain):
+        ns.extend_logger_results_with_comparison(results, "float", "int8", ns.compute_sqnr,
+                                                 "sqnr")
+    assert set(shadowed) == quantized_layer_names(sim)
+    s, u = _sqnr(shadowed, "int8"), _sqnr(plain, "int8")
+    assert sum(s.values()) / len(s) >= sum(u.values()) / len(u) - 0.5
+    # the first quantized layer has no propagated error: shadowed == unshadowed
+    assert s["relu"] == pytest.approx(u["relu"], abs=1e-4)
+    assert not shadowed.unmatched
+
+
+def test_should_log_inputs_indexes_arguments(pair, device) -> None:
+    model, sim = pair
+    shadow = ns.add_shadow_loggers("float", model, "int8", sim, should_log_inputs=True)
+    a_ns, b_ns = ns.add_loggers("float", model, "int8", sim, should_log_inputs=True)
+    x = _inputs(device, 1)[0]
+    with torch.no_grad():
+        shadow(x)
+        a_ns(x)
+        b_ns(x)
+    for results in (ns.extract_shadow_logger_info(shadow), ns.extract_logger_info(a_ns, b_ns)):
+        add = results["module_add"]["node_input"]["int8"]
+        cat = results["module_cat"]["node_input"]["int8"]
+        assert [(e["index_of_arg"], e["index_within_arg"]) for e in add] == [(0, 0), (1, 0)]
+        assert [(e["index_of_arg"], e["index_within_arg"]) for e in cat] == [(0, 0), (0, 1)]
+        ns.extend_logger_results_with_comparison(results, "float", "int8", ns.compute_sqnr,
+                                                 "sqnr")
+        assert all(math.isfinite(float(e["sqnr"][0])) for e in add + cat)
+
+
+def test_float_model_compared_with_itself_is_exact(device) -> None:
+    model = mixnet().to(device)
+    shadow = ns.add_shadow_loggers("x", model, "y", copy.deepcopy(model))
+    with torch.no_grad():
+        shadow(_inputs(device, 1)[0])
+    results = ns.extract_shadow_logger_info(shadow)
+    ns.extend_logger_results_with_comparison(results, "x", "y", ns.compute_sqnr, "sqnr")
+    assert {"conv1", "bn1", "module_add", "module_cat", "fc"} <= set(results)  # every layer
+    assert all(math.isinf(v) for v in _sqnr(results, "y").values())
+
+
+def test_sim_against_sim_with_another_bit_width(device) -> None:
+    model = mixnet().to(device)
+    sim8 = calibrated_sim(model, SHAPE, device)
+    sim4 = calibrated_sim(model, SHAPE, device, default_output_bw=4, default_param_bw=4)
+    weights = ns.extract_weights("w8a8", sim8, "w4a4", sim4)
+    ns.extend_logger_results_with_comparison(weights, "w8a8", "w4a4", ns.compute_sqnr, "sqnr")
+    assert all(10 < v < 40 for v in _sqnr(weights, "w4a4", "weight").values())
+    shadow = ns.add_shadow_loggers("w8a8", sim8, "w4a4", sim4)
+    with torch.no_grad():
+        _assert_same(shadow(_inputs(device, 1)[0]), sim8.model(_inputs(device, 1)[0]))
+
+
+def test_users_models_are_not_changed(pair, device) -> None:
+    model, sim = pair
+    before_model = {k: v.clone() for k, v in model.state_dict().items()}
+    before_code = sim.model.code
+    before_meta = [dict(n.meta.get("fxquant", {})) for n in sim.model.graph.nodes]
+    ns.add_shadow_loggers("float", model, "int8", sim, should_log_inputs=True)
+    ns.add_loggers("float", model, "int8", sim)
+    ns.extract_weights("float", model, "int8", sim)
+    assert all(torch.equal(before_model[k], v) for k, v in model.state_dict().items())
+    assert isinstance(model.bn1, nn.BatchNorm2d) and sim.model.code == before_code
+    assert [dict(n.meta.get("fxquant", {})) for n in sim.model.graph.nodes] == before_meta
+    assert not any(isinstance(m, ns.OutputLogger) for m in sim.model.modules())
+
+
+def test_loggers_survive_dead_code_elimination(pair) -> None:
+    model, sim = pair
+    shadow = ns.add_shadow_loggers("float", model, "int8", sim)
+    count = sum(isinstance(m, ns.OutputLogger) for m in shadow.modules())
+    shadow.graph.eliminate_dead_code()
+    shadow.recompile()
+    used = {n.target for n in shadow.graph.nodes if n.op == "call_module"}
+    assert sum(isinstance(shadow.get_submodule(t), ns.OutputLogger) for t in used) == count
+
+
+class _Renamed(nn.Module):
+    """MixNet's stem with a differently named and a differently typed layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Linear(8, 8)  # same name as MixNet's conv, another type
+        self.extra = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(self.extra(self.conv1(x)).mean((2, 3)))
+
+
+def test_what_cannot_be_matched_is_listed_with_the_reason() -> None:
+    results = ns.extract_weights("mix", mixnet(), "other", _Renamed(), layers="all")
+    reasons = {(u.model, u.layer): u.reason for u in results.unmatched}
+    assert "has no layer named 'extra'" in reasons[("other", "extra")]
+    assert "Conv2d but model 'other' a torch.nn.modules.linear.Linear" in \
+        reasons[("mix", "conv2")]
+    assert "has no layer named 'fc'" in reasons[("mix", "fc")]
+    assert set(results) == {"conv1"}
+    with pytest.raises(ValueError, match="layer 'extra' of model 'other' cannot be compared: "
+                                         "model 'mix' has no layer named 'extra'"):
+        ns.add_loggers("mix", mixnet(), "other", _Renamed(), layers=["extra"])
+
+
+class _FakeQuantConv(nn.Conv2d):
+    """A user's own fake-quant layer: quantizes its weight inside forward (untraceable, so it
+    stays one opaque layer under its own name)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = float(self.weight.detach().abs().max()) / 127
+        w = torch.fake_quantize_per_tensor_affine(self.weight, scale, 0, -128, 127)
+        return self._conv_forward(x, w, self.bias)
+
+
+def test_float_vs_a_users_own_fake_quant_model(device) -> None:
+    model = mixnet().to(device)
+    own = copy.deepcopy(model)
+    fq = _FakeQuantConv(8, 8, 3, padding=1, bias=False).to(device)
+    fq.load_state_dict(own.conv2.state_dict())
+    own.conv2 = fq
+    shadow = ns.add_shadow_loggers("float", model, "own", own)
+    with torch.no_grad():
+        shadow(_inputs(device, 1)[0])
+    results = ns.extract_shadow_logger_info(shadow)
+    ns.extend_logger_results_with_comparison(results, "float", "own", ns.compute_sqnr, "sqnr")
+    sqnr = _sqnr(results, "own")
+    assert math.isfinite(sqnr["conv2"]) and sqnr["conv2"] > 30
+    assert math.isinf(sqnr["conv1"]) and math.isinf(sqnr["module_add"])  # only conv2 differs
+
+
+def test_model_name_to_use_and_layer_selection(pair, device) -> None:
+    model, sim = pair
+    a_ns, b_ns = ns.add_loggers("float", model, "int8", sim, layers=["module_cat", "conv2"])
+    with torch.no_grad():
+        a_ns(_inputs(device, 1)[0])
+        b_ns(_inputs(device, 1)[0])
+    assert set(ns.extract_logger_info(a_ns, b_ns, ns.OutputLogger, "int8")) == {"module_cat",
+                                                                                 "conv2"}
+    a_all, _ = ns.add_loggers("float", model, "int8", sim, layers="all")
+    assert sum(isinstance(m, ns.OutputLogger) for m in a_all.modules()) > len(
+        quantized_layer_names(sim))
+
+
+def test_api_errors_name_the_culprit(pair) -> None:
+    model, sim = pair
+    with pytest.raises(ValueError, match="need different names, both are 'a'"):
+        ns.add_loggers("a", model, "a", sim)
+    with pytest.raises(ValueError, match="name_b must be a non-empty string"):
+        ns.extract_weights("a", model, "", sim)
+    with pytest.raises(TypeError, match="base_name_to_sets_of_related_ops is a torch.ao.ns "
+                                        "option"):
+        ns.add_loggers("a", model, "b", sim, ns.OutputLogger, False, {})
+    with pytest.raises(TypeError, match="logger_cls must be fxquant.numeric_suite.OutputLogger"):
+        ns.add_shadow_loggers("a", model, "b", sim, nn.Identity)
+    with pytest.raises(TypeError, match="must be a torch.nn.Module or a"):
+        ns.extract_weights("a", model, "b", "sim")
+    with pytest.raises(ValueError, match="did you mean 'module_cat'"):
+        ns.add_loggers("a", model, "b", sim, layers=["module_cta"])
+    with pytest.raises(ValueError, match="write layers=\\['conv1'\\]"):
+        ns.add_loggers("a", model, "b", sim, layers="conv1")
+    with pytest.raises(ValueError, match="model_name_to_use_for_layer_names='c' is not one"):
+        ns.extract_weights("a", model, "b", sim, model_name_to_use_for_layer_names="c")
+    uncalibrated = fxquant.QuantizationSimModel(mixnet(), torch.randn(*SHAPE))
+    with pytest.raises(ValueError, match="no encoding yet.*compute_encodings"):
+        ns.add_loggers("a", model, "b", uncalibrated)
+    a_ns, b_ns = ns.add_loggers("a", model, "b", sim)
+    with pytest.raises(ValueError, match="'c' is not one of the compared models"):
+        ns.extract_logger_info(a_ns, b_ns, ns.OutputLogger, "c")
+    with pytest.raises(ValueError, match="no OutputLogger found"):
+        ns.extract_logger_info(model, model)
+    with pytest.raises(TypeError, match="torch.ao.ns loggers cannot be read"):
+        ns.extract_logger_info(a_ns, b_ns, nn.Identity)
+    with torch.no_grad():
+        a_ns(torch.randn(*SHAPE).to(next(model.parameters()).device))
+        b_ns(torch.randn(*SHAPE).to(next(model.parameters()).device))
+    results = ns.extract_logger_info(a_ns, b_ns)
+    with pytest.raises(ValueError, match="kept running sums only.*save_activations=True"):
+        ns.extend_logger_results_with_comparison(results, "a", "b", lambda x, y: x, "custom")
+    with pytest.raises(ValueError, match="has no results of model 'c'"):
+        ns.extend_logger_results_with_comparison(results, "a", "c", ns.compute_sqnr, "sqnr")
+    results["relu"]["node_output"]["b"][0]["index_of_arg"] = 1
+    with pytest.raises(ValueError, match="model 'a' has no node_output at argument \\(1, 0\\)"):
+        ns.extend_logger_results_with_comparison(results, "a", "b", ns.compute_sqnr, "sqnr")
+    with pytest.raises(TypeError, match="expected models returned by add_loggers"):
+        ns.extract_logger_info(a_ns, "b_ns")

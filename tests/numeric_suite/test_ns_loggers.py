@@ -1,0 +1,109 @@
+"""Streaming statistics, the pairing of two loggers, and the logger module itself."""
+from __future__ import annotations
+
+import logging
+import math
+
+import pytest
+import torch
+
+from fxquant.numeric_suite import (OutputLogger, loggers_reset, loggers_set_enabled,
+                                   loggers_set_save_activations)
+from fxquant.numeric_suite.stats import Comparison, PairStats, RunningStats
+
+
+def _logger(model: str = "a", save: bool = False) -> OutputLogger:
+    return OutputLogger("op", "op", model, "layer", "t", "t", "node_output", 0, 0, "layer",
+                        save_activations=save)
+
+
+def test_running_stats(device: torch.device) -> None:
+    stats = RunningStats()
+    stats.update(torch.tensor([1.0, -3.0], device=device))
+    stats.update(torch.tensor([2.0], device=device, dtype=torch.bfloat16))
+    stats.update(torch.empty(0, device=device))
+    d = stats.as_dict()
+    assert d == {"count": 3, "numel": 3, "sum": 0.0, "sum_sq": 14.0, "mean": 0.0, "min": -3.0,
+                 "max": 2.0}
+    stats.reset()
+    assert stats.as_dict()["count"] == 0 and math.isnan(stats.as_dict()["min"])
+
+
+def test_pair_stats_keep_precision_at_high_sqnr() -> None:
+    x = torch.randn(10_000, dtype=torch.float64)
+    y = x + 1e-7 * torch.randn_like(x)  # ~140 dB: expanding (x - y)² would lose it all
+    stats = PairStats.of(x.float(), y)
+    expected = ((x - y.float().double()) ** 2).sum().item()
+    assert stats.as_dict()["noise"] == pytest.approx(expected, rel=1e-3)
+
+
+def test_pair_stats_need_equal_sizes() -> None:
+    with pytest.raises(ValueError, match="tensors of 3 and 4 elements"):
+        PairStats.of(torch.ones(3), torch.ones(4))
+
+
+def test_comparison_pairs_in_either_order_and_checks_sizes() -> None:
+    comparison = Comparison("layer", ("a", "b"))
+    x, y = torch.ones(4), torch.zeros(4)
+    comparison.offer(1, y, y.clone)
+    assert comparison.pending == 1
+    comparison.offer(0, x, x.clone)
+    assert comparison.pending == 0
+    assert comparison.stats.as_dict()["signal"] == 4.0  # side 0 is the reference
+    comparison.offer(0, x, x.clone)
+    with pytest.raises(ValueError, match="logged shape .4,. but model 'b' logged shape .3,."):
+        comparison.offer(1, torch.ones(3), torch.ones(3).clone)
+
+
+def test_comparison_warns_once_when_models_are_not_run_alternately(
+        caplog: pytest.LogCaptureFixture) -> None:
+    comparison = Comparison("conv1", ("float", "int8"), max_pending=2)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(5):
+            comparison.offer(0, torch.ones(2), torch.ones(2).clone)
+    assert sum("run both models on each batch" in r.message for r in caplog.records) == 1
+    comparison.reset()
+    assert comparison.pending == 0 and comparison.stats.count == 0
+
+
+def test_logger_is_identity_and_records_by_value(device: torch.device) -> None:
+    log = _logger(save=True)
+    x = torch.randn(3, device=device)
+    assert log(x) is x
+    x.add_(1.0)  # an in-place op after the logger must not change what it recorded
+    assert not torch.equal(log.stats[0], x)
+    assert log(3) == 3 and log(torch.arange(3, device=device)).dtype == torch.int64
+    assert log.running.count == 1
+    log.enabled = False
+    log(x)
+    assert log.running.count == 1 and len(log.stats) == 1
+
+
+@pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor:UserWarning")
+def test_loggers_stream_by_default_and_feed_comparisons() -> None:
+    a, b = _logger("a"), _logger("b")
+    comparison = Comparison("layer", ("a", "b"))
+    a.link(comparison, 0)
+    b.link(comparison, 1)
+    for _ in range(3):
+        x = torch.randn(8)
+        a(x)
+        b(torch.quantize_per_tensor(x, 0.1, 128, torch.quint8))
+    assert a.stats == [] and b.stats == [] and comparison.stats.count == 3
+    assert 20 < 10 * math.log10(comparison.stats.as_dict()["signal"]
+                                / comparison.stats.as_dict()["noise"]) < 60
+
+
+def test_switches_over_all_loggers() -> None:
+    model = torch.nn.Sequential(_logger("a"), torch.nn.ReLU(), _logger("a"))
+    loggers_set_save_activations(model, True)
+    model(torch.ones(2))
+    assert all(len(m.stats) == 1 for m in model if isinstance(m, OutputLogger))
+    loggers_set_enabled(model, False)
+    model(torch.ones(2))
+    assert all(m.running.count == 1 for m in model if isinstance(m, OutputLogger))
+    loggers_reset(model)
+    assert all(m.running.count == 0 and not m.stats for m in model
+               if isinstance(m, OutputLogger))
+    with pytest.raises(TypeError, match="instrumented by add_loggers"):
+        loggers_set_enabled("model", True)  # type: ignore[arg-type]
