@@ -99,6 +99,9 @@ def _prepare(x: Tensor, scale: Tensor | float, zero_point: Tensor | float, axis:
     return xc, _along_axis(s, x, axis, "scale"), _along_axis(z, x, axis, "zero_point")
 
 
+_EXACT_SHIFT_LIMIT = 2**24  # float32 represents every integer below this exactly
+
+
 class _FakeQuantSTE(torch.autograd.Function):
     """Quantize-dequantize with the straight-through / LSQ gradients of the module docstring."""
 
@@ -158,6 +161,11 @@ def quantize_dequantize(x: Tensor, scale: Tensor | float, zero_point: Tensor | f
     xc, s, z = _prepare(x, scale, zero_point, axis)
     if torch.is_grad_enabled() and (xc.requires_grad or s.requires_grad or z.requires_grad):
         out = _FakeQuantSTE.apply(xc, s, z, qmin, qmax)
+    elif qmax - qmin < _EXACT_SHIFT_LIMIT:
+        # clamp(round(x/s) + z, qmin, qmax) - z == clamp(round(x/s), qmin - z, qmax - z) exactly
+        # while integers stay exact in float32 (anything larger saturates either way): four
+        # memory passes instead of six.
+        out = torch.div(xc, s).round_().clamp_(qmin - z, qmax - z).mul_(s)
     else:
         out = torch.round(xc / s).add_(z).clamp_(qmin, qmax).sub_(z).mul_(s)
     return out if out.dtype == x.dtype else out.to(x.dtype)
