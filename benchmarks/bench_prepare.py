@@ -9,7 +9,6 @@ Run: .venv/bin/python benchmarks/bench_prepare.py [--models resnet50 mobilenet_v
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import sys
 import time

@@ -9,13 +9,13 @@ and the same for aimet-torch 2.42 (run in a subprocess with the python of
 calibration). Both sides prepare the model and fold its batch norms first.
 
 Run: .venv/bin/python benchmarks/bench_quantsim.py [--models resnet18 mobilenet_v2] [--batches 4]
+     [--rounds 7]
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -23,12 +23,13 @@ import torchvision
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _aimet import run_worker  # noqa: E402
+from _timing import interleaved_ratios  # noqa: E402
 
 import fxquant  # noqa: E402
 from fxquant.quantsim.quantsim import QuantizationSimModel  # noqa: E402
 
 AIMET_WORKER = r"""
-import json, logging, sys, time, warnings
+import json, logging, sys, warnings
 warnings.filterwarnings("ignore")
 logging.disable(logging.CRITICAL)
 import torch, torchvision
@@ -38,14 +39,9 @@ from aimet_torch.batch_norm_fold import fold_all_batch_norms
 from aimet_torch.quantsim import QuantizationSimModel
 logging.disable(logging.CRITICAL)
 args = json.loads(sys.argv[1])
+sys.path.insert(0, args["benchmarks_dir"])
+from _timing import interleaved_ratios
 torch.set_num_threads(args["threads"])
-
-def timed(fn, repeats):
-    fn()
-    out = []
-    for _ in range(repeats):
-        t = time.perf_counter(); fn(); out.append(time.perf_counter() - t)
-    return min(out)
 
 result = {}
 for name in args["models"]:
@@ -54,36 +50,23 @@ for name in args["models"]:
     data = [torch.randn(args["batch"], 3, 224, 224) for _ in range(args["batches"])]
     prepared = prepare_model(model)
     fold_all_batch_norms(prepared, input_shapes=(1, 3, 224, 224))
-    def fp32():
-        with torch.no_grad():
-            for x in data: prepared(x)
-    def calib(m, _=None):
+    def run(m, _=None):
         with torch.no_grad():
             for x in data: m(x)
-    r = {"fp32": timed(fp32, args["repeats"])}
-    for key, scheme in (("tf", QuantScheme.post_training_tf), ("tf_enhanced", QuantScheme.post_training_tf_enhanced)):
-        sim = QuantizationSimModel(prepared, torch.randn(1, 3, 224, 224), quant_scheme=scheme)
-        r[key] = timed(lambda: sim.compute_encodings(calib, None), args["repeats"])
-    def sim_fwd():
-        with torch.no_grad():
-            for x in data: sim.model(x)
-    r["sim"] = timed(sim_fwd, args["repeats"])
-    result[name] = r
+    sims = {key: QuantizationSimModel(prepared, torch.randn(1, 3, 224, 224), quant_scheme=scheme)
+            for key, scheme in (("tf", QuantScheme.post_training_tf),
+                                ("tf_enhanced", QuantScheme.post_training_tf_enhanced))}
+    fns = {"fp32": lambda: run(prepared)}
+    for key, sim in sims.items():    # calibrations before the sim forward (in warm-up too)
+        fns[key] = lambda sim=sim: sim.compute_encodings(run, None)
+    fns["sim"] = lambda: run(sims["tf"].model)
+    result[name] = interleaved_ratios(fns, "fp32", args["rounds"])
 print(json.dumps(result))
 """
 
 
-def _timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    out = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - start)
-    return min(out)  # the least disturbed run: robust to other load on the machine
-
-
-def bench_fxquant(name: str, batches: int, batch: int, repeats: int) -> dict[str, float]:
+def bench_fxquant(name: str, batches: int, batch: int, rounds: int) -> dict[str, float]:
+    """Median ratios to FP32 (and FP32 seconds) of fxquant's sim forward and calibrations."""
     torch.manual_seed(0)
     model = torchvision.models.get_model(name, weights=None).eval()
     data = [torch.randn(batch, 3, 224, 224) for _ in range(batches)]
@@ -97,11 +80,11 @@ def bench_fxquant(name: str, batches: int, batch: int, repeats: int) -> dict[str
             for key in ("tf", "tf_enhanced")}
     fp32_model = fxquant.prepare_model(model)
     fxquant.fold_all_batch_norms(fp32_model)
-    result = {"fp32": _timed(lambda: run(fp32_model), repeats)}
-    for key, sim in sims.items():
-        result[key] = _timed(lambda: sim.compute_encodings(run), repeats)
-    result["sim"] = _timed(lambda: run(sims["tf"].model), repeats)
-    return result
+    fns = {"fp32": lambda: run(fp32_model)}
+    for key, sim in sims.items():    # calibrations before the sim forward (in warm-up too)
+        fns[key] = lambda sim=sim: sim.compute_encodings(run)
+    fns["sim"] = lambda: run(sims["tf"].model)
+    return interleaved_ratios(fns, "fp32", rounds)
 
 
 def main() -> None:
@@ -109,17 +92,20 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["resnet18", "mobilenet_v2"])
     parser.add_argument("--batches", type=int, default=4)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     logging.disable(logging.WARNING)
     torch.set_num_threads(args.threads)
-    ours = {m: bench_fxquant(m, args.batches, args.batch, args.repeats) for m in args.models}
+    ours = {m: bench_fxquant(m, args.batches, args.batch, args.rounds) for m in args.models}
     aimet = run_worker(AIMET_WORKER, {"models": args.models, "batches": args.batches,
-                                      "batch": args.batch, "repeats": args.repeats,
-                                      "threads": args.threads})
+                                      "batch": args.batch, "rounds": args.rounds,
+                                      "threads": args.threads,
+                                      "benchmarks_dir": str(Path(__file__).parent)})
     print(f"CPU, {args.threads} threads, {args.batches} batches of {args.batch}×3×224×224, "
-          f"best of {args.repeats}; ratios are time / FP32 forward time over the same data")
+          f"{args.rounds} interleaved rounds; a ratio is the median over rounds of time / FP32 "
+          f"forward time over the same data in the same round; fxq/AIMET divides the two "
+          f"sides' ratios (each normalised by its own FP32 forward, same torch build)")
     header = f"{'model':<14}{'metric':<22}{'fxquant':>10}{'AIMET':>10}{'fxq/AIMET':>11}{'goal':>10}"
     print(header)
     goals = {"sim": "≤1.3×", "tf": "≤1.5×", "tf_enhanced": "≤2.5×"}
@@ -131,11 +117,9 @@ def main() -> None:
         print(f"{name:<14}{'FP32 forward (s)':<22}{o['fp32']:>10.3f}"
               f"{(a['fp32'] if a else float('nan')):>10.3f}")
         for key in ("sim", "tf", "tf_enhanced"):
-            ours_ratio = o[key] / o["fp32"]
-            line = f"{'':<14}{labels[key]:<22}{ours_ratio:>9.2f}×"
+            line = f"{'':<14}{labels[key]:<22}{o[key]:>9.2f}×"
             if a:
-                theirs = a[key] / a["fp32"]
-                line += f"{theirs:>9.2f}×{o[key] / a[key]:>10.2f}×"
+                line += f"{a[key]:>9.2f}×{o[key] / a[key]:>10.2f}×"
             else:
                 line += f"{'n/a':>10}{'n/a':>11}"
             print(line + f"{goals[key]:>10}")

@@ -10,6 +10,7 @@ At 16-bit activations the grid is 256× finer, so the same float noise flips ~0.
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 import torch
 import torchvision
@@ -100,6 +101,39 @@ def test_16bit_grid_is_finer_than_float32_summation_noise() -> None:
         rates[bits] = (a == b).float().mean().item()
         assert (a - b).abs().max() <= 1
     print(f"\ntorch float32 vs float64 accumulation: 8-bit {100 * rates[8]:.4f}% equal, "
+          f"16-bit {100 * rates[16]:.4f}% equal")
+    assert rates[8] >= 0.9999
+    assert rates[16] < 0.9999
+
+
+def test_ort_itself_is_not_99_99_percent_exact_at_16_bits() -> None:
+    """The bound on any simulator: ONNX Runtime's own float32 Conv, against the exactly rounded
+    result (float64 accumulation) of the same conv on the same inputs, lands on the same 16-bit
+    grid step for fewer than 99.99% of outputs, all others 1 LSB apart; at 8 bits it agrees on
+    ≥ 99.99%. A simulator computing every layer exactly would therefore still miss the 99.99%
+    bar against ORT at 16 bits; only reproducing ORT's own summation order could meet it."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(64, 64, 3, padding=1)
+    x = torch.relu(torch.randn(4, 64, 28, 28))
+    w, b = conv.weight.detach().numpy(), conv.bias.detach().numpy()
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Conv", ["x", "w", "b"], ["y"], pads=[1, 1, 1, 1])], "conv",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, list(x.shape))],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+        [onnx.numpy_helper.from_array(w, "w"), onnx.numpy_helper.from_array(b, "b")])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    y_ort = torch.from_numpy(session(model).run(None, {"x": x.numpy()})[0])
+    with torch.no_grad():
+        y64 = torch.nn.functional.conv2d(x.double(), conv.weight.double(), conv.bias.double(),
+                                         padding=1).float()
+    rates = {}
+    for bits in (8, 16):
+        scale = ((y64.max() - y64.min()) / (2**bits - 1)).float()
+        zp = torch.round(-y64.min() / scale)
+        a, b_ = torch.round(y_ort / scale) + zp, torch.round(y64 / scale) + zp
+        rates[bits] = (a == b_).float().mean().item()
+        assert (a - b_).abs().max() <= 1
+    print(f"\nONNX Runtime float32 Conv vs exact: 8-bit {100 * rates[8]:.4f}% equal, "
           f"16-bit {100 * rates[16]:.4f}% equal")
     assert rates[8] >= 0.9999
     assert rates[16] < 0.9999

@@ -12,7 +12,7 @@ from fxquant.errors import ConfigError
 from fxquant.quantsim.encoding import MIN_SCALE, CalibrationError, QuantEncoding
 from fxquant.quantsim.encoding_analyzer import (
     MinMaxEncodingAnalyzer, MseEncodingAnalyzer, PercentileEncodingAnalyzer,
-    TfEnhancedEncodingAnalyzer, _bincount, get_encoding_analyzer,
+    TfEnhancedEncodingAnalyzer, _bincount, _candidate_costs, get_encoding_analyzer,
 )
 from fxquant.quantsim.quant_scheme import QuantizationDataType, QuantScheme
 from fxquant.quantsim.quantizer import quantize_dequantize
@@ -267,6 +267,70 @@ def test_chunked_statistics_match_one_pass(scheme, axis, monkeypatch):
     assert int(chunked.num_nonfinite) == int(one_pass.num_nonfinite) == 2
     for symmetric in (False, True):
         assert chunked.compute_encoding(8, symmetric) == one_pass.compute_encoding(8, symmetric)
+    if scheme != "tf":      # histograms counted in one lane equal the interleaved lanes' sum
+        monkeypatch.setattr(module, "_CPU_HISTOGRAM_LANES", 1)
+        one_lane = get_encoding_analyzer(scheme, axis=axis)
+        for b in batches:
+            one_lane.update_stats(b)
+        assert torch.equal(one_lane.histogram()[0], one_pass.histogram()[0])
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("axis", [None, 0])
+def test_finite_fast_path_matches_masked_path(scheme, axis, monkeypatch):
+    """On CPU an all-finite batch skips the NaN/Inf masking; the masked path (the one accelerators
+    always take) must give the same statistics and encodings."""
+    import fxquant.quantsim.encoding_analyzer as module
+
+    batches = [torch.randn(6, 300), torch.randn(6, 300) * 4 + 1, torch.rand(6, 300)]
+    fast = get_encoding_analyzer(scheme, axis=axis)
+    for b in batches:
+        fast.update_stats(b)
+    monkeypatch.setattr(module, "_reads_back_freely", lambda device: False)
+    masked = get_encoding_analyzer(scheme, axis=axis)
+    for b in batches:
+        masked.update_stats(b)
+    assert int(fast.num_nonfinite) == int(masked.num_nonfinite) == 0
+    for f, m in zip(fast.observed_min_max(), masked.observed_min_max()):
+        assert torch.equal(f, m)
+    if scheme != "tf":
+        assert torch.equal(fast.histogram()[0], masked.histogram()[0])
+    for symmetric in (False, True):
+        assert fast.compute_encoding(8, symmetric) == masked.compute_encoding(8, symmetric)
+
+
+def _brute_force_costs(centres, counts, scale, zero_point, qmin, qmax, gamma):
+    """cost[c, k] = sum_b n_b (qdq(c_b) - c_b)^2, clipped bins weighted by gamma (float64)."""
+    c, n = centres.double()[:, None, :], counts.double()[:, None, :]
+    s = scale.double()[:, :, None]
+    z = zero_point.double()[:, :, None] if torch.is_tensor(zero_point) else float(zero_point)
+    err = (torch.clamp(torch.round(centres[:, None, :] / scale[:, :, None]).double() + z,
+                       qmin, qmax) - z) * s - c
+    clipped = (c < (qmin - z - 0.5) * s) | (c > (qmax - z + 0.5) * s)
+    return (n * err * err * torch.where(clipped, gamma, 1.0)).sum(-1)
+
+
+@pytest.mark.parametrize("occupancy", [0.01, 0.3, 0.95])
+@pytest.mark.parametrize("uniform_zp", [True, False])
+def test_candidate_costs_match_brute_force(occupancy, uniform_zp):
+    """The vectorised cost (empty bins dropped, clipped part from prefix sums) equals a direct
+    evaluation over every bin, for sparse (depthwise-weight-like), medium and dense histograms."""
+    gen = torch.Generator().manual_seed(3)
+    channels, bins, cands = 7, 512, 40
+    start = torch.randn(channels, generator=gen) - 1
+    width = torch.rand(channels, generator=gen) * 0.01 + 1e-3
+    width[2] = 0.0                                          # a degenerate (constant) channel
+    centres = start[:, None] + (torch.arange(bins) + 0.5) * width[:, None]
+    counts = torch.where(torch.rand(channels, bins, generator=gen) < occupancy,
+                         torch.randint(1, 50, (channels, bins), generator=gen).double(), 0.0)
+    counts[4] = 0.0                                         # a channel without data
+    span = (centres[:, -1] - centres[:, 0]).abs().clamp(min=1e-3)
+    scale = (span[:, None] / 255 * torch.linspace(0.2, 1.2, cands)).float()
+    zero_point = 128 if uniform_zp else torch.randint(0, 256, (channels, cands), generator=gen)
+    got = _candidate_costs(centres, counts, scale, zero_point, 0, 255, gamma=3.0)
+    want = _brute_force_costs(centres, counts, scale, zero_point, 0, 255, 3.0)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-9)
+    assert torch.equal(got.argmin(1), want.argmin(1))
 
 
 def test_channel_count_must_not_change():

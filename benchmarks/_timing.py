@@ -1,0 +1,38 @@
+"""Interleaved timing: robust ratios against a baseline on a machine whose speed drifts.
+
+Pure python (no fxquant import), so the aimet-torch worker of a benchmark can import it too.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+
+def interleaved_ratios(fns: dict[str, Callable[[], object]], baseline: str,
+                       rounds: int) -> dict[str, float]:
+    """Times every function once per round, in turn, after one untimed warm-up round.
+
+    Returns, for each function other than ``baseline``, the median over rounds of its time divided
+    by the baseline's time in the same round (a slow spell hits both sides of a ratio), and, under
+    ``baseline``, the baseline's median time in seconds.
+
+    Example:
+        >>> work = lambda: sum(range(10_000))
+        >>> r = interleaved_ratios({"fp32": work, "sim": work}, "fp32", 3)
+        >>> sorted(r)
+        ['fp32', 'sim']
+    """
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {key: [] for key in fns}
+    for _ in range(rounds):
+        for key, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - start)
+    base = times[baseline]
+    out = {key: statistics.median(t / b for t, b in zip(values, base))
+           for key, values in times.items() if key != baseline}
+    out[baseline] = statistics.median(base)
+    return out
