@@ -67,6 +67,11 @@ def _reads_back_freely(device: torch.device) -> bool:
     return device.type == "cpu"
 
 
+def _histogram_lanes(device: torch.device) -> int:
+    """Interleaved copies of the bins a histogram counts into (see ``_CPU_HISTOGRAM_LANES``)."""
+    return _CPU_HISTOGRAM_LANES if device.type == "cpu" else 1
+
+
 class _Scratch:
     """Column chunks of a ``[C, M]`` tensor plus reusable float32 (and optionally integer) scratch
     buffers for them. Accelerators get a single chunk (their caching allocators make big buffers
@@ -355,7 +360,7 @@ class _HistogramAnalyzer(EncodingAnalyzer):
             self._limit_hi = torch.full((channels,), _INF, device=dev)
             self._limit_fixed = torch.zeros(channels, dtype=torch.bool, device=dev)
             self._counts = torch.zeros(channels, bins, dtype=torch.float64, device=dev)
-        lanes = _CPU_HISTOGRAM_LANES if x2.device.type == "cpu" else 1
+        lanes = _histogram_lanes(x2.device)
         small = lanes * channels * (bins + 1) < 2 ** 31
         scratch = _Scratch(x2, torch.int32 if lanes > 1 and small else torch.int64)
         batch_min, batch_max, finite = self._merge_min_max(scratch)
@@ -415,7 +420,7 @@ class _HistogramAnalyzer(EncodingAnalyzer):
         x2 = scratch.x2
         channels, bins = x2.shape[0], self.num_bins
         slots = channels * (bins + 1)
-        lanes = _CPU_HISTOGRAM_LANES if x2.device.type == "cpu" else 1
+        lanes = _histogram_lanes(x2.device)
         start, width = self._extent(self._lo, self._hi, bins)
         inv = 1.0 / torch.where(width > 0, width, 1.0)
         inv = torch.where((width > 0) & torch.isfinite(inv), inv, 0.0)

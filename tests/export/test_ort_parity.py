@@ -80,26 +80,41 @@ def test_end_to_end_resnet18() -> None:
         assert sqnr >= 30.0
 
 
+def _conv_and_exact_output() -> tuple[torch.nn.Conv2d, torch.Tensor, torch.Tensor]:
+    """A 64-channel 3×3 conv, a ReLU-like input and the exactly rounded (float64-accumulated)
+    output."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(64, 64, 3, padding=1)
+    x = torch.relu(torch.randn(4, 64, 28, 28))
+    with torch.no_grad():
+        y64 = torch.nn.functional.conv2d(x.double(), conv.weight.double(), conv.bias.double(),
+                                         padding=1).float()
+    return conv, x, y64
+
+
+def _same_step_rates(y: torch.Tensor, exact: torch.Tensor, grid_from: torch.Tensor
+                     ) -> dict[int, float]:
+    """Fraction of elements of ``y`` and ``exact`` on the same step of the 8- and 16-bit min-max
+    grids of ``grid_from``; asserts the rest are 1 step apart."""
+    rates = {}
+    for bits in (8, 16):
+        scale = ((grid_from.max() - grid_from.min()) / (2**bits - 1)).float()
+        zp = torch.round(-grid_from.min() / scale)
+        a, b = torch.round(y / scale) + zp, torch.round(exact / scale) + zp
+        rates[bits] = (a == b).float().mean().item()
+        assert (a - b).abs().max() <= 1
+    return rates
+
+
 def test_16bit_grid_is_finer_than_float32_summation_noise() -> None:
     """Why the 16-bit bar is 99.5%: torch against itself, with the same conv accumulated in
     float64 instead of float32, already disagrees on far more than 0.01% of 16-bit outputs
     (all by 1 LSB) while agreeing on ≥ 99.99% of 8-bit outputs. No float32 runtime can do
     better than that without summing in torch's own order."""
-    torch.manual_seed(0)
-    conv = torch.nn.Conv2d(64, 64, 3, padding=1)
-    x = torch.relu(torch.randn(4, 64, 28, 28))
+    conv, x, y64 = _conv_and_exact_output()
     with torch.no_grad():
         y32 = conv(x)
-        y64 = torch.nn.functional.conv2d(x.double(), conv.weight.double(), conv.bias.double(),
-                                         padding=1).float()
-    rates = {}
-    for bits in (8, 16):
-        qmax = 2**bits - 1
-        scale = ((y32.max() - y32.min()) / qmax).float()
-        zp = torch.round(-y32.min() / scale)
-        a, b = torch.round(y32 / scale) + zp, torch.round(y64 / scale) + zp
-        rates[bits] = (a == b).float().mean().item()
-        assert (a - b).abs().max() <= 1
+    rates = _same_step_rates(y32, y64, grid_from=y32)
     print(f"\ntorch float32 vs float64 accumulation: 8-bit {100 * rates[8]:.4f}% equal, "
           f"16-bit {100 * rates[16]:.4f}% equal")
     assert rates[8] >= 0.9999
@@ -112,9 +127,7 @@ def test_ort_itself_is_not_99_99_percent_exact_at_16_bits() -> None:
     grid step for fewer than 99.99% of outputs, all others 1 LSB apart; at 8 bits it agrees on
     ≥ 99.99%. A simulator computing every layer exactly would therefore still miss the 99.99%
     bar against ORT at 16 bits; only reproducing ORT's own summation order could meet it."""
-    torch.manual_seed(0)
-    conv = torch.nn.Conv2d(64, 64, 3, padding=1)
-    x = torch.relu(torch.randn(4, 64, 28, 28))
+    conv, x, y64 = _conv_and_exact_output()
     w, b = conv.weight.detach().numpy(), conv.bias.detach().numpy()
     graph = onnx.helper.make_graph(
         [onnx.helper.make_node("Conv", ["x", "w", "b"], ["y"], pads=[1, 1, 1, 1])], "conv",
@@ -123,16 +136,7 @@ def test_ort_itself_is_not_99_99_percent_exact_at_16_bits() -> None:
         [onnx.numpy_helper.from_array(w, "w"), onnx.numpy_helper.from_array(b, "b")])
     model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
     y_ort = torch.from_numpy(session(model).run(None, {"x": x.numpy()})[0])
-    with torch.no_grad():
-        y64 = torch.nn.functional.conv2d(x.double(), conv.weight.double(), conv.bias.double(),
-                                         padding=1).float()
-    rates = {}
-    for bits in (8, 16):
-        scale = ((y64.max() - y64.min()) / (2**bits - 1)).float()
-        zp = torch.round(-y64.min() / scale)
-        a, b_ = torch.round(y_ort / scale) + zp, torch.round(y64 / scale) + zp
-        rates[bits] = (a == b_).float().mean().item()
-        assert (a - b_).abs().max() <= 1
+    rates = _same_step_rates(y_ort, y64, grid_from=y64)
     print(f"\nONNX Runtime float32 Conv vs exact: 8-bit {100 * rates[8]:.4f}% equal, "
           f"16-bit {100 * rates[16]:.4f}% equal")
     assert rates[8] >= 0.9999
