@@ -12,7 +12,7 @@
   returned module (``gm.meta["fxquant"]["auto_leaves"]``, see :func:`auto_leaves`);
 * failures of the root raise :class:`fxquant.errors.TraceError` naming the innermost failing
   module path and class, the user's source line and a hint;
-* with ``example_inputs``, tracing runs in *concrete mode* (:mod:`fxquant._concrete_trace`): every
+* with ``example_inputs``, tracing runs in *concrete mode* (:mod:`fxquant.tracing.concrete`): every
   node carries its value on the example inputs, so shape- and structure-driven Python code
   (``len(x.shape)``, ``for img in images``, ``h, w = x.shape[-2:]``, ``if x.dim() != 3``) is
   specialized to the example instead of failing. Each assumption is recorded (see
@@ -25,9 +25,7 @@ concrete mode, buffers it updates) are restored afterwards.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
-import traceback
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
@@ -35,13 +33,14 @@ import torch.fx
 from torch import nn
 
 from fxquant import _meta
-from fxquant._concrete_trace import (ConcreteTracerMixin, DataDependentError, Specialization,
-                                     bind_example_inputs, is_internal_file, use_input_defaults)
-from fxquant._trace_replay import AttemptLog, Replayer, ReplayInvalid
 from fxquant.errors import TraceError
+from fxquant.tracing.concrete import ConcreteTracerMixin
+from fxquant.tracing.inputs import bind_example_inputs, use_input_defaults
+from fxquant.tracing.records import AutoLeaf, Specialization
+from fxquant.tracing.replay import AttemptLog, Replayer, ReplayInvalid
+from fxquant.tracing.source import innermost_module_frame, innermost_source
 
-__all__ = ["trace", "AutoLeaf", "auto_leaves", "Specialization", "specializations",
-           "DataDependentError", "PH"]
+__all__ = ["trace", "record_node_meta", "PH", "LEAF_MARKER"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,59 +52,7 @@ PH = torch.fx._symbolic_trace.PH
 #: ``class MyQuantizer(nn.Module): _fxquant_leaf = True``.
 LEAF_MARKER = "_fxquant_leaf"
 
-_GM_META_KEY = "fxquant"
 _MAX_FALLBACKS = 256
-
-
-@dataclasses.dataclass(frozen=True)
-class AutoLeaf:
-    """A piece of the model that tracing made opaque because its code could not be traced.
-
-    Attributes:
-        module_path: dotted path of the module ("" for the root).
-        module_class: qualified class name of the module.
-        method: "forward" when the whole module became a leaf, else the name of the method that
-            became one opaque ``call_method`` node.
-        error: the trace error, one line.
-        source: the user's source line that failed ("file:line: code"), when known.
-    """
-
-    module_path: str
-    module_class: str
-    method: str
-    error: str
-    source: str | None = None
-
-    def __str__(self) -> str:
-        path = self.module_path or "<root>"
-        what = path if self.method == "forward" else f"{path}.{self.method}()"
-        where = f" at {self.source}" if self.source else ""
-        return f"{what} ({self.module_class}): {self.error}{where}"
-
-
-def auto_leaves(gm: torch.fx.GraphModule) -> tuple[AutoLeaf, ...]:
-    """What :func:`trace` made opaque in ``gm`` (empty when everything was traced).
-
-    Example:
-        >>> gm = fxquant.trace(model)
-        >>> for leaf in fxquant.auto_leaves(gm):
-        ...     print(leaf)
-    """
-    return tuple(getattr(gm, "meta", {}).get(_GM_META_KEY, {}).get("auto_leaves", ()))
-
-
-def specializations(gm: torch.fx.GraphModule) -> tuple[Specialization, ...]:
-    """The assumptions a concrete-mode :func:`trace` made about its example inputs.
-
-    Empty for a plain trace (no ``example_inputs``). The graph of ``gm`` is valid only for inputs
-    that satisfy all of them (same structure; same shapes where a shape was specialized).
-
-    Example:
-        >>> gm = fxquant.trace(detector, example_inputs=([torch.rand(3, 320, 320)],))
-        >>> for spec in fxquant.specializations(gm):
-        ...     print(spec)  # e.g. "len(images_1.shape[-2:]) == 2 [shape] in <root> ..."
-    """
-    return tuple(getattr(gm, "meta", {}).get(_GM_META_KEY, {}).get("specializations", ()))
 
 
 def _qualname(obj: Any) -> str:
@@ -179,51 +126,9 @@ class _OpaqueMethodPatch:
             module.__dict__.pop(method, None)
 
 
-def _innermost_module_frame(exc: BaseException, modules: Mapping[int, str]
-                            ) -> tuple[str, str, str | None] | None:
-    """(module path, function name, source line) of the innermost frame whose ``self`` is one of
-    the model's modules, walking the traceback of ``exc`` from the raise point outwards."""
-    frames = list(traceback.walk_tb(exc.__traceback__))
-    for frame, lineno in reversed(frames):
-        filename = frame.f_code.co_filename
-        code = frame.f_code
-        owner = frame.f_locals.get(code.co_varnames[0]) if code.co_argcount else None
-        if isinstance(owner, nn.Module) and id(owner) in modules:
-            return modules[id(owner)], frame.f_code.co_name, _format_source(filename, lineno)
-    return None
-
-
-def _format_source(filename: str, lineno: int) -> str:
-    import linecache
-
-    code = linecache.getline(filename, lineno).strip()
-    return f"{filename}:{lineno}: {code}" if code else f"{filename}:{lineno}"
-
-
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"
-
-
-def _innermost_source(stack_trace: str | None) -> str | None:
-    """"file:line: code" of the innermost frame of an fx stack-trace string."""
-    if not stack_trace:
-        return None
-    lines = [ln for ln in stack_trace.strip().splitlines() if ln.strip()]
-    for i in range(len(lines) - 1, -1, -1):
-        line = lines[i].strip()
-        if not line.startswith('File "') or ", line " not in line:
-            continue
-        file_part, line_part = line.split(", line ", 1)
-        filename = file_part[len('File "'):-1]
-        if is_internal_file(filename):
-            continue
-        lineno = line_part.split(",")[0]
-        code = lines[i + 1].strip() if i + 1 < len(lines) else ""
-        if code.startswith('File "'):
-            code = ""
-        return f"{filename}:{lineno}: {code}" if code else f"{filename}:{lineno}"
-    return None
 
 
 def record_node_meta(gm: torch.fx.GraphModule) -> None:
@@ -237,7 +142,7 @@ def record_node_meta(gm: torch.fx.GraphModule) -> None:
                 stack = node.meta.get("nn_module_stack") or {}
                 meta[_meta.MODULE_PATH] = next(reversed(stack.values()))[0] if stack else ""
         if _meta.SOURCE not in meta:
-            src = _innermost_source(node.meta.get("stack_trace"))
+            src = innermost_source(node.meta.get("stack_trace"))
             if src:
                 meta[_meta.SOURCE] = src
         if node.op in ("call_module", "call_function", "call_method"):
@@ -364,7 +269,7 @@ def trace(model: nn.Module, *, leaf_modules: Iterable[str | type[nn.Module]] = (
     finally:
         snapshot.restore()
     specs = tuple(input_specs) + tuple(getattr(tracer, "specializations", ()))
-    gm.meta[_GM_META_KEY] = {"auto_leaves": tuple(fallbacks), "specializations": specs}
+    gm.meta[_meta.META_KEY] = {_meta.AUTO_LEAVES: tuple(fallbacks), _meta.SPECIALIZATIONS: specs}
     record_node_meta(gm)
     if fallbacks:
         logger.warning("fxquant.trace(%s): %d part(s) could not be traced and stay opaque: %s",
@@ -390,7 +295,7 @@ def _fallback(exc: Exception, model: nn.Module, modules: Mapping[int, str], leaf
 
     ``ran``: the failure came from running the model on the example inputs (concrete mode).
     """
-    culprit = _innermost_module_frame(exc, modules)
+    culprit = innermost_module_frame(exc, modules)
     path, func, src = culprit if culprit else ("", "forward", None)
     module = model.get_submodule(path) if path else model
     is_forward = func in ("forward", "_call_impl", "_wrapped_call_impl")
@@ -410,7 +315,8 @@ def _fallback(exc: Exception, model: nn.Module, modules: Mapping[int, str], leaf
         opaque_methods.add((path, func))
     if done:
         raise error() from exc
-    return AutoLeaf(path, _qualname(module), "forward" if is_forward else func, _one_line(exc), src)
+    return AutoLeaf(path, _qualname(module), "forward" if is_forward else func, _one_line(exc),
+                    source=src)
 
 
 def _fresh_copies(values: Sequence[Any]) -> list[Any]:
