@@ -9,7 +9,7 @@ whose arithmetic equals the sim's bit for bit wherever both compute the same flo
   output, the graph output keeps the name ``t`` (it is the DequantizeLinear output) and the float
   value is renamed ``t/float``.
 * **weights** (and other quantized parameters, initializer ``w``): the integer values are stored
-  (``w/quantized``, computed with :func:`fxquant.quantsim.quantizer.quantize`, the sim's own
+  (``w/quantized``, computed with :func:`fxquant.core.kernels.quantize`, the sim's own
   arithmetic) and ``DequantizeLinear`` produces ``w`` itself, so ops keep their inputs.
   Per-channel encodings keep their axis (0 for Conv/Gemm weights, 1 for ConvTranspose).
 * **int32 biases** (``sim.bias_quantizers()``): ``<layer>.bias/quantized`` int32 + DequantizeLinear
@@ -31,17 +31,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Mapping
-from typing import Union
 
 import numpy as np
 import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from fxquant.quantsim.bias import INT32_MAX, INT32_MIN
-from fxquant.quantsim.encoding import QuantEncoding
-from fxquant.quantsim.encodings_file import FloatEncoding
-from fxquant.quantsim.quantizer import quantize, quantize_dequantize
+from fxquant.core.encoding import INT32_MAX, INT32_MIN, AnyEncoding, FloatEncoding, QuantEncoding
+from fxquant.core.kernels import quantize, quantize_dequantize
 
 __all__ = ["QdqModel", "build_qdq_model", "QDQ_OPSET"]
 
@@ -49,8 +46,6 @@ logger = logging.getLogger(__name__)
 
 #: Opset needed for 4- and 16-bit QuantizeLinear/DequantizeLinear.
 QDQ_OPSET = 21
-
-AnyEncoding = Union[QuantEncoding, FloatEncoding]
 
 _NATIVE = {  # (bits, signed) -> (ONNX type, numpy dtype)
     (4, True): (TensorProto.INT4, None), (4, False): (TensorProto.UINT4, None),

@@ -12,13 +12,12 @@ import torch.fx
 from torch import Tensor, nn
 
 from fxquant import _meta
+from fxquant.core.encoding import INT32_MAX, INT32_MIN
+from fxquant.core.kernels import quantize_dequantize
 from fxquant.quantsim.op_types import DATA_MOVEMENT_OP_TYPES, onnx_op_type
-from fxquant.quantsim.quantizer import QuantizerBase, quantize_dequantize
+from fxquant.quantsim.quantizer import QuantizerBase
 
 __all__ = ["Int32BiasQuantizer", "find_input_quantizer", "INT32_MIN", "INT32_MAX"]
-
-INT32_MIN = -(2**31)
-INT32_MAX = 2**31 - 1
 
 
 class Int32BiasQuantizer(nn.Module):

@@ -8,14 +8,16 @@ import math
 import pytest
 import torch
 
+from fxquant.core.kernels import quantize_dequantize
 from fxquant.errors import ConfigError
+from fxquant.quantsim import histogram_analyzers, minmax_analyzer
 from fxquant.quantsim.encoding import MIN_SCALE, CalibrationError, QuantEncoding
 from fxquant.quantsim.encoding_analyzer import (
     MinMaxEncodingAnalyzer, MseEncodingAnalyzer, PercentileEncodingAnalyzer,
-    TfEnhancedEncodingAnalyzer, _bincount, _candidate_costs, get_encoding_analyzer,
+    TfEnhancedEncodingAnalyzer, get_encoding_analyzer,
 )
+from fxquant.quantsim.histogram_analyzers import _bincount, _candidate_costs
 from fxquant.quantsim.quant_scheme import QuantizationDataType, QuantScheme
-from fxquant.quantsim.quantizer import quantize_dequantize
 
 SCHEMES = ["tf", "tf_enhanced", "percentile", "mse"]
 
@@ -184,7 +186,7 @@ def test_nan_inf_excluded_counted_and_warned(scheme, device, caplog):
     analyzer = get_encoding_analyzer(scheme, name="layer3.relu")
     analyzer.update_stats(dirty)
     assert int(analyzer.num_nonfinite) == 12
-    with caplog.at_level(logging.WARNING, logger="fxquant.quantsim.encoding_analyzer"):
+    with caplog.at_level(logging.WARNING, logger="fxquant.quantsim.minmax_analyzer"):
         enc = analyzer.compute_encoding(8, symmetric=False)
     assert "'layer3.relu'" in caplog.text and "12 of 1000" in caplog.text
     assert "NaN or Inf" in caplog.text
@@ -233,14 +235,13 @@ def test_scatter_histogram_path_matches_bincount():
 
 @pytest.mark.parametrize("scheme", ["tf_enhanced", "percentile", "mse"])
 def test_analyzers_identical_with_the_scatter_histogram(scheme, monkeypatch):
-    import fxquant.quantsim.encoding_analyzer as module
-
     x = torch.randn(4, 300)
     x[0, 0] = float("nan")
     reference = get_encoding_analyzer(scheme, axis=0)
     reference.update_stats(x)
     reference.update_stats(x * 2)
-    monkeypatch.setattr(module, "_bincount", lambda i, n: _bincount(i, n, scatter=True))
+    monkeypatch.setattr(histogram_analyzers, "_bincount",
+                        lambda i, n: _bincount(i, n, scatter=True))
     scattered = get_encoding_analyzer(scheme, axis=0)
     scattered.update_stats(x)
     scattered.update_stats(x * 2)
@@ -252,15 +253,13 @@ def test_analyzers_identical_with_the_scatter_histogram(scheme, monkeypatch):
 @pytest.mark.parametrize("axis", [None, 1])
 def test_chunked_statistics_match_one_pass(scheme, axis, monkeypatch):
     """CPU statistics stream over column chunks; the result must not depend on the chunking."""
-    import fxquant.quantsim.encoding_analyzer as module
-
     x = torch.randn(3, 4, 250)
     x[1, 2, 7] = float("inf")
     batches = [x, x * 3 - 1]
     one_pass = get_encoding_analyzer(scheme, axis=axis)
     for b in batches:
         one_pass.update_stats(b)
-    monkeypatch.setattr(module, "_CPU_STATS_CHUNK", 97)
+    monkeypatch.setattr(minmax_analyzer, "_CPU_STATS_CHUNK", 97)
     chunked = get_encoding_analyzer(scheme, axis=axis)
     for b in batches:
         chunked.update_stats(b)
@@ -268,7 +267,7 @@ def test_chunked_statistics_match_one_pass(scheme, axis, monkeypatch):
     for symmetric in (False, True):
         assert chunked.compute_encoding(8, symmetric) == one_pass.compute_encoding(8, symmetric)
     if scheme != "tf":      # histograms counted in one lane equal the interleaved lanes' sum
-        monkeypatch.setattr(module, "_CPU_HISTOGRAM_LANES", 1)
+        monkeypatch.setattr(histogram_analyzers, "_CPU_HISTOGRAM_LANES", 1)
         one_lane = get_encoding_analyzer(scheme, axis=axis)
         for b in batches:
             one_lane.update_stats(b)
@@ -280,13 +279,11 @@ def test_chunked_statistics_match_one_pass(scheme, axis, monkeypatch):
 def test_finite_fast_path_matches_masked_path(scheme, axis, monkeypatch):
     """On CPU an all-finite batch skips the NaN/Inf masking; the masked path (the one accelerators
     always take) must give the same statistics and encodings."""
-    import fxquant.quantsim.encoding_analyzer as module
-
     batches = [torch.randn(6, 300), torch.randn(6, 300) * 4 + 1, torch.rand(6, 300)]
     fast = get_encoding_analyzer(scheme, axis=axis)
     for b in batches:
         fast.update_stats(b)
-    monkeypatch.setattr(module, "_reads_back_freely", lambda device: False)
+    monkeypatch.setattr(minmax_analyzer, "_reads_back_freely", lambda device: False)
     masked = get_encoding_analyzer(scheme, axis=axis)
     for b in batches:
         masked.update_stats(b)

@@ -1,4 +1,5 @@
-"""QuantEncoding: grids, min/max -> scale/zero point, validation."""
+"""Encoding records: QuantEncoding grids, min/max -> scale/zero point, validation; FloatEncoding
+and the int32 grid."""
 from __future__ import annotations
 
 import math
@@ -9,8 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fxquant.errors import ConfigError
-from fxquant.quantsim.encoding import MIN_SCALE, QuantEncoding, quant_range
-from fxquant.quantsim.quantizer import quantize_dequantize
+from fxquant.core.encoding import (INT32_MAX, INT32_MIN, MIN_SCALE, FloatEncoding, QuantEncoding,
+                                   quant_range)
+from fxquant.core.kernels import quantize_dequantize
 
 
 @pytest.mark.parametrize(("bitwidth", "signed", "symmetric", "strict", "expected"), [
@@ -146,3 +148,17 @@ def test_equality_and_immutability():
     with pytest.raises(AttributeError):
         a.bitwidth = 4  # type: ignore[misc]
     assert "bitwidth=8" in repr(a)
+
+
+def test_int32_grid_is_the_signed_32_bit_grid():
+    assert (INT32_MIN, INT32_MAX) == quant_range(32, signed=True)
+    assert (INT32_MIN, INT32_MAX) == (int(torch.iinfo(torch.int32).min),
+                                      int(torch.iinfo(torch.int32).max))
+
+
+def test_float_encoding_is_a_frozen_float16_record():
+    enc = FloatEncoding()
+    assert enc.bitwidth == 16 and enc == FloatEncoding(16) and hash(enc) == hash(FloatEncoding())
+    with pytest.raises(AttributeError, match="bitwidth"):
+        enc.bitwidth = 8                                        # frozen dataclass
+

@@ -1,0 +1,491 @@
+"""Histogram calibration: TF-enhanced, percentile and MSE encoding analyzers.
+
+All three accumulate per-channel histograms (``[C, num_bins]`` float64 counts) on the input's
+device: the first batch's ``[min, max]`` defines the bins; a later batch outside it widens the
+histogram, never beyond 3x the first range (centred on it, as AIMET's ``[c - 1.5 R, c + 1.5 R]``),
+re-binning old counts proportionally to the overlap of old and new bins. Values beyond that limit
+land in the edge bins. A first range of zero width (constant or all-zero batches) fixes the limit
+only once a batch with spread arrives.
+
+* :class:`TfEnhancedEncodingAnalyzer`: AIMET's TF-enhanced search (``SPEC.md`` §5), 512 bins.
+* :class:`PercentileEncodingAnalyzer`: the range between two percentiles (2048 bins).
+* :class:`MseEncodingAnalyzer`: the clipping range with the smallest quantization MSE (512 bins).
+
+Example:
+    >>> import torch
+    >>> a = PercentileEncodingAnalyzer(percentile=99.0)
+    >>> a.update_stats(torch.linspace(0, 1, 10001))
+    >>> round(float(a.percentile_range()[1]), 2)
+    0.99
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from fxquant.core.encoding import MIN_SCALE, scale_zero_point_from_min_max
+from fxquant.errors import ConfigError
+from fxquant.quantsim.minmax_analyzer import EncodingAnalyzer, StatsScratch
+
+__all__ = ["TfEnhancedEncodingAnalyzer", "PercentileEncodingAnalyzer", "MseEncodingAnalyzer"]
+
+_INF = float("inf")
+# Elements per chunk of the [channels, candidates, bins] cost computation (bounds temporary memory).
+_COST_CHUNK_ELEMENTS = {"cpu": 1 << 20, "other": 1 << 25}
+# CPU histograms count consecutive values into this many interleaved copies of the bins, summed at
+# the end: a run of equal bin indices (ReLU zeros) otherwise serialises on one counter.
+_CPU_HISTOGRAM_LANES = 4
+
+
+def _histogram_lanes(device: torch.device) -> int:
+    """Interleaved copies of the bins a histogram counts into (see ``_CPU_HISTOGRAM_LANES``)."""
+    return _CPU_HISTOGRAM_LANES if device.type == "cpu" else 1
+
+
+def _bincount(index: Tensor, length: int, scatter: bool | None = None) -> Tensor:
+    """Counts of ``index`` values in ``[0, length)`` without a host sync: ``torch.bincount`` on CPU
+    (fastest there), a scatter-add elsewhere (``bincount`` syncs on CUDA to size its output)."""
+    if scatter is None:
+        scatter = index.device.type != "cpu"
+    if not scatter:
+        return torch.bincount(index, minlength=length)
+    index = index.to(torch.int64)
+    ones = torch.ones((), dtype=torch.int64, device=index.device).expand(index.numel())
+    return torch.zeros(length, dtype=torch.int64, device=index.device).scatter_add_(0, index, ones)
+
+
+class _HistogramAnalyzer(EncodingAnalyzer):
+    """Per-channel histograms (``[C, num_bins]`` float64 counts) that widen as the module
+    docstring describes."""
+
+    _WIDEN_LIMIT = 3.0
+
+    def __init__(self, axis: int | None = None, name: str | None = None, *,
+                 num_bins: int = 512) -> None:
+        if isinstance(num_bins, bool) or not isinstance(num_bins, int) or num_bins < 2:
+            raise ConfigError(f"{type(self).__name__} for {name!r}: num_bins must be an int >= 2, "
+                              f"got {num_bins!r}")
+        self.num_bins = num_bins
+        super().__init__(axis=axis, name=name)
+
+    def reset(self) -> None:
+        super().reset()
+        self._lo: Tensor | None = None      # histogram extent [C]; +inf/-inf while empty
+        self._hi: Tensor | None = None
+        self._limit_lo: Tensor | None = None  # widening limit, fixed by the first range with spread
+        self._limit_hi: Tensor | None = None
+        self._limit_fixed: Tensor | None = None
+        self._counts: Tensor | None = None
+        self._offsets: tuple[tuple[object, ...], Tensor] | None = None   # see _slot_offsets
+
+    def _update(self, x2: Tensor) -> None:
+        channels, bins = x2.shape[0], self.num_bins
+        if self._counts is None:
+            dev = x2.device
+            self._lo = torch.full((channels,), _INF, device=dev)
+            self._hi = torch.full((channels,), -_INF, device=dev)
+            self._limit_lo = torch.full((channels,), -_INF, device=dev)
+            self._limit_hi = torch.full((channels,), _INF, device=dev)
+            self._limit_fixed = torch.zeros(channels, dtype=torch.bool, device=dev)
+            self._counts = torch.zeros(channels, bins, dtype=torch.float64, device=dev)
+        lanes = _histogram_lanes(x2.device)
+        small = lanes * channels * (bins + 1) < 2 ** 31
+        scratch = StatsScratch(x2, torch.int32 if lanes > 1 and small else torch.int64)
+        batch_min, batch_max, finite = self._merge_min_max(scratch)
+        new_lo, new_hi = self._widen(batch_min, batch_max)
+        if self._num_batches:        # nothing to move before the first batch
+            self._counts = self._rebin(new_lo, new_hi)
+        self._lo, self._hi = new_lo, new_hi
+        hist, excluded = self._histogram(scratch, finite)
+        self._counts += hist
+        self._nonfinite += excluded
+
+    def _widen(self, batch_min: Tensor, batch_max: Tensor) -> tuple[Tensor, Tensor]:
+        lo = torch.minimum(self._lo, batch_min)
+        hi = torch.maximum(self._hi, batch_max)
+        width = hi - lo                                   # -inf while empty
+        fix = ~self._limit_fixed & (width > 0) & torch.isfinite(width)
+        centre = lo * 0.5 + hi * 0.5
+        half = width * (self._WIDEN_LIMIT / 2)
+        self._limit_lo = torch.where(fix, centre - half, self._limit_lo)
+        self._limit_hi = torch.where(fix, centre + half, self._limit_hi)
+        self._limit_fixed = self._limit_fixed | fix
+        return torch.maximum(lo, self._limit_lo), torch.minimum(hi, self._limit_hi)
+
+    @staticmethod
+    def _extent(lo: Tensor, hi: Tensor, bins: int) -> tuple[Tensor, Tensor]:
+        """Sanitised (start, bin width): (0, 0) for empty extents."""
+        valid = hi >= lo
+        start = torch.where(valid, lo, 0.0)
+        width = torch.where(valid, (hi - lo) / bins, 0.0)
+        return start, torch.nan_to_num(width, nan=0.0, posinf=0.0)
+
+    def _rebin(self, new_lo: Tensor, new_hi: Tensor) -> Tensor:
+        """Old counts redistributed onto the (wider) new bins, proportionally to the overlap."""
+        bins, counts = self.num_bins, self._counts
+        old_start, old_w = (t.double() for t in self._extent(self._lo, self._hi, bins))
+        new_start, new_w = (t.double() for t in self._extent(new_lo, new_hi, bins))
+        index = torch.arange(bins, device=counts.device, dtype=torch.float64)
+        left = old_start[:, None] + index * old_w[:, None]
+        inv_new = torch.where(new_w > 0, 1.0 / torch.where(new_w > 0, new_w, 1.0), 0.0)
+        j = torch.floor((left - new_start[:, None]) * inv_new[:, None]).clamp_(0, bins - 1)
+        boundary = new_start[:, None] + (j + 1) * new_w[:, None]
+        safe_old_w = torch.where(old_w > 0, old_w, 1.0)[:, None]
+        frac = torch.where(old_w[:, None] > 0, ((boundary - left) / safe_old_w).clamp_(0, 1), 1.0)
+        first = counts * frac
+        j = j.long()
+        out = torch.zeros_like(counts).scatter_add_(1, j, first)
+        out.scatter_add_(1, (j + 1).clamp_(max=bins - 1), counts - first)
+        unchanged = (self._lo == new_lo) & (self._hi == new_hi)
+        return torch.where(unchanged[:, None], counts, out)
+
+    def _histogram(self, scratch: StatsScratch, finite: bool) -> tuple[Tensor, Tensor]:
+        """This batch's ``[C, bins]`` counts over the current extent, and the number of excluded
+        values.
+
+        Unless the batch is known to be ``finite``, NaN/Inf become NaN, survive the clamp and land
+        in an extra slot per channel that counts them."""
+        x2 = scratch.x2
+        channels, bins = x2.shape[0], self.num_bins
+        slots = channels * (bins + 1)
+        lanes = _histogram_lanes(x2.device)
+        start, width = self._extent(self._lo, self._hi, bins)
+        inv = 1.0 / torch.where(width > 0, width, 1.0)
+        inv = torch.where((width > 0) & torch.isfinite(inv), inv, 0.0)
+        start, inv = start[:, None], inv[:, None]
+        offsets = self._slot_offsets(channels, min(scratch.step, x2.shape[1]), lanes,
+                                     scratch.index_dtype, x2.device)
+        hist = torch.zeros(lanes * slots, dtype=torch.int64, device=x2.device)
+        for chunk, pos, index in scratch.chunks():
+            if finite:
+                torch.sub(chunk, start, out=pos).mul_(inv).clamp_(0, bins - 1)
+            else:
+                torch.nan_to_num(chunk, nan=math.nan, posinf=math.nan, neginf=math.nan, out=pos)
+                pos.sub_(start).mul_(inv).clamp_(0, bins - 1).nan_to_num_(nan=float(bins))
+            index.copy_(pos)                          # truncation == floor: pos >= 0
+            if offsets is not None:
+                index += offsets[:, :index.shape[1]]
+            hist += _bincount(index.reshape(-1), lanes * slots)
+        hist = hist.reshape(lanes, channels, bins + 1).sum(0)
+        return hist[:, :bins], hist[:, bins].sum()
+
+    def _slot_offsets(self, channels: int, columns: int, lanes: int, dtype: torch.dtype,
+                      device: torch.device) -> Tensor | None:
+        """``[C, columns]`` offsets into the flat counts: channel ``c`` owns slots
+        ``c * (bins + 1) ...`` of each lane, column ``j`` counts in lane ``j % lanes``. None when
+        there is one channel and one lane. Cached: the shape repeats batch after batch."""
+        if channels == 1 and lanes == 1:
+            return None
+        slots = channels * (self.num_bins + 1)
+        per_channel = torch.arange(0, slots, self.num_bins + 1, device=device, dtype=dtype)
+        if lanes == 1:
+            return per_channel[:, None]
+        key = (channels, columns, lanes, dtype, device)
+        if self._offsets is None or self._offsets[0] != key:
+            per_lane = (torch.arange(columns, device=device, dtype=dtype) % lanes) * slots
+            self._offsets = (key, per_channel[:, None] + per_lane[None, :])
+        return self._offsets[1]
+
+    def histogram(self) -> tuple[Tensor, Tensor]:
+        """The accumulated histogram: ``(counts [C, bins] float64, edges [C, bins + 1] float32)``.
+
+        Per-tensor analyzers return C = 1.
+        """
+        self._require_stats()
+        start, width = self._extent(self._lo, self._hi, self.num_bins)
+        index = torch.arange(self.num_bins + 1, device=start.device)
+        edges = start[:, None] + index * width[:, None]
+        return self._counts.clone(), edges
+
+    def _centres(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Bin centres ``[C, bins]`` (float32, ascending), histogram start and bin width ``[C]``."""
+        start, width = self._extent(self._lo, self._hi, self.num_bins)
+        idx = torch.arange(self.num_bins, device=start.device, dtype=torch.float32) + 0.5
+        return start[:, None] + idx * width[:, None], start, width
+
+
+def _candidate_costs(centres: Tensor, counts: Tensor, scale: Tensor, zero_point: Tensor | int,
+                     qmin: int, qmax: int, gamma: float = 1.0) -> Tensor:
+    """Weighted squared quantization error of every candidate encoding over the histogram.
+
+    ``cost[c, k] = sum_b counts[c, b] * err[c, k, b]^2 * (gamma if bin b clips else 1)`` where
+    ``err = qdq(centres[c, b]; scale[c, k], zero_point[c, k]) - centres[c, b]`` with the
+    fake-quant arithmetic of ``quantize_dequantize``. Empty bins are dropped first (they cost
+    nothing). The clipped part is added as ``(gamma - 1) * sum over clipped bins`` from prefix
+    sums over the (ascending) occupied centres: bins below ``(qmin - z - 1/2) s`` or above
+    ``(qmax - z + 1/2) s`` clip, and where those thresholds fall is found by ``searchsorted``.
+
+    Args:
+        centres: ``[C, B]`` float32 bin centres, ascending along each row.
+        counts: ``[C, B]`` counts.
+        scale: ``[C, K]`` float32 candidate scales.
+        zero_point: ``[C, K]`` candidate zero points (integers, on the grid ``[qmin, qmax]``),
+            or one Python int shared by all candidates (cheaper).
+
+    Returns:
+        ``[C, K]`` float64 costs.
+    """
+    channels, num_cand = scale.shape
+    uniform_zp = isinstance(zero_point, int)
+    zp = None if uniform_zp else zero_point.to(torch.float32)
+    centres, counts = _occupied_bins(centres, counts.to(torch.float32))
+    used = centres.shape[1]
+    key = "cpu" if centres.device.type == "cpu" else "other"
+    step = max(1, _COST_CHUNK_ELEMENTS[key] // max(1, num_cand * used))
+    cost = torch.empty(channels, num_cand, device=centres.device)
+    # one scratch buffer for all chunks: fresh multi-MB allocations page-fault on every chunk
+    work = torch.empty(min(step, channels), num_cand, used, device=centres.device)
+    for c0 in range(0, channels, step):
+        c1 = min(channels, c0 + step)
+        s, c = scale[c0:c1, :, None], centres[c0:c1, None, :]
+        err = torch.div(c, s, out=work[:c1 - c0]).round_()
+        if uniform_zp:     # clamp(r + z, qmin, qmax) - z == clamp(r, qmin - z, qmax - z)
+            err.clamp_(qmin - zero_point, qmax - zero_point)
+        else:
+            z = zp[c0:c1, :, None]
+            err.add_(z).clamp_(qmin, qmax).sub_(z)
+        torch.addcmul(c, err, s, value=-1.0, out=err).square_()        # (c - qdq(c))^2
+        torch.sum(err.mul_(counts[c0:c1, None, :]), dim=-1, out=cost[c0:c1])
+    cost = cost.to(torch.float64)
+    if gamma == 1.0:
+        return cost
+    # (gamma - 1) * clipped error, from prefix sums of counts, counts*c and counts*c^2 (float64)
+    c64, n64 = centres.double(), counts.double()
+    p0, p1, p2 = torch.empty(3, channels, used + 1, dtype=torch.float64, device=centres.device)
+    weighted = n64
+    for p in (p0, p1, p2):
+        p[:, 0] = 0
+        torch.cumsum(weighted, dim=1, out=p[:, 1:])
+        weighted = weighted * c64
+    s64 = scale.double()
+    z64 = float(zero_point) if uniform_zp else zero_point.double()
+    v_lo, v_hi = (qmin - z64) * s64, (qmax - z64) * s64
+    i_lo = torch.searchsorted(c64, (qmin - z64 - 0.5) * s64, side="left")    # centres <  t
+    i_hi = torch.searchsorted(c64, (qmax - z64 + 0.5) * s64, side="right")   # centres <= t
+
+    def range_cost(a: Tensor, b: Tensor, v: Tensor) -> Tensor:   # sum_{a <= i < b} n (c - v)^2
+        s0 = p0.gather(1, b) - p0.gather(1, a)
+        s1 = p1.gather(1, b) - p1.gather(1, a)
+        s2 = p2.gather(1, b) - p2.gather(1, a)
+        return (s2 - 2 * v * s1 + v * v * s0).clamp_(min=0)
+
+    full = torch.full_like(i_hi, used)
+    clipped = (range_cost(torch.zeros_like(i_lo), i_lo, v_lo)
+               + range_cost(torch.maximum(i_hi, i_lo), full, v_hi))
+    return cost + (gamma - 1.0) * clipped
+
+
+def _occupied_bins(centres: Tensor, counts: Tensor) -> tuple[Tensor, Tensor]:
+    """Drop empty bins (they cost nothing): per channel the occupied bins in ascending order,
+    padded to the largest occupancy with zero-count copies of the channel's last occupied centre
+    (rows stay ascending). Weight histograms are often a third empty, depthwise ones almost all.
+    Syncs once on accelerators."""
+    bins = counts.shape[1]
+    occupancy = counts.sign()                   # counts >= 0: 1 on occupied bins, else 0
+    width = int(occupancy.sum(1).max())
+    if width > 0.9 * bins:
+        return centres, counts
+    width = max(width, 1)
+    # occupied bins rank by position, lowest first (topk is cheaper than a sort for few bins)
+    key = occupancy * torch.arange(bins, 0, -1, device=counts.device, dtype=counts.dtype)
+    if width <= bins // 4:
+        order = key.topk(width, dim=1).indices
+    else:
+        order = key.sort(dim=1, descending=True).indices[:, :width]
+    centres, counts = centres.gather(1, order), counts.gather(1, order)
+    occupied = counts > 0
+    last = torch.where(occupied, centres, -_INF).amax(1, keepdim=True)
+    last = torch.maximum(last, centres[:, :1])  # a channel without data: any finite centre
+    return torch.where(occupied, centres, last), counts
+
+
+def _select(costs: Tensor, scale: Tensor, zero_point: Tensor) -> tuple[Tensor, Tensor]:
+    best = costs.argmin(dim=1, keepdim=True)
+    return scale.gather(1, best).squeeze(1), zero_point.gather(1, best).squeeze(1)
+
+
+class TfEnhancedEncodingAnalyzer(_HistogramAnalyzer):
+    """AIMET's TF-enhanced calibration (``SPEC.md`` §5), vectorised over candidates and channels.
+
+    On the unsigned view of the grid (N = qmax - qmin steps, offset o = -zero point):
+
+    * asymmetric: with the observed range ``[m, M]`` (histogram extent, widened to include 0)
+      mapped to the grid (``Δ0 = (M - m) / N``, ``o0 = round(m / Δ0)``), candidates are 17 step
+      sizes ``Δ0 * k / 16`` (k = 1..17) x 22 offsets (``round(-N + N * i / 20)``, i = 0..20, plus
+      ``o0``). As in AIMET, each candidate's range ``[oΔ, oΔ + NΔ]`` is then clamped to the
+      observed one and its step size and offset recomputed, so no candidate spends levels outside
+      the data;
+    * symmetric (signed grid): 101 step sizes ``2 max(|m|, |M|) / N * k / 100`` (k = 1..101) with
+      the offset fixed at the grid's (``qmin``); unsigned symmetric: ``M / N * k / 100``, offset 0.
+
+    Each candidate's cost is ``sum count * err^2`` over the bin centres, with the error of clipped
+    bins weighted by ``gamma`` (3); the cheapest wins and gives ``min = oΔ``, ``max = min + NΔ``.
+    Differences from AIMET's C++ code: the observed range comes from exact running min/max
+    (clipped to the histogram) instead of bin left edges, and the clipped cost uses the clamped
+    value rather than the centre of the edge bin.
+
+    Args:
+        axis: per-channel axis or None.
+        name: layer name for messages.
+        num_bins: histogram bins (512).
+        gamma: weight of clipping error (3.0).
+    """
+
+    def __init__(self, axis: int | None = None, name: str | None = None, *,
+                 num_bins: int = 512, gamma: float = 3.0) -> None:
+        super().__init__(axis=axis, name=name, num_bins=num_bins)
+        self.gamma = float(gamma)
+
+    def _compute(self, qmin: int, qmax: int, symmetric: bool,
+                 signed: bool) -> tuple[Tensor, Tensor]:
+        steps = qmax - qmin
+        centres, start, width = self._centres()
+        obs_lo = start.double().clamp(max=0.0)
+        end = (start + width * self.num_bins).double()
+        obs_hi = torch.maximum(end.clamp(min=0.0), obs_lo + steps * MIN_SCALE)
+        counts = self._counts
+        if symmetric:
+            # offset fixed at the grid's (-qmin on the unsigned view: 128 for int8, 0 unsigned)
+            k = torch.arange(1, 102, device=centres.device, dtype=torch.float64) / 100
+            delta_max = 2 * torch.maximum(obs_hi, -obs_lo) / steps if signed else obs_hi / steps
+            scale = (delta_max[:, None] * k).clamp(min=MIN_SCALE).to(torch.float32)
+            zp_unsigned = -qmin if signed else 0
+            costs = _candidate_costs(centres, counts, scale, zp_unsigned, 0, steps, self.gamma)
+            best = costs.argmin(dim=1, keepdim=True)
+            best_scale = scale.gather(1, best).squeeze(1)
+            return best_scale, torch.zeros_like(best_scale, dtype=torch.float64)
+        delta, offset = self._asymmetric_candidates(obs_lo, obs_hi, steps)
+        scale = delta.to(torch.float32)
+        zp_unsigned = -offset                                  # zero point on the grid [0, N]
+        costs = _candidate_costs(centres, counts, scale, zp_unsigned, 0, steps, self.gamma)
+        best_scale, best_zp = _select(costs, scale, zp_unsigned)
+        return best_scale, best_zp + qmin
+
+    @staticmethod
+    def _asymmetric_candidates(obs_lo: Tensor, obs_hi: Tensor,
+                               steps: int) -> tuple[Tensor, Tensor]:
+        """``(delta, offset)`` ``[C, 17 * 22]`` float64, clamped to the observed range."""
+        dev = obs_lo.device
+        delta_obs = (obs_hi - obs_lo) / steps
+        offset_obs = torch.round(obs_lo / delta_obs)
+        grid_lo = offset_obs * delta_obs
+        grid_hi = grid_lo + steps * delta_obs
+        k = torch.arange(1, 18, device=dev, dtype=torch.float64) / 16
+        deltas = delta_obs[:, None, None] * k[None, :, None]                       # [C, 17, 1]
+        i = torch.arange(21, device=dev, dtype=torch.float64)
+        spread = torch.round(-steps + steps * i / 20)
+        offsets = torch.cat([spread.expand(obs_lo.shape[0], -1), offset_obs[:, None]], 1)
+        offsets = offsets[:, None, :]                                              # [C, 1, 22]
+        cand_lo = torch.maximum(deltas * offsets, grid_lo[:, None, None])          # [C, 17, 22]
+        cand_hi = torch.minimum(deltas * offsets + steps * deltas, grid_hi[:, None, None])
+        delta = ((cand_hi - cand_lo) / steps).clamp(min=MIN_SCALE)
+        delta = delta.to(torch.float32).double()           # the scale the encoding will carry
+        offset = torch.round(cand_lo / delta).clamp(-steps, 0)
+        return delta.flatten(1), offset.flatten(1)
+
+
+class PercentileEncodingAnalyzer(_HistogramAnalyzer):
+    """Percentile calibration: the range between the (100 - p)-th and p-th percentiles.
+
+    Percentiles are read from the accumulated histogram (2048 bins by default) with linear
+    interpolation inside a bin, so memory stays bounded. ``percentile=100`` uses the exact running
+    min/max (identical to min-max calibration).
+
+    Args:
+        percentile: in (50, 100]; default 99.99.
+        axis, name, num_bins: as for the other analyzers.
+
+    Example:
+        >>> a = PercentileEncodingAnalyzer(percentile=99.0)
+        >>> a.update_stats(torch.linspace(0, 1, 10001))
+        >>> round(float(a.observed_min_max()[1]), 2), round(float(a.percentile_range()[1]), 2)
+        (1.0, 0.99)
+    """
+
+    def __init__(self, percentile: float = 99.99, axis: int | None = None,
+                 name: str | None = None, *, num_bins: int = 2048) -> None:
+        super().__init__(axis=axis, name=name, num_bins=num_bins)
+        self.percentile = percentile
+
+    @property
+    def percentile(self) -> float:
+        """The clipping percentile, in (50, 100]; assignments are validated."""
+        return self._percentile
+
+    @percentile.setter
+    def percentile(self, value: float) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 50 < value <= 100:
+            raise ConfigError(f"{self._label()}: percentile must be in (50, 100], got {value!r}")
+        self._percentile = float(value)
+
+    def percentile_range(self) -> tuple[Tensor, Tensor]:
+        """The (lower, upper) percentile values, shape ``[]`` or ``[C]``."""
+        self._require_stats()
+        if self.percentile == 100:
+            return self.observed_min_max()
+        counts = self._counts
+        start, width = (t.double() for t in self._extent(self._lo, self._hi, self.num_bins))
+        cdf = counts.cumsum(1)
+        total = cdf[:, -1:]
+        fraction = self.percentile / 100
+
+        def value_at(target: Tensor) -> Tensor:
+            idx = torch.searchsorted(cdf, target, side="left").clamp_(max=self.num_bins - 1)
+            before = torch.where(idx > 0, cdf.gather(1, (idx - 1).clamp(min=0)), 0.0)
+            inside = counts.gather(1, idx)
+            safe = torch.where(inside > 0, inside, 1.0)
+            part = torch.where(inside > 0, (target - before) / safe, 1.0)
+            return (start[:, None] + (idx + part.clamp(0, 1)) * width[:, None]).squeeze(1)
+
+        lower = value_at(total * (1 - fraction))
+        upper = value_at(total * fraction)
+        mn, mx = (t.double().reshape(-1) for t in self.observed_min_max())
+        lower = torch.minimum(torch.maximum(lower, mn), mx).to(torch.float32)
+        upper = torch.minimum(torch.maximum(upper, mn), mx).to(torch.float32)
+        return self._shape_out(lower), self._shape_out(upper)
+
+    def _compute(self, qmin: int, qmax: int, symmetric: bool,
+                 signed: bool) -> tuple[Tensor, Tensor]:
+        lower, upper = self.percentile_range()
+        return scale_zero_point_from_min_max(lower, upper, qmin, qmax, symmetric=symmetric,
+                                             signed=signed)
+
+
+class MseEncodingAnalyzer(_HistogramAnalyzer):
+    """MSE calibration: the clipping range with the smallest quantization MSE over the histogram.
+
+    Candidates are ``num_candidates`` (100) fractions ``k / num_candidates`` of the observed range
+    ``[min, max]`` (widened to include 0; both ends scaled), each turned into an encoding as
+    min-max calibration would; the cost is ``sum count * err^2`` over the bin centres (clipping
+    error unweighted).
+
+    Args:
+        axis, name: as for the other analyzers.
+        num_bins: histogram bins (512).
+        num_candidates: clipping fractions tried (100).
+    """
+
+    def __init__(self, axis: int | None = None, name: str | None = None, *,
+                 num_bins: int = 512, num_candidates: int = 100) -> None:
+        super().__init__(axis=axis, name=name, num_bins=num_bins)
+        if (isinstance(num_candidates, bool) or not isinstance(num_candidates, int)
+                or num_candidates < 1):
+            raise ConfigError(f"{self._label()}: num_candidates must be a positive int, got "
+                              f"{num_candidates!r}")
+        self.num_candidates = num_candidates
+
+    def _compute(self, qmin: int, qmax: int, symmetric: bool,
+                 signed: bool) -> tuple[Tensor, Tensor]:
+        centres, start, width = self._centres()
+        k = torch.arange(1, self.num_candidates + 1, device=start.device, dtype=torch.float64)
+        frac = k / self.num_candidates
+        cand_lo = start.double().clamp(max=0.0)[:, None] * frac
+        cand_hi = (start + width * self.num_bins).double().clamp(min=0.0)[:, None] * frac
+        scale, zero_point = scale_zero_point_from_min_max(cand_lo, cand_hi, qmin, qmax,
+                                                          symmetric=symmetric, signed=signed)
+        shared_zp = 0 if symmetric else zero_point      # symmetric: zero point 0 for all candidates
+        costs = _candidate_costs(centres, self._counts, scale, shared_zp, qmin, qmax)
+        return _select(costs, scale, zero_point)
+
