@@ -9,30 +9,34 @@ Files (``<prefix>`` = ``filename_prefix``):
   (:func:`fxquant.export.build_qdq_model`);
 * ``<prefix>.pth`` — ``torch.save`` of the float GraphModule's plain ``state_dict()``.
 
-Everything is written into a temporary folder inside ``path`` and then renamed into place, so a
-failed export leaves no new or partial files and a successful one leaves no temporary files.
-``path`` is created when missing; existing files with these four names are **overwritten**.
+The files are one atomic directory update (:func:`fxquant.core.files.staged_directory`): they are
+written into a hidden folder inside ``path`` and then moved into place, the previous files of the
+same names set aside first. A failed export (while writing or while moving into place) leaves the
+previous export byte-identical and no new, partial or temporary files; a successful one leaves no
+temporary files. ``path`` is created when missing; existing files with these four names are
+**overwritten** (as AIMET's ``sim.export`` does); other files in ``path`` are never touched.
 The ONNX opset is 21 unless ``onnx_export_args["opset_version"]`` says otherwise (21 is what 4- and
 16-bit QuantizeLinear/DequantizeLinear need).
 """
 from __future__ import annotations
 
-import copy
+import json
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from typing import Any
 
 import onnx
 import torch
 
+from fxquant.core import files
+from fxquant.errors import ConfigError
 from fxquant.export.errors import ExportError
 from fxquant.export.onnx_export import export_onnx
 from fxquant.export.qdq import QDQ_OPSET, build_qdq_model
+from fxquant.export.encodings_file import VERSIONS, encodings_dict, encodings_from_refs
+from fxquant.model_resolution import private_copy
 from fxquant.passes.remove_quantizers import RemoveQuantizersPass
-from fxquant.quantsim.encodings_file import VERSIONS, encodings_dict, encodings_from_refs
 
 __all__ = ["export_sim", "sim_encodings", "tensor_names"]
 
@@ -99,6 +103,8 @@ def export_sim(sim: Any, path: str | os.PathLike[str], filename_prefix: str, dum
     Raises:
         ExportError: an encoding names a tensor the float ONNX model lacks (the message lists them).
         ConfigError: an enabled quantizer has no encoding, or the version is unknown.
+        FileWriteError: a file could not be written or moved into place (the message names it);
+            the previous export in ``path`` is left as it was.
 
     Example:
         >>> files = export_sim(sim, "out", "resnet18", torch.randn(1, 3, 224, 224))
@@ -107,14 +113,12 @@ def export_sim(sim: Any, path: str | os.PathLike[str], filename_prefix: str, dum
     """
     _check_prefix(filename_prefix)
     if encoding_version not in VERSIONS:
-        from fxquant.errors import ConfigError
-
         raise ConfigError(f"encoding_version {encoding_version!r} is not supported; use one of "
                           f"{list(VERSIONS)}")
     encs, bias = sim_encodings(sim)
     args = dict(onnx_export_args or {})
     args.setdefault("opset_version", QDQ_OPSET)
-    float_gm = RemoveQuantizersPass()(copy.deepcopy(sim.model)).graph_module
+    float_gm = RemoveQuantizersPass()(private_copy(sim.model)).graph_module
     exported = export_onnx(float_gm, dummy_input, None, onnx_export_args=args)
     names = tensor_names(exported.model)
     wanted = [*encs["activation"], *encs["param"], *bias]
@@ -131,37 +135,18 @@ def export_sim(sim: Any, path: str | os.PathLike[str], filename_prefix: str, dum
                           bias=bias, excluded_layers=_excluded_layers(sim))
 
     out_dir = os.fspath(path)
-    os.makedirs(out_dir, exist_ok=True)
     targets = {"onnx": f"{filename_prefix}.onnx", "encodings": f"{filename_prefix}.encodings",
                "qdq_onnx": f"{filename_prefix}_qdq.onnx", "pth": f"{filename_prefix}.pth"}
-    tmp_dir = tempfile.mkdtemp(prefix=".fxquant-export-", dir=out_dir)
-    moved: list[str] = []
-    try:
-        staged = {k: os.path.join(tmp_dir, v) for k, v in targets.items()}
-        onnx.save_model(exported.model, staged["onnx"])
-        _write_json(staged["encodings"], data)
-        onnx.save_model(qdq.model, staged["qdq_onnx"])
-        torch.save(dict(float_gm.state_dict()), staged["pth"])
-        result = {}
-        for key, name in targets.items():
-            final = os.path.join(out_dir, name)
-            os.replace(staged[key], final)
-            moved.append(final)
-            result[key] = final
-    except BaseException:
-        for final in moved:
-            if os.path.exists(final):
-                os.unlink(final)
-        raise
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
+    with files.staged_directory(out_dir, overwrite=True) as stage:
+        stage.write(targets["onnx"], lambda tmp: onnx.save_model(exported.model, tmp))
+        stage.write(targets["encodings"], lambda tmp: _write_json(tmp, data))
+        stage.write(targets["qdq_onnx"], lambda tmp: onnx.save_model(qdq.model, tmp))
+        stage.write(targets["pth"], lambda tmp: torch.save(dict(float_gm.state_dict()), tmp))
     logger.info("exported %d activation, %d param and %d bias encodings to %s", len(encs["activation"]),
                 len(encs["param"]), len(bias), out_dir)
-    return result
+    return {key: os.path.join(out_dir, name) for key, name in targets.items()}
 
 
 def _write_json(path: str, data: Mapping[str, Any]) -> None:
-    import json
-
     with open(path, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=1, allow_nan=False)

@@ -1,7 +1,7 @@
 """Errors raised while writing, reading and comparing layer-output dumps."""
 from __future__ import annotations
 
-from fxquant.errors import FxQuantError
+from fxquant.errors import FileWriteError, FxQuantError, OutputExistsError
 
 __all__ = ["LayerOutputError", "DumpExistsError", "DumpWriteError", "DumpFormatError"]
 
@@ -10,26 +10,16 @@ class LayerOutputError(FxQuantError):
     """Base class of the layer-output errors."""
 
 
-class DumpExistsError(LayerOutputError, FileExistsError):
+class DumpExistsError(LayerOutputError, OutputExistsError):
     """The target directory already holds files and ``overwrite`` was not requested."""
 
 
-class DumpWriteError(LayerOutputError, OSError):
+class DumpWriteError(LayerOutputError, FileWriteError):
     """A file of a dump could not be written (no space, no permission …).
 
     ``errno`` and ``filename`` are those of the underlying ``OSError``; the message names the
-    path and what to do.
+    path and what to do (see :class:`~fxquant.errors.FileWriteError`).
     """
-
-    def __init__(self, message: str, *, errno: int | None = None,
-                 filename: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.errno = errno
-        self.filename = filename
-
-    def __str__(self) -> str:
-        return self.message
 
 
 class DumpFormatError(LayerOutputError, ValueError):

@@ -9,13 +9,13 @@ file.
 from __future__ import annotations
 
 import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from fxquant.core import files
+from fxquant.core.jsonpath import JsonValidator, join
 from fxquant.errors import FxQuantError
 from fxquant.quantsim.quantsim import QuantizationSimModel
 
@@ -30,7 +30,13 @@ class CheckpointError(FxQuantError):
 
 
 def save_checkpoint(sim: QuantizationSimModel, path: str | os.PathLike[str]) -> None:
-    """Writes ``sim`` to ``path`` (atomically: a temporary file renamed into place).
+    """Writes ``sim`` to ``path`` atomically (:func:`fxquant.core.files.atomic_write`).
+
+    Missing parent folders are created and an existing file is replaced; if writing fails, the
+    previous file is left as it was.
+
+    Raises:
+        FileWriteError: the file could not be written (the message names ``path`` and the fix).
 
     Example:
         >>> save_checkpoint(sim, "sim.ckpt")
@@ -49,16 +55,7 @@ def save_checkpoint(sim: QuantizationSimModel, path: str | os.PathLike[str]) -> 
         "enabled": {ref.name: bool(ref.quantizer.enabled) for ref in sim.quantizers()},
         "state_dict": sim.model.state_dict(),
     }
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    files.atomic_write(path, lambda tmp: torch.save(payload, tmp), overwrite=True)
 
 
 def load_checkpoint(path: str | os.PathLike[str], model: nn.Module,
@@ -70,7 +67,8 @@ def load_checkpoint(path: str | os.PathLike[str], model: nn.Module,
     example input, as when the sim was first built.
 
     Raises:
-        CheckpointError: the file is not an fxquant checkpoint, or its state does not fit.
+        CheckpointError: the file is not an fxquant checkpoint, a field is missing or of the wrong
+            type (the message names the file and the field), or its state does not fit.
 
     Example:
         >>> sim = load_checkpoint("sim.ckpt", torchvision.models.resnet18(), dummy_input)
@@ -85,6 +83,8 @@ def load_checkpoint(path: str | os.PathLike[str], model: nn.Module,
     if payload.get("version") != _VERSION:
         raise CheckpointError(f"{os.fspath(path)!r}: checkpoint version {payload.get('version')} "
                               f"is not supported (this fxquant reads version {_VERSION})")
+    _check_payload(payload, JsonValidator(f"checkpoint {os.fspath(path)!r}",
+                                          error_cls=CheckpointError))
     s = payload["settings"]
     sim = QuantizationSimModel(
         model, dummy_input, quant_scheme=s["quant_scheme"],
@@ -105,3 +105,18 @@ def load_checkpoint(path: str | os.PathLike[str], model: nn.Module,
             refs[name].enabled = enabled
     sim._encodings_computed = True
     return sim
+
+
+def _check_payload(payload: dict[str, Any], v: JsonValidator) -> None:
+    settings = v.object(v.get(payload, "settings", "", dict), "settings")
+    for key, types in (("quant_scheme", str), ("default_output_bw", int),
+                       ("default_param_bw", int), ("default_data_type", str)):
+        v.get(settings, key, "settings", types)
+    v.get(payload, "config", "", dict)
+    v.get(payload, "fold_batch_norms", "", bool)
+    v.get(payload, "quantize_bias", "", (bool, type(None)))  # None: decided by the data type
+    enabled = v.object(v.get(payload, "enabled", "", dict), "enabled")
+    for name, flag in enabled.items():
+        if not isinstance(flag, bool):
+            v.fail(join("enabled", name), f"expected a boolean, got {flag!r}")
+    v.get(payload, "state_dict", "", dict)

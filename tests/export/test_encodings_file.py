@@ -1,16 +1,20 @@
 """AIMET encodings files: round trips for 1.0.0 / 0.6.1 / 2.0.0 and validation messages."""
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 
 import pytest
 import torch
 
 from fxquant.errors import ConfigError
-from fxquant.quantsim.encoding import QuantEncoding
-from fxquant.quantsim.encodings_file import (FloatEncoding, encodings_dict, read_encodings,
-                                             write_encodings)
+import fxquant.export.encodings_file as encodings_file
+from fxquant.core.encoding import QuantEncoding
+from fxquant.errors import FileWriteError
+from fxquant.export.encodings_file import (FloatEncoding, encodings_dict, read_encodings,
+                                           write_encodings)
 
 
 def _encodings() -> dict[str, dict]:
@@ -111,3 +115,101 @@ def test_other_errors(tmp_path) -> None:
                                                            "y_scale": 1.0}]})
     with pytest.raises(ConfigError, match=r"param_encodings\['w'\]"):
         read_encodings({"version": "0.6.1", "activation_encodings": {}, "param_encodings": {"w": []}})
+
+
+def test_write_failure_keeps_the_previous_file(tmp_path, monkeypatch) -> None:
+    path = tmp_path / "m.encodings"
+    write_encodings(path, _encodings())
+    before = path.read_bytes()
+
+    def full(data, f, **kwargs):
+        f.write('{"version": "1.0.0", "activation_enc')
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(encodings_file.json, "dump", full)
+    with pytest.raises(FileWriteError, match=rf"cannot write {path}: No space left on device "
+                                             r"\(the disk") as info:
+        write_encodings(path, _encodings(), version="2.0.0")
+    assert info.value.filename == str(path)
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["m.encodings"]
+
+
+def test_invalid_encodings_write_nothing(tmp_path) -> None:
+    with pytest.raises(ConfigError, match=r"encodings\['activation'\]\['x'\] is a float"):
+        write_encodings(tmp_path / "m.encodings", {"activation": {"x": 1.0}, "param": {}})
+    with pytest.raises(ConfigError, match=r"keys \['weights'\]; expected 'activation' and 'param'"):
+        write_encodings(tmp_path / "m.encodings", {"weights": {}})
+    assert os.listdir(tmp_path) == []
+
+
+def test_file_errors_name_the_file(tmp_path) -> None:
+    path = tmp_path / "m.encodings"
+    d = json.loads(json.dumps(encodings_dict(_encodings())))
+    d["param_encodings"][1]["scale"] = [0.0]
+    path.write_text(json.dumps(d))
+    with pytest.raises(ConfigError, match=rf"^encodings file {re.escape(str(path))}: "
+                                          r"param_encodings\[1\]\.scale\[0\]: invalid value 0.0; "
+                                          r"expected a number > 0 \(a scale\)$"):
+        read_encodings(path)
+    path.write_text('{"version": "1.0.0",\n "param_encodings": [}')
+    with pytest.raises(ConfigError, match=rf"encodings file {re.escape(str(path))}: invalid JSON "
+                                          r"at line 2, column 22: .*not valid JSON \(write the file "
+                                          r"again, e.g. with sim.export\(\)\)") as info:
+        read_encodings(path)
+    assert isinstance(info.value.__cause__, json.JSONDecodeError)
+    path.write_bytes(b'{"version": "\xff"}')
+    with pytest.raises(ConfigError, match=r"m.encodings: not UTF-8 text"):
+        read_encodings(path)
+    with pytest.raises(FileNotFoundError):
+        read_encodings(tmp_path / "missing.encodings")
+    path.write_text("[1, 2]")
+    with pytest.raises(ConfigError, match=rf"^encodings file {re.escape(str(path))}: <root>: "
+                                          r"expected a JSON object, got array \[1, 2\]$"):
+        read_encodings(path)
+
+
+def _v2(**entry) -> dict:
+    return {"version": "2.0.0", "encodings": [{"name": "a", "output_dtype": "uint8",
+                                               "y_scale": 0.5, **entry}]}
+
+
+@pytest.mark.parametrize("data, match", [
+    ({"version": 1}, r"version: expected a string, got 1"),
+    ({"version": "3.0.0"}, r"version: unsupported version '3.0.0'; supported: \['1.0.0'"),
+    ({"version": "2.0.0"}, r"^encodings file: encodings: missing; expected array$"),
+    ({"version": "2.0.0", "encodings": [3]}, r"encodings\[0\]: expected a JSON object, got number"),
+    (_v2(y_scale="0.5"), r"encodings\[0\]\.y_scale: expected array or number, got string '0.5'"),
+    (_v2(y_scale=[0.5, 0.25], y_zero_point=0),
+     r"encodings\[0\]\.y_zero_point: must be a list exactly when y_scale is a list"),
+    (_v2(y_scale=[0.5, 0.25], y_zero_point=[0, 1]),
+     r"encodings\[0\]\.axis: missing; expected integer"),
+    (_v2(y_zero_point=300),
+     r"encodings\[0\]\.y_zero_point: zero points must lie in \[0, 255\]"),
+    (_v2(y_zero_point=1.5),
+     r"encodings\[0\]\.y_zero_point: invalid value 1.5; expected an integer"),
+    (_v2(y_scale=float("inf")),
+     r"encodings\[0\]\.y_scale: invalid value Infinity; expected a finite"),
+    ({"version": "2.0.0", "encodings": _v2()["encodings"] * 2},
+     r"encodings\[1\]\.name: duplicate name 'a'"),
+    ({"version": "1.0.0", "activation_encodings": [{"name": "a", "dtype": "INT", "bw": True}]},
+     r"activation_encodings\[0\]\.bw: expected integer, got boolean true"),
+    ({"version": "1.0.0", "activation_encodings": [{"name": "a", "dtype": "FLOAT", "bw": 8}]},
+     r"activation_encodings\[0\]\.bw: float encodings are 16-bit, got 8"),
+    ({"version": "1.0.0", "activation_encodings": [{"name": "a", "dtype": "BOOL", "bw": 8}]},
+     r"activation_encodings\[0\]\.dtype: invalid value 'BOOL'; expected one of 'INT', 'FLOAT'"),
+    ({"version": "1.0.0", "activation_encodings": [
+        {"name": "a", "dtype": "INT", "bw": 8, "enc_type": "PER_TENSOR", "is_sym": "True"}]},
+     r"activation_encodings\[0\]\.is_sym: expected boolean, got string 'True'"),
+    ({"version": "0.6.1", "param_encodings": []},
+     r"param_encodings: expected a JSON object, got array"),
+    ({"version": "0.6.1", "param_encodings": {"w": [
+        {"bitwidth": 8, "is_symmetric": "yes", "scale": 0.1, "offset": -128}]}},
+     r"param_encodings\['w'\]\[0\]\.is_symmetric: invalid value 'yes'; expected one of 'True'"),
+    ({"version": "0.6.1", "param_encodings": {"w": [
+        {"bitwidth": 8, "is_symmetric": "True", "scale": 0.1, "offset": -128},
+        {"bitwidth": 4, "is_symmetric": "True", "scale": 0.1, "offset": -8}]}},
+     r"param_encodings\['w'\]: per-channel entries disagree on bitwidth or is_symmetric"),
+])
+def test_read_errors_name_the_json_path(data, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        read_encodings(data)

@@ -111,8 +111,21 @@ def test_quantsimconfig_passes_through_and_is_frozen():
         cfg.per_channel = False  # type: ignore[misc]
     with pytest.raises(TypeError):
         cfg.op_types["Conv"] = cfg.op_types["Gather"]  # type: ignore[index]
-    assert isinstance(hash(cfg), int)
-    assert isinstance(hash(cfg.settings_for_op("Conv")), int)
+    # value semantics: an equal config loaded again hashes equal and finds the same dict entry
+    again = load_config()
+    assert again is not cfg and again == cfg and hash(again) == hash(cfg)
+    assert {cfg: "default"}[again] == "default"
+    assert load_config(cfg.to_dict()) == cfg
+    other = load_config("per_tensor")
+    assert other != cfg
+    assert len({cfg, again, other}) == 2
+    conv = cfg.settings_for_op("Conv")
+    assert conv == again.settings_for_op("Conv") and conv is not again.settings_for_op("Conv")
+    assert hash(conv) == hash(again.settings_for_op("Conv"))
+    assert {conv: 1}[again.settings_for_op("Conv")] == 1
+    assert conv != cfg.settings_for_op("Gather")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        conv.is_output_quantized = not conv.is_output_quantized  # type: ignore[misc]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -715,3 +728,35 @@ def test_builtin_files_are_package_data():
     names = sorted(p.name for p in folder.iterdir() if p.name.endswith(".json"))
     assert names == ["default.json", "per_tensor.json"]
     assert Path(str(folder.joinpath("default.json"))).is_file()
+
+
+# ------------------------------------------------------------------------------------------------
+# The split: data model (config_model.py) and loading (config.py)
+# ------------------------------------------------------------------------------------------------
+
+
+def test_config_model_docstring_examples_run():
+    from fxquant.quantsim import config_model
+
+    result = doctest.testmod(config_model, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_data_model_names_are_importable_from_config():
+    from fxquant.quantsim import config_model
+
+    for name in config_model.__all__:
+        assert getattr(config_module, name) is getattr(config_model, name), name
+    loading = {"BUILTIN_CONFIGS", "load_config"}
+    assert set(config_model.__all__) | loading == set(config_module.__all__)
+
+
+def test_keys_that_are_not_identifiers_are_quoted_in_the_json_path(caplog):
+    raw = spec_example()
+    raw["op_type"]["my op"] = {"is_output_quantized": 1}
+    with caplog.at_level(logging.WARNING, logger="fxquant.quantsim.config"):
+        with raises_config_error('quantsim config (dict): op_type["my op"].is_output_quantized: '
+                                 "invalid value 1; expected one of 'True', 'False'"):
+            load_config(raw)
+    assert any('op_type["my op"]' in r.getMessage() and r.name == "fxquant.quantsim.config"
+               for r in caplog.records)

@@ -10,7 +10,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import re
@@ -18,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from fxquant.layer_outputs._dump import LAYOUTS, MANIFEST, MANIFEST_FORMAT, NAME_ORDER
+from fxquant.core.jsonpath import JsonValidator, index, join, loads
+from fxquant.layer_outputs.dump_writer import LAYOUTS, MANIFEST, MANIFEST_FORMAT, NAME_ORDER
 from fxquant.layer_outputs.errors import DumpFormatError
 
 __all__ = ["LayerOutputDump", "TensorInfo"]
@@ -92,26 +92,37 @@ class LayerOutputDump:
 
     # -- loading the index ----------------------------------------------------------------------
     def _from_manifest(self, path: str) -> None:
-        m = self.manifest
-        assert m is not None
+        v = JsonValidator(path, error_cls=DumpFormatError)
+        m = v.object(self.manifest, "")
         if m.get("format") != MANIFEST_FORMAT:
-            raise DumpFormatError(f"{path}: field 'format' is {m.get('format')!r}, expected "
-                                  f"{MANIFEST_FORMAT!r} (not an fxquant manifest)")
-        try:
-            self.file_format = str(m["file_format"])
-            self.names = [str(n) for n in m["layer_output_names"]]
-            tensors = m["tensors"]
-            self._tensors = {}
-            for name in self.names:
-                t = tensors[name]
-                shape = tuple(int(d) for d in t["shape"]) if t.get("shape") is not None else None
-                self._tensors[name] = TensorInfo(
-                    name, str(t["file"]), shape, str(t.get("dtype", "float32")),
-                    t.get("source_dtype"), self._layout or t.get("layout"))
-            self._instances = {int(e["index"]): e for e in m["instances"]}
-        except (KeyError, TypeError, ValueError) as exc:
-            raise DumpFormatError(f"{path}: malformed manifest ({type(exc).__name__}: {exc}); "
-                                  "re-generate the dump") from exc
+            v.fail("format", f"field 'format' is {m.get('format')!r}, expected {MANIFEST_FORMAT!r} "
+                             "(not an fxquant manifest)")
+        self.file_format = v.one_of(v.get(m, "file_format", "", str), "file_format",
+                                    ("raw", "npy"))
+        self.names = list(v.string_list(v.get(m, "layer_output_names", "", list),
+                                        "layer_output_names", what="tensor names"))
+        tensors = v.object(v.get(m, "tensors", "", dict), "tensors")
+        self._tensors = {}
+        for name in self.names:
+            where = join("tensors", name)
+            if name not in tensors:
+                v.fail(where, "missing: every name of layer_output_names needs an entry; "
+                              "re-generate the dump")
+            t = v.object(tensors[name], where)
+            shape = None
+            if t.get("shape") is not None:
+                dims = v.array(t["shape"], join(where, "shape"), what="dimensions")
+                shape = tuple(int(v.number(d, index(join(where, "shape"), i), integer=True))
+                              for i, d in enumerate(dims))
+            self._tensors[name] = TensorInfo(
+                name, v.get(t, "file", where, str), shape, str(t.get("dtype", "float32")),
+                t.get("source_dtype"), self._layout or t.get("layout"))
+        self._instances = {}
+        for i, entry in enumerate(v.get(m, "instances", "", list)):
+            entry = v.object(entry, index("instances", i))
+            k = int(v.number(v.get(entry, "index", index("instances", i), int),
+                             join(index("instances", i), "index"), integer=True))
+            self._instances[k] = dict(entry)
         on_disk = set(self._scan_instances())
         listed = set(self._instances)
         gone = sorted(listed - on_disk)
@@ -299,8 +310,6 @@ def _is_layout(layout: str) -> bool:
 
 
 def _read_json(path: str) -> Any:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as exc:
-        raise DumpFormatError(f"{path}: not valid JSON ({exc}); re-generate the dump") from exc
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    return loads(text, path, error_cls=DumpFormatError, fix="re-generate the dump", log=logger)

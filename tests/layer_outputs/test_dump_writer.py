@@ -1,4 +1,4 @@
-"""Dump files: names, layout on disk, manifest, atomic writes and the error paths."""
+"""fxquant.layer_outputs.dump_writer: names, layout on disk, manifest, atomic writes, errors."""
 from __future__ import annotations
 
 import errno
@@ -8,9 +8,9 @@ import os
 import numpy as np
 import pytest
 
-from fxquant.layer_outputs import (DumpExistsError, DumpFormatError, DumpWriteError,
-                                   LayerOutputDump, sanitize_names)
-from fxquant.layer_outputs._dump import DumpWriter, HostInstance
+from fxquant.layer_outputs import (DumpExistsError, DumpWriteError, LayerOutputDump,
+                                   sanitize_names)
+from fxquant.layer_outputs.dump_writer import DumpWriter, HostInstance
 
 
 def _instance(k: int = 0) -> HostInstance:
@@ -134,59 +134,101 @@ def test_disk_full_leaves_only_whole_files(tmp_path: os.PathLike[str],
     assert dump.instances == [0]
 
 
-def test_interrupted_run_is_readable(tmp_path: os.PathLike[str]) -> None:
-    """A killed run can leave a hidden temporary folder; readers ignore it."""
-    writer = DumpWriter(tmp_path / "d")
-    writer.submit(_instance(0))
-    writer.close()
-    (tmp_path / "d" / "outputs" / ".tmp-layer_outputs_1-abc").mkdir()
-    (tmp_path / "d" / "outputs" / ".tmp-layer_outputs_1-abc" / "conv_1.raw").write_bytes(b"\0" * 3)
-    assert LayerOutputDump(tmp_path / "d").instances == [0]
-
-
-def test_reads_aimet_layout_without_manifest(tmp_path: os.PathLike[str]) -> None:
-    root = tmp_path / "aimet"
-    (root / "outputs" / "layer_outputs_0").mkdir(parents=True)
-    (root / "inputs").mkdir()
-    (root / "layer_output_name_order.json").write_text(
-        json.dumps({"layer_output_names": ["conv1", "fc"]}))
-    np.arange(6, dtype=np.float32).tofile(root / "outputs" / "layer_outputs_0" / "conv1.raw")
-    np.ones(2, dtype=np.float32).tofile(root / "outputs" / "layer_outputs_0" / "fc.raw")
-    dump = LayerOutputDump(root)
-    assert (dump.names, dump.instances, dump.has_manifest) == (["conv1", "fc"], [0], False)
-    assert dump.info("conv1").shape is None
-    np.testing.assert_array_equal(dump.load("conv1"), np.arange(6, dtype=np.float32))
-
-
-def test_bad_dumps_are_reported(tmp_path: os.PathLike[str]) -> None:
-    with pytest.raises(DumpFormatError, match="is not a directory"):
-        LayerOutputDump(tmp_path / "missing")
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(DumpFormatError, match="holds no complete instance"):
-        LayerOutputDump(tmp_path / "empty")
-    writer = DumpWriter(tmp_path / "d")
-    writer.submit(_instance())
-    writer.close()
-    (tmp_path / "d" / "outputs" / "layer_outputs_0" / "conv_1.raw").write_bytes(b"\0" * 8)
-    with pytest.raises(DumpFormatError, match=r"conv_1.raw holds 2 float32 values .*needs 40"):
-        LayerOutputDump(tmp_path / "d").load("conv.1")
-    (tmp_path / "d" / "manifest.json").write_text('{"format": "other"}')
-    with pytest.raises(DumpFormatError, match="field 'format'"):
-        LayerOutputDump(tmp_path / "d")
-    with pytest.raises(ValueError, match="file_format must be one of"):
-        DumpWriter(tmp_path / "e", file_format="csv")
-    with pytest.raises(ValueError, match="layout must be one of"):
-        DumpWriter(tmp_path / "e", layout="CHWN")
-
-
 def test_permission_error_names_the_path_and_fix(tmp_path: os.PathLike[str],
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """As root (CI containers) chmod does not stop writes: simulate the refusal."""
     def refuse(path: str, exist_ok: bool = False) -> None:
         raise PermissionError(errno.EACCES, "Permission denied", path)
 
-    monkeypatch.setattr("fxquant.layer_outputs._dump.os.makedirs", refuse)
+    monkeypatch.setattr("fxquant.layer_outputs.dump_writer.os.makedirs", refuse)
     with pytest.raises(DumpWriteError, match=r"cannot create directory .*locked.*no permission to "
-                                             r"write there: choose a writable dir_path") as info:
+                                             r"write there: choose a writable location") as info:
         DumpWriter(tmp_path / "locked")
     assert info.value.errno == errno.EACCES and str(tmp_path / "locked") in info.value.filename
+
+
+def test_dump_errors_are_the_core_file_errors(tmp_path: os.PathLike[str]) -> None:
+    """One overwrite policy: callers can catch fxquant's file errors for dumps too."""
+    from fxquant.errors import FileWriteError, OutputExistsError
+
+    assert issubclass(DumpExistsError, OutputExistsError) and issubclass(DumpExistsError,
+                                                                         FileExistsError)
+    assert issubclass(DumpWriteError, FileWriteError) and issubclass(DumpWriteError, OSError)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "old.raw").write_bytes(b"")
+    with pytest.raises(OutputExistsError, match=r"dump directory .*d is not empty \(old.raw\)"):
+        DumpWriter(tmp_path / "d")
+
+
+def test_instance_folders_get_umask_permissions(tmp_path: os.PathLike[str]) -> None:
+    old = os.umask(0o022)
+    try:
+        writer = DumpWriter(tmp_path / "d")
+        writer.submit(_instance(0))
+        writer.close()
+    finally:
+        os.umask(old)
+    folder = tmp_path / "d" / "outputs" / "layer_outputs_0"
+    assert folder.stat().st_mode & 0o777 == 0o755  # not mkdtemp's 0700
+    assert (folder / "conv_1.raw").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "d" / "manifest.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_failed_move_of_an_instance_leaves_no_partial_instance(
+        tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    writer = DumpWriter(tmp_path / "d")
+    writer.submit(_instance(0))
+    real = os.replace
+
+    def refuse(src: str, dst: str) -> None:
+        if os.path.basename(os.fspath(dst)) == "layer_outputs_1":
+            raise OSError(errno.EIO, "Input/output error")
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", refuse)
+    with pytest.raises(DumpWriteError, match=r"cannot move into place .*outputs/layer_outputs_1: "
+                                             r"Input/output error") as info:
+        writer.submit(_instance(1))
+    assert info.value.filename.endswith(os.path.join("outputs", "layer_outputs_1"))
+    monkeypatch.setattr(os, "replace", real)
+    writer.close()
+    assert os.listdir(tmp_path / "d" / "outputs") == ["layer_outputs_0"]
+    assert LayerOutputDump(tmp_path / "d").instances == [0]
+
+
+def test_several_inputs_and_their_failure(tmp_path: os.PathLike[str],
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((1, 2)).astype(np.float32), np.arange(3, dtype=np.int64)
+    writer = DumpWriter(tmp_path / "d", file_format="npy")
+    writer.submit(HostInstance([("a", a), ("b", b)], [("y", a * 2)]))
+    assert sorted(os.listdir(tmp_path / "d" / "inputs" / "input_0")) == ["0.npy", "1.npy"]
+    save = DumpWriter._save
+
+    def failing(self: DumpWriter, array: np.ndarray, path: str) -> None:
+        if os.path.basename(path) == "1.npy":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        save(self, array, path)
+
+    monkeypatch.setattr(DumpWriter, "_save", failing)
+    with pytest.raises(DumpWriteError, match=r"cannot write .*inputs/input_1/1.npy: No space"):
+        writer.submit(HostInstance([("a", a), ("b", b)], [("y", a * 3)]))
+    monkeypatch.setattr(DumpWriter, "_save", save)
+    writer.close()
+    assert sorted(os.listdir(tmp_path / "d" / "inputs")) == ["input_0"]  # no temporary folder
+    loaded = LayerOutputDump(tmp_path / "d").load_inputs(0)
+    np.testing.assert_array_equal(loaded[0], a)
+    np.testing.assert_array_equal(loaded[1], b)
+
+
+def test_overwrite_removes_what_a_killed_run_left(tmp_path: os.PathLike[str],
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    writer = DumpWriter(tmp_path / "d")
+    writer.submit(_instance(0))
+    writer.close()
+    (tmp_path / "d" / ".manifest.json.0123abcd.tmp").write_text("{")  # a killed atomic write
+    (tmp_path / "d" / ".tmp-abc").mkdir()
+    with caplog.at_level("WARNING", logger="fxquant.layer_outputs.dump_writer"):
+        DumpWriter(tmp_path / "d", overwrite=True).close()
+    assert sorted(os.listdir(tmp_path / "d")) == ["inputs", "manifest.json", "outputs"]
+    assert not caplog.records  # nothing reported as "not part of a dump"

@@ -1,4 +1,4 @@
-"""Writing a layer-output dump: directory checks, file names, atomic files, manifest.
+"""Writing a layer-output dump: directory check, file names, instance folders, manifest.
 
 Layout (AIMET-compatible, ``SPEC.md`` §2, plus ``manifest.json``)::
 
@@ -10,10 +10,11 @@ Layout (AIMET-compatible, ``SPEC.md`` §2, plus ``manifest.json``)::
 ``.raw`` files hold the tensor's float32 values in C order without a header (``ndarray.tofile``);
 with ``file_format="npy"`` they are ``.npy`` files in the tensor's own dtype.
 
-Every file appears complete or not at all: an instance's outputs are written into a hidden
-temporary folder (``outputs/.tmp-…``) that is renamed to ``layer_outputs_<k>`` when done; single
-files (inputs, JSON) are written to a temporary name and renamed. A killed run can leave a hidden
-``.tmp-*`` entry, never a partial file under a final name; readers ignore hidden entries.
+Every file appears complete or not at all (through :mod:`fxquant.core.files`): an instance's
+outputs are written into a hidden temporary folder (``outputs/.tmp-…``) that is moved into place as
+``layer_outputs_<k>`` when done; single files (inputs, JSON) are written to a temporary name and
+moved into place. A killed run can leave a hidden ``.tmp-*`` entry, never a partial file under a
+final name; readers ignore hidden entries.
 """
 from __future__ import annotations
 
@@ -25,7 +26,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -33,12 +33,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
+from fxquant.core import files
 from fxquant.layer_outputs.errors import DumpExistsError, DumpWriteError
 
 __all__ = ["DumpWriter", "FILE_FORMATS", "HostInstance", "LAYOUTS", "MANIFEST", "MANIFEST_FORMAT",
-           "NAME_ORDER", "check_dir", "default_layout", "sanitize_names", "write_atomic",
-           "write_error"]
+           "NAME_ORDER", "check_dir", "default_layout", "sanitize_names"]
 
 logger = logging.getLogger(__name__)
 
@@ -113,49 +114,10 @@ def sanitize_names(names: Iterable[str], taken: Iterable[str] = ()) -> dict[str,
     return out
 
 
-def _hint(code: int | None) -> str:
-    if code == errno.ENOSPC or code == getattr(errno, "EDQUOT", -1):
-        return "the disk (or quota) is full: free space or choose another dir_path"
-    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return "no permission to write there: choose a writable dir_path"
-    if code in (errno.ENOTDIR, errno.EEXIST):
-        return "a file stands where a directory is needed: choose another dir_path"
-    return "check that dir_path is a writable directory with free space"
-
-
-def write_error(path: str, exc: OSError, action: str = "write") -> DumpWriteError:
-    """A :class:`DumpWriteError` naming ``path`` and the likely fix, for ``exc``."""
-    reason = exc.strerror or str(exc)
-    return DumpWriteError(f"cannot {action} {path}: {reason} ({_hint(exc.errno)})",
-                          errno=exc.errno, filename=path)
-
-
-def write_atomic(path: str, write: Callable[[str], None]) -> None:
-    """Calls ``write(tmp)`` for a hidden temporary file next to ``path``, then renames it.
-
-    On failure the temporary file is removed, ``path`` is unchanged, and an ``OSError`` becomes a
-    :class:`DumpWriteError` naming ``path``.
-
-    Example:
-        >>> write_atomic("dump/manifest.json", lambda tmp: open(tmp, "w").write("{}"))
-    """
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-        os.close(fd)
-        write(tmp)
-        os.replace(tmp, path)
-        tmp = None
-    except OSError as exc:
-        raise write_error(path, exc) from exc
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def check_dir(dir_path: str | os.PathLike[str], overwrite: bool) -> None:
     """Checks, without creating anything, that a dump may be written to ``dir_path``.
+
+    The overwrite policy is :func:`fxquant.core.files.check_destination`'s, with the dump's errors.
 
     Raises:
         DumpExistsError: ``dir_path`` holds files and ``overwrite`` is False.
@@ -164,28 +126,17 @@ def check_dir(dir_path: str | os.PathLike[str], overwrite: bool) -> None:
     Example:
         >>> check_dir("dumps/new", overwrite=False)
     """
-    path = os.fspath(dir_path)
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise write_error(path, OSError(errno.ENOTDIR, "exists and is not a directory"),
-                          "create the dump directory")
-    if os.path.isdir(path):
-        entries = os.listdir(path)
-        if entries and not overwrite:
-            shown = ", ".join(sorted(entries)[:5]) + (" …" if len(entries) > 5 else "")
-            raise DumpExistsError(
-                f"dump directory {path} is not empty ({shown}); pass overwrite=True to replace "
-                "the dump in it, or choose an empty or new directory")
-        existing = path
-    else:
-        existing = os.path.dirname(os.path.abspath(path))
-        while existing and not os.path.exists(existing):
-            existing = os.path.dirname(existing)
-        if existing and not os.path.isdir(existing):
-            reason = OSError(errno.ENOTDIR, f"{existing} is a file, not a directory")
-            raise write_error(path, reason, "create the dump directory")
-    if existing and not os.access(existing, os.W_OK | os.X_OK):
-        raise write_error(path, OSError(errno.EACCES, f"{existing} is not writable"),
-                          "create the dump directory")
+    files.check_destination(dir_path, overwrite=overwrite, kind="directory", what="dump directory",
+                            exists_cls=DumpExistsError, error_cls=DumpWriteError)
+
+
+def _is_temporary(entry: str) -> bool:
+    """A hidden temporary entry a killed run may leave (this writer's or core.files')."""
+    return entry.startswith(".tmp-") or (entry.startswith(".") and entry.endswith(".tmp"))
+
+
+def _write_error(path: str, exc: OSError, action: str = "write") -> DumpWriteError:
+    return files.describe_os_error(path, exc, action, DumpWriteError)
 
 
 def _write_json(path: str, data: Mapping[str, Any]) -> None:
@@ -193,7 +144,8 @@ def _write_json(path: str, data: Mapping[str, Any]) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(data, f, indent=1, allow_nan=False)
 
-    write_atomic(path, write)
+    files.atomic_write(path, write, overwrite=True, error_cls=DumpWriteError,
+                       exists_cls=DumpExistsError)
 
 
 def _as_numpy(value: Any) -> np.ndarray:
@@ -282,11 +234,11 @@ class DumpWriter:
         if os.path.isdir(path):
             for entry in os.listdir(path):
                 full = os.path.join(path, entry)
-                if entry in _OWN_ENTRIES or entry.startswith(".tmp-"):
+                if entry in _OWN_ENTRIES or _is_temporary(entry):
                     try:
                         shutil.rmtree(full) if os.path.isdir(full) else os.unlink(full)
                     except OSError as exc:
-                        raise write_error(full, exc, "remove the previous dump's") from exc
+                        raise _write_error(full, exc, "remove the previous dump's") from exc
                 else:
                     logger.warning("overwrite=True: %s is not part of a dump and is kept", full)
         for sub in ("", "inputs", "outputs"):
@@ -294,9 +246,9 @@ class DumpWriter:
             try:
                 os.makedirs(target, exist_ok=True)
             except OSError as exc:
-                raise write_error(target, exc, "create directory") from exc
+                raise _write_error(target, exc, "create directory") from exc
         if not os.access(path, os.W_OK):
-            raise write_error(path, OSError(errno.EACCES, "permission denied"), "write into")
+            raise _write_error(path, OSError(errno.EACCES, "permission denied"), "write into")
 
     # -- names ----------------------------------------------------------------------------------
     def register(self, names: Iterable[str]) -> None:
@@ -346,6 +298,27 @@ class DumpWriter:
             if self._dirty:
                 self._write_manifest()
 
+    def submit_all(self, input_instances: Iterable[Any],
+                   make_instance: Callable[[Any], HostInstance], *, desc: str,
+                   progress: bool = True) -> int:
+        """Runs ``make_instance`` on every input instance and writes the results, each write
+        overlapping the next run; flushes at the end (also on failure). Returns the count.
+
+        Example:
+            >>> writer.submit_all(batches, util._instance, desc="layer outputs")
+            32
+        """
+        total = len(input_instances) if hasattr(input_instances, "__len__") else None
+        count = 0
+        try:
+            for instance in tqdm(input_instances, total=total, desc=desc, unit="input",
+                                 leave=False, disable=None if progress else True):
+                self.submit(make_instance(instance), wait=False)
+                count += 1
+        finally:
+            self.flush()
+        return count
+
     def close(self) -> None:
         """Flushes and stops the writer thread."""
         try:
@@ -382,35 +355,47 @@ class DumpWriter:
         return {**extra, "shape": list(array.shape), "dtype": str(array.dtype),
                 "source_dtype": source_dtype, "layout": layout}
 
+    def _write_folder(self, final_dir: str, items: Sequence[tuple[str, Any]]
+                      ) -> list[tuple[np.ndarray, str, str | None]]:
+        """Writes ``(file name, value)`` items into a hidden folder next to ``final_dir``, then
+        moves it into place in one step; returns each item's stored ``(array, source dtype,
+        layout)``. On failure nothing is left behind and the error names the file."""
+        root = os.path.dirname(final_dir)
+        tmp_dir = None
+        path = final_dir
+        stored = []
+        try:
+            tmp_dir = files.make_temp_dir(root, f".tmp-{os.path.basename(final_dir)}-")
+            for file_name, value in items:
+                array, source_dtype, layout = self._stored(value)
+                path = os.path.join(final_dir, file_name)
+                self._save(array, os.path.join(tmp_dir, file_name))
+                stored.append((array, source_dtype, layout))
+            files.move_into_place(tmp_dir, final_dir, error_cls=DumpWriteError)
+            tmp_dir = None
+        except OSError as exc:
+            raise _write_error(path, exc) from exc
+        finally:
+            if tmp_dir is not None:
+                shutil.rmtree(tmp_dir, ignore_errors=True)
+        return stored
+
     def _write_instance(self, index: int, instance: HostInstance) -> None:
         if instance.ready is not None:
             instance.ready()
         ext = "." + self.file_format
-        out_root = os.path.join(self.dir_path, "outputs")
-        final_dir = os.path.join(out_root, f"layer_outputs_{index}")
-        tmp_dir = None
-        path = out_root
+        final_dir = os.path.join(self.dir_path, "outputs", f"layer_outputs_{index}")
         shapes: dict[str, list[int]] = {}
-        try:
-            tmp_dir = tempfile.mkdtemp(prefix=f".tmp-layer_outputs_{index}-", dir=out_root)
-            for name, value in instance.outputs:
-                array, source_dtype, layout = self._stored(value)
-                path = os.path.join(final_dir, self.stems[name] + ext)
-                self._save(array, os.path.join(tmp_dir, self.stems[name] + ext))
-                info = self._describe(array, source_dtype, layout, file=self.stems[name] + ext)
-                with self._lock:
-                    known = self.tensors.setdefault(name, info)
-                if known["shape"] != info["shape"]:
-                    shapes[name] = info["shape"]
-            path = final_dir
-            os.replace(tmp_dir, final_dir)
-            tmp_dir = None
-            input_files = self._write_inputs(index, instance.inputs, ext)
-        except OSError as exc:
-            raise (exc if isinstance(exc, DumpWriteError) else write_error(path, exc)) from exc
-        finally:
-            if tmp_dir is not None:
-                shutil.rmtree(tmp_dir, ignore_errors=True)
+        items = [(self.stems[name] + ext, value) for name, value in instance.outputs]
+        stored = self._write_folder(final_dir, items)
+        for (name, _), (file_name, _), (array, source_dtype, layout) in zip(
+                instance.outputs, items, stored):
+            info = self._describe(array, source_dtype, layout, file=file_name)
+            with self._lock:
+                known = self.tensors.setdefault(name, info)
+            if known["shape"] != info["shape"]:
+                shapes[name] = info["shape"]
+        input_files = self._write_inputs(index, instance.inputs, ext)
         entry: dict[str, Any] = {"index": index, "inputs": input_files,
                                  "outputs": f"outputs/layer_outputs_{index}"}
         captured = {name for name, _ in instance.outputs}
@@ -428,31 +413,25 @@ class DumpWriter:
     def _write_inputs(self, index: int, inputs: Sequence[tuple[str, Any]], ext: str) -> list[str]:
         root = os.path.join(self.dir_path, "inputs")
         described = []
-        files = []
+        written: list[str] = []
         if len(inputs) == 1:
             array, source_dtype, layout = self._stored(inputs[0][1])
             final = os.path.join(root, f"input_{index}{ext}")
-            write_atomic(final, lambda tmp: self._save(array, tmp))
-            files.append(f"inputs/input_{index}{ext}")
+            files.atomic_write(final, lambda tmp: self._save(array, tmp), overwrite=True,
+                               error_cls=DumpWriteError, exists_cls=DumpExistsError)
+            written.append(f"inputs/input_{index}{ext}")
             described.append(self._describe(array, source_dtype, layout, name=inputs[0][0]))
         else:
-            final_dir = os.path.join(root, f"input_{index}")
-            tmp_dir = tempfile.mkdtemp(prefix=f".tmp-input_{index}-", dir=root)
-            try:
-                for i, (name, value) in enumerate(inputs):
-                    array, source_dtype, layout = self._stored(value)
-                    self._save(array, os.path.join(tmp_dir, f"{i}{ext}"))
-                    files.append(f"inputs/input_{index}/{i}{ext}")
-                    described.append(self._describe(array, source_dtype, layout, name=name))
-                os.replace(tmp_dir, final_dir)
-                tmp_dir = None
-            finally:
-                if tmp_dir is not None:
-                    shutil.rmtree(tmp_dir, ignore_errors=True)
+            items = [(f"{i}{ext}", value) for i, (_, value) in enumerate(inputs)]
+            stored = self._write_folder(os.path.join(root, f"input_{index}"), items)
+            for (name, _), (file_name, _), (array, source_dtype, layout) in zip(
+                    inputs, items, stored):
+                written.append(f"inputs/input_{index}/{file_name}")
+                described.append(self._describe(array, source_dtype, layout, name=name))
         with self._lock:
             if not self.input_tensors:
                 self.input_tensors = described
-        return files
+        return written
 
     def manifest(self) -> dict[str, Any]:
         """The manifest as a dict (what ``manifest.json`` holds)."""

@@ -44,16 +44,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
-from typing import Any, Union
+from typing import Any
 
 import torch
 
+from fxquant.core import files
+from fxquant.core.encoding import AnyEncoding, FloatEncoding, QuantEncoding
+from fxquant.core.jsonpath import JsonValidator, index, loads
 from fxquant.errors import ConfigError
-from fxquant.quantsim.encoding import QuantEncoding
 
 __all__ = ["FloatEncoding", "QuantizerArgs", "VERSIONS", "encodings_dict", "write_encodings",
            "read_encodings", "encodings_from_refs"]
@@ -62,21 +62,6 @@ logger = logging.getLogger(__name__)
 
 #: Encoding file versions this module writes and reads.
 VERSIONS: tuple[str, ...] = ("1.0.0", "0.6.1", "2.0.0")
-
-
-@dataclasses.dataclass(frozen=True)
-class FloatEncoding:
-    """A float (cast) encoding: the tensor is rounded to ``float<bitwidth>`` (16 only).
-
-    Example:
-        >>> FloatEncoding().bitwidth
-        16
-    """
-
-    bitwidth: int = 16
-
-
-AnyEncoding = Union[QuantEncoding, FloatEncoding]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -269,9 +254,14 @@ def write_encodings(path: str | os.PathLike[str], refs_or_encodings: Any, *, ver
                     quantizer_args: QuantizerArgs | Mapping[str, Any] | None = None,
                     bias: Mapping[str, torch.Tensor] | None = None,
                     excluded_layers: Iterable[str] = ()) -> dict[str, Any]:
-    """Writes an encodings file atomically (temporary file in the same folder, then rename).
+    """Writes an encodings file atomically (:func:`fxquant.core.files.atomic_write`).
 
-    Arguments are those of :func:`encodings_dict`; returns the dict written.
+    Arguments are those of :func:`encodings_dict`; returns the dict written. An existing file is
+    replaced; if writing fails, it is left as it was.
+
+    Raises:
+        ConfigError: as :func:`encodings_dict` (nothing is written).
+        FileWriteError: the file could not be written (the message names ``path``).
 
     Example:
         >>> write_encodings("out/model.encodings", sim.quantizers(), version="1.0.0")["version"]
@@ -279,73 +269,40 @@ def write_encodings(path: str | os.PathLike[str], refs_or_encodings: Any, *, ver
     """
     data = encodings_dict(refs_or_encodings, version=version, quantizer_args=quantizer_args,
                           bias=bias, excluded_layers=excluded_layers)
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".encodings", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
             json.dump(data, f, indent=1, allow_nan=False)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    files.atomic_write(path, write, overwrite=True, suffix=".encodings")
     return data
 
 
 # -------------------------------------------------------------------------------------------------
 # Reading
 # -------------------------------------------------------------------------------------------------
-def _fail(where: str, message: str) -> ConfigError:
-    return ConfigError(f"encodings file: {where}: {message}")
+_BITWIDTHS = (2, 32)
+_SCALAR_OR_LIST = (list, int, float)
+_NUMBER = (int, float)
 
 
-def _get(obj: Mapping[str, Any], key: str, where: str, types: type | tuple[type, ...]) -> Any:
-    if key not in obj:
-        raise _fail(f"{where}.{key}", "missing")
-    value = obj[key]
-    if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
-        raise _fail(f"{where}.{key}", f"expected {_tname(types)}, got a boolean")
-    if not isinstance(value, types):
-        raise _fail(f"{where}.{key}", f"expected {_tname(types)}, got {type(value).__name__} "
-                                       f"{value!r}")
-    return value
+def _bitwidth(v: JsonValidator, entry: Mapping[str, Any], key: str, where: str) -> int:
+    return v.int_in_range(v.get(entry, key, where, int), f"{where}.{key}", *_BITWIDTHS,
+                          what="a bit width")
 
 
-def _tname(types: type | tuple[type, ...]) -> str:
-    ts = types if isinstance(types, tuple) else (types,)
-    return " or ".join(t.__name__ for t in ts)
+def _scales(v: JsonValidator, value: Any, where: str) -> list[float]:
+    return [float(x) for x in v.number_list(value, where, positive=True, what="a scale")]
 
 
-def _number_list(value: Any, where: str, kind: type) -> list[Any]:
-    items = value if isinstance(value, list) else [value]
-    if not items:
-        raise _fail(where, "empty list")
-    out = []
-    for i, v in enumerate(items):
-        w = f"{where}[{i}]" if isinstance(value, list) else where
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise _fail(w, f"expected a number, got {v!r}")
-        if kind is int:
-            if float(v) != int(v):
-                raise _fail(w, f"expected an integer, got {v!r}")
-            v = int(v)
-        elif not math.isfinite(float(v)) or float(v) <= 0:
-            raise _fail(w, f"a scale must be finite and > 0, got {v!r}")
-        out.append(v)
-    return out
+def _integers(v: JsonValidator, value: Any, where: str) -> list[int]:
+    return [int(x) for x in v.number_list(value, where, integer=True)]
 
 
-def _check_bw(bw: Any, where: str) -> int:
-    if isinstance(bw, bool) or not isinstance(bw, int) or not 2 <= bw <= 32:
-        raise _fail(where, f"bit width must be an integer in 2-32, got {bw!r}")
-    return bw
-
-
-def _from_offsets(scales: list[float], offsets: list[int], bw: int, sym: bool, per_channel: bool,
-                  axis: int, where: str) -> QuantEncoding:
+def _from_offsets(v: JsonValidator, scales: list[float], offsets: list[int], bw: int, sym: bool,
+                  per_channel: bool, axis: int, where: str) -> QuantEncoding:
     if len(scales) != len(offsets):
-        raise _fail(where, f"{len(scales)} scales but {len(offsets)} offsets")
+        v.fail(where, f"{len(scales)} scales but {len(offsets)} offsets")
     half = 1 << (bw - 1)
     if sym and all(o == -half for o in offsets):
         signed, strict, zps = True, False, [0] * len(offsets)
@@ -354,17 +311,17 @@ def _from_offsets(scales: list[float], offsets: list[int], bw: int, sym: bool, p
     elif sym and all(o == 0 for o in offsets):
         signed, strict, zps = False, False, [0] * len(offsets)
     elif sym:
-        raise _fail(f"{where}.offset", f"a symmetric {bw}-bit encoding has offset {-half} (signed), "
-                                       f"{-half + 1} (strict) or 0 (unsigned); got {offsets}")
+        v.fail(f"{where}.offset", f"a symmetric {bw}-bit encoding has offset {-half} (signed), "
+                                  f"{-half + 1} (strict) or 0 (unsigned); got {offsets}")
     else:
         signed, strict = False, False
         zps = [-o for o in offsets]
         bad = [o for o in offsets if not -((1 << bw) - 1) <= o <= 0]
         if bad:
-            raise _fail(f"{where}.offset", f"offsets of an asymmetric {bw}-bit encoding lie in "
-                                           f"[{-((1 << bw) - 1)}, 0]; got {bad[:5]}")
+            v.fail(f"{where}.offset", f"offsets of an asymmetric {bw}-bit encoding lie in "
+                                      f"[{-((1 << bw) - 1)}, 0]; got {bad[:5]}")
     if not per_channel and len(scales) != 1:
-        raise _fail(f"{where}.scale", f"a per-tensor encoding has one scale, got {len(scales)}")
+        v.fail(f"{where}.scale", f"a per-tensor encoding has one scale, got {len(scales)}")
     scale = torch.tensor(scales, dtype=torch.float32)
     zp = torch.tensor(zps, dtype=torch.int64)
     return QuantEncoding(scale=scale if per_channel else scale[0], zero_point=zp if per_channel else zp[0],
@@ -372,98 +329,89 @@ def _from_offsets(scales: list[float], offsets: list[int], bw: int, sym: bool, p
                          axis=axis if per_channel else None)
 
 
-def _read_1_0_0_entry(entry: Any, where: str, axis: int) -> tuple[str, AnyEncoding]:
-    if not isinstance(entry, Mapping):
-        raise _fail(where, f"expected an object, got {type(entry).__name__}")
-    name = _get(entry, "name", where, str)
-    dtype = _get(entry, "dtype", where, str)
-    bw = _check_bw(_get(entry, "bw", where, int), f"{where}.bw")
+def _read_1_0_0_entry(v: JsonValidator, entry: Any, where: str,
+                      axes: Mapping[str, int]) -> tuple[str, AnyEncoding]:
+    entry = v.object(entry, where)
+    name = v.get(entry, "name", where, str)
+    dtype = v.get(entry, "dtype", where, str)
+    bw = _bitwidth(v, entry, "bw", where)
     if dtype.upper() == "FLOAT":
         if bw != 16:
-            raise _fail(f"{where}.bw", f"float encodings are 16-bit, got {bw}")
+            v.fail(f"{where}.bw", f"float encodings are 16-bit, got {bw}")
         return name, FloatEncoding(bw)
     if dtype.upper() != "INT":
-        raise _fail(f"{where}.dtype", f"expected 'INT' or 'FLOAT', got {dtype!r}")
-    enc_type = _get(entry, "enc_type", where, str)
-    if enc_type not in ("PER_TENSOR", "PER_CHANNEL"):
-        raise _fail(f"{where}.enc_type", f"expected 'PER_TENSOR' or 'PER_CHANNEL', got {enc_type!r}"
-                                         " (block encodings are not supported)")
-    sym = _get(entry, "is_sym", where, bool)
-    scales = _number_list(_get(entry, "scale", where, (list, int, float)), f"{where}.scale", float)
-    offsets = _number_list(_get(entry, "offset", where, (list, int, float)), f"{where}.offset", int)
-    return name, _from_offsets(scales, offsets, bw, sym, enc_type == "PER_CHANNEL", axis, where)
+        v.one_of(dtype, f"{where}.dtype", ("INT", "FLOAT"))
+    enc_type = v.one_of(v.get(entry, "enc_type", where, str), f"{where}.enc_type",
+                        ("PER_TENSOR", "PER_CHANNEL"), note="block encodings are not supported")
+    sym = v.get(entry, "is_sym", where, bool)
+    scales = _scales(v, v.get(entry, "scale", where, _SCALAR_OR_LIST), f"{where}.scale")
+    offsets = _integers(v, v.get(entry, "offset", where, _SCALAR_OR_LIST), f"{where}.offset")
+    return name, _from_offsets(v, scales, offsets, bw, sym, enc_type == "PER_CHANNEL",
+                               axes.get(name, 0), where)
 
 
-def _read_0_6_1_entries(name: str, entries: Any, where: str, axis: int) -> AnyEncoding:
+def _read_0_6_1_entries(v: JsonValidator, entries: Any, where: str, axis: int) -> AnyEncoding:
     if not isinstance(entries, list) or not entries:
-        raise _fail(where, "expected a non-empty list of encodings (one per channel)")
+        v.fail(where, "expected a non-empty list of encodings (one per channel)")
     scales, offsets = [], []
     bws, syms = set(), set()
     for i, e in enumerate(entries):
-        w = f"{where}[{i}]"
-        if not isinstance(e, Mapping):
-            raise _fail(w, f"expected an object, got {type(e).__name__}")
-        bw = _check_bw(_get(e, "bitwidth", w, int), f"{w}.bitwidth")
+        w = index(where, i)
+        e = v.object(e, w)
+        bw = _bitwidth(v, e, "bitwidth", w)
         dtype = str(e.get("dtype", "int")).lower()
         if dtype == "float":
             if len(entries) != 1 or bw != 16:
-                raise _fail(w, "a float encoding is one 16-bit entry")
+                v.fail(w, "a float encoding is one 16-bit entry")
             return FloatEncoding(bw)
         if dtype != "int":
-            raise _fail(f"{w}.dtype", f"expected 'int' or 'float', got {e.get('dtype')!r}")
-        sym = _get(e, "is_symmetric", w, (str, bool))
+            v.fail(f"{w}.dtype", f"expected 'int' or 'float', got {e.get('dtype')!r}")
+        sym = v.get(e, "is_symmetric", w, (str, bool))
         if isinstance(sym, str):
-            if sym not in ("True", "False"):
-                raise _fail(f"{w}.is_symmetric", f"expected 'True' or 'False', got {sym!r}")
-            sym = sym == "True"
-        scales += _number_list(_get(e, "scale", w, (int, float)), f"{w}.scale", float)
-        offsets += _number_list(_get(e, "offset", w, (int, float)), f"{w}.offset", int)
+            sym = v.one_of(sym, f"{w}.is_symmetric", ("True", "False")) == "True"
+        scales += _scales(v, v.get(e, "scale", w, _NUMBER), f"{w}.scale")
+        offsets += _integers(v, v.get(e, "offset", w, _NUMBER), f"{w}.offset")
         bws.add(bw)
         syms.add(sym)
     if len(bws) != 1 or len(syms) != 1:
-        raise _fail(where, "per-channel entries disagree on bitwidth or is_symmetric")
-    return _from_offsets(scales, offsets, bws.pop(), syms.pop(), len(entries) > 1, axis, where)
+        v.fail(where, "per-channel entries disagree on bitwidth or is_symmetric")
+    return _from_offsets(v, scales, offsets, bws.pop(), syms.pop(), len(entries) > 1, axis, where)
 
 
 _DTYPES_2 = {**{f"int{b}": (b, True) for b in range(2, 33)},
              **{f"uint{b}": (b, False) for b in range(2, 33)}}
 
 
-def _read_2_0_0_entry(entry: Any, where: str) -> tuple[str, AnyEncoding | None, bool]:
+def _read_2_0_0_entry(v: JsonValidator, entry: Any, where: str) -> tuple[str, AnyEncoding, bool]:
     """(name, encoding, is_int32_bias) — int32 entries are returned as encodings too."""
-    if not isinstance(entry, Mapping):
-        raise _fail(where, f"expected an object, got {type(entry).__name__}")
-    name = _get(entry, "name", where, str)
-    dtype = _get(entry, "output_dtype", where, str)
+    entry = v.object(entry, where)
+    name = v.get(entry, "name", where, str)
+    dtype = v.get(entry, "output_dtype", where, str)
     if dtype == "float16":
         return name, FloatEncoding(16), False
     if dtype not in _DTYPES_2:
-        raise _fail(f"{where}.output_dtype", f"expected int<b>, uint<b> (b in 2-32) or float16, "
-                                             f"got {dtype!r}")
+        v.fail(f"{where}.output_dtype", f"expected int<b>, uint<b> (b in 2-32) or float16, "
+                                        f"got {dtype!r}")
     bw, signed = _DTYPES_2[dtype]
-    raw_scale = _get(entry, "y_scale", where, (list, int, float))
+    raw_scale = v.get(entry, "y_scale", where, _SCALAR_OR_LIST)
     per_channel = isinstance(raw_scale, list)
-    scales = _number_list(raw_scale, f"{where}.y_scale", float)
+    scales = _scales(v, raw_scale, f"{where}.y_scale")
     if "y_zero_point" in entry:
         raw_zp = entry["y_zero_point"]
         if isinstance(raw_zp, list) != per_channel:
-            raise _fail(f"{where}.y_zero_point", "must be a list exactly when y_scale is a list")
-        zps = _number_list(raw_zp, f"{where}.y_zero_point", int)
+            v.fail(f"{where}.y_zero_point", "must be a list exactly when y_scale is a list")
+        zps = _integers(v, raw_zp, f"{where}.y_zero_point")
     else:
         zps = [0] * len(scales)
     if len(zps) != len(scales):
-        raise _fail(where, f"{len(scales)} scales but {len(zps)} zero points")
-    axis = None
-    if per_channel:
-        axis = _get(entry, "axis", where, int)
-    elif "axis" in entry:
-        axis = None
+        v.fail(where, f"{len(scales)} scales but {len(zps)} zero points")
+    axis = v.get(entry, "axis", where, int) if per_channel else None
     qmin = -(1 << (bw - 1)) if signed else 0
     qmax = (1 << (bw - 1)) - 1 if signed else (1 << bw) - 1
     bad = [z for z in zps if not qmin <= z <= qmax]
     if bad:
-        raise _fail(f"{where}.y_zero_point", f"zero points must lie in [{qmin}, {qmax}] for {dtype}, "
-                                             f"got {bad[:5]}")
+        v.fail(f"{where}.y_zero_point", f"zero points must lie in [{qmin}, {qmax}] for {dtype}, "
+                                        f"got {bad[:5]}")
     sym = signed and not any(zps)
     scale = torch.tensor(scales, dtype=torch.float32)
     zp = torch.tensor(zps, dtype=torch.int64)
@@ -492,8 +440,9 @@ def read_encodings(path_or_dict: str | os.PathLike[str] | Mapping[str, Any], *,
         :class:`FloatEncoding` values (int32 bias entries of 2.0.0 are params).
 
     Raises:
-        ConfigError: the file is not valid JSON or does not follow the format; the message names
-            the JSON path (e.g. ``param_encodings[3].scale``).
+        ConfigError: the file is not valid JSON (UTF-8) or does not follow the format; the
+            message names the file and the JSON path (e.g. ``param_encodings[3].scale``).
+        OSError: the file cannot be opened (e.g. ``FileNotFoundError``).
 
     Example:
         >>> encs = read_encodings("out/resnet18.encodings")
@@ -501,27 +450,29 @@ def read_encodings(path_or_dict: str | os.PathLike[str] | Mapping[str, Any], *,
         0
     """
     if isinstance(path_or_dict, Mapping):
-        data = path_or_dict
-        source = "<dict>"
+        data: Any = path_or_dict
+        v = JsonValidator("encodings file")
     else:
         source = os.fspath(path_or_dict)
+        v = JsonValidator(f"encodings file {source}")
         try:
             with open(source, encoding="utf-8") as f:
-                data = json.load(f)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"encodings file {source}: not valid JSON: {exc}") from exc
-    if not isinstance(data, Mapping):
-        raise _fail("<root>", f"expected a JSON object, got {type(data).__name__}")
+                text = f.read()
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"encodings file {source}: not UTF-8 text ({exc.reason}); pass the "
+                              "path of an .encodings (JSON) file") from exc
+        data = loads(text, v.where, fix="write the file again, e.g. with sim.export()", log=logger)
+    data = v.object(data, "")
     axes = dict(axes or {})
     version = data.get("version", "0.6.1")
     if not isinstance(version, str):
-        raise _fail("version", f"expected a string, got {version!r}")
+        v.fail("version", f"expected a string, got {version!r}")
     out: dict[str, dict[str, AnyEncoding]] = {"activation": {}, "param": {}}
     if version.startswith("2."):
-        entries = _get(data, "encodings", "<root>", list)
+        entries = v.get(data, "encodings", "", list)
         chosen = None if param_names is None else set(param_names)
         for i, entry in enumerate(entries):
-            name, enc, is_bias = _read_2_0_0_entry(entry, f"encodings[{i}]")
+            name, enc, is_bias = _read_2_0_0_entry(v, entry, index("encodings", i))
             if chosen is not None:
                 is_param = name in chosen
             else:
@@ -529,29 +480,26 @@ def read_encodings(path_or_dict: str | os.PathLike[str] | Mapping[str, Any], *,
                     _is_param_name(name))
             section = "param" if is_param else "activation"
             if name in out[section]:
-                raise _fail(f"encodings[{i}].name", f"duplicate name {name!r}")
+                v.fail(f"encodings[{i}].name", f"duplicate name {name!r}")
             if isinstance(enc, QuantEncoding) and enc.axis is not None and name in axes:
                 enc = dataclasses.replace(enc, axis=axes[name])
             out[section][name] = enc
         return out
+    if not version.startswith(("0.", "1.")):
+        v.fail("version", f"unsupported version {version!r}; supported: {list(VERSIONS)}")
     for key, section in (("activation_encodings", "activation"), ("param_encodings", "param")):
-        block = data.get(key, [] if version.startswith("1.") else {})
         if version.startswith("1."):
+            block = data.get(key, [])
             if not isinstance(block, list):
-                raise _fail(key, f"expected a list in version {version}, got {type(block).__name__}")
+                v.fail(key, f"expected a list in version {version}, got {type(block).__name__}")
             for i, entry in enumerate(block):
-                name, enc = _read_1_0_0_entry(entry, f"{key}[{i}]", axes.get(
-                    entry.get("name") if isinstance(entry, Mapping) else "", 0))
+                name, enc = _read_1_0_0_entry(v, entry, index(key, i), axes)
                 if name in out[section]:
-                    raise _fail(f"{key}[{i}].name", f"duplicate name {name!r}")
+                    v.fail(f"{key}[{i}].name", f"duplicate name {name!r}")
                 out[section][name] = enc
-        elif version.startswith("0."):
-            if not isinstance(block, Mapping):
-                raise _fail(key, f"expected an object in version {version}, got "
-                                 f"{type(block).__name__}")
-            for name, entries in block.items():
-                out[section][name] = _read_0_6_1_entries(name, entries, f"{key}[{name!r}]",
-                                                         axes.get(name, 0))
         else:
-            raise _fail("version", f"unsupported version {version!r}; supported: {list(VERSIONS)}")
+            block = v.object(data.get(key, {}), key)
+            for name, entries in block.items():
+                out[section][name] = _read_0_6_1_entries(v, entries, f"{key}[{name!r}]",
+                                                         axes.get(name, 0))
     return out
