@@ -11,7 +11,8 @@ vs a torch.ao-quantized or a user's own fake-quant model). Also importable as ``
   A's values beside model A's (shadowed: the layer's own error), add/mul/cat included;
 * :func:`extend_logger_results_with_comparison` with :func:`compute_sqnr`,
   :func:`compute_normalized_l2_error`, :func:`compute_cosine_similarity`;
-* :func:`compare` — all of it in one call, as a :class:`ComparisonReport` (table, JSON, plot).
+* :func:`compare` — all of it in one call, as a :class:`NumericSuiteReport` (table, JSON, plot;
+  a :class:`fxquant.ComparisonReport`, like the layer-dump diff's report).
 
 Loggers stream by default (running sums, no tensors kept), so comparing over thousands of
 batches needs memory proportional to the number of layers.
@@ -31,15 +32,15 @@ from fxquant.numeric_suite.loggers import (OutputLogger, loggers_reset, loggers_
                                            loggers_set_save_activations)
 from fxquant.numeric_suite.metrics import (METRICS, Metric, compute_cosine_similarity,
                                            compute_normalized_l2_error, compute_sqnr)
-from fxquant.numeric_suite.report import ComparisonReport, LayerComparison
+from fxquant.numeric_suite.report import NumericSuiteLayerComparison, NumericSuiteReport
 from fxquant.numeric_suite.results import NSResults, extend_logger_results_with_comparison
 
 __all__ = [
-    "ComparisonReport",
-    "LayerComparison",
     "METRICS",
     "Metric",
     "NSResults",
+    "NumericSuiteLayerComparison",
+    "NumericSuiteReport",
     "OutputLogger",
     "UnmatchedLayer",
     "add_loggers",

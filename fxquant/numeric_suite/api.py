@@ -29,13 +29,14 @@ import torch
 import torch.fx
 from torch import nn
 
-from fxquant.numeric_suite._instrument import instrument
+from fxquant.numeric_suite._instrument import Instrumented, instrument
 from fxquant.numeric_suite._matching import Matching, UnmatchedLayer, WeightPair, match_layers
-from fxquant.numeric_suite._models import (FLOAT, PreparedModel, align_batch_norm_folding,
-                                           prepare_for_comparison, weight_of)
+from fxquant.numeric_suite.compared_models import (FLOAT, PreparedModel,
+                                                   align_batch_norm_folding,
+                                                   prepare_for_comparison, weight_of)
 from fxquant.numeric_suite.loggers import OutputLogger
 from fxquant.numeric_suite.results import NSResults, collect_logger_results
-from fxquant.passes.insert_quantizers import param_quantizers
+from fxquant.core.layers import param_quantizers
 
 __all__ = ["extract_weights", "add_loggers", "add_shadow_loggers", "extract_logger_info",
            "extract_shadow_logger_info", "prepare_pair", "weight_results",
@@ -214,12 +215,9 @@ def add_loggers(name_a: str, model_a: Any, name_b: str, model_b: Any,
     _reject_torch_options("add_loggers",
                           base_name_to_sets_of_related_ops=base_name_to_sets_of_related_ops,
                           unmatchable_types_map=unmatchable_types_map)
-    logger_cls = _check_logger_cls(logger_cls)
-    a, b, matching = prepare_pair(name_a, model_a, name_b, model_b)
-    pairs, _ = matching.select(layers, quantized_layers_by_default(a, b))
-    inst = instrument(a, b, matching, pairs, logger_cls=logger_cls,
-                      log_inputs=should_log_inputs, save_activations=save_activations,
-                      unshadowed=True, shadowed=False)
+    inst = _instrumented((name_a, model_a, name_b, model_b), logger_cls, layers,
+                         log_inputs=should_log_inputs, save_activations=save_activations,
+                         shadowed=False)
     return cast(torch.fx.GraphModule, inst.a), cast(torch.fx.GraphModule, inst.b)
 
 
@@ -268,13 +266,23 @@ def add_shadow_loggers(name_a: str, model_a: Any, name_b: str, model_b: Any,
                           base_name_to_sets_of_related_ops=base_name_to_sets_of_related_ops,
                           node_type_to_io_type_map=node_type_to_io_type_map,
                           unmatchable_types_map=unmatchable_types_map)
-    logger_cls = _check_logger_cls(logger_cls)
-    a, b, matching = prepare_pair(name_a, model_a, name_b, model_b)
-    pairs, _ = matching.select(layers, quantized_layers_by_default(a, b))
-    inst = instrument(a, b, matching, pairs, logger_cls=logger_cls,
-                      log_inputs=should_log_inputs, save_activations=save_activations,
-                      unshadowed=False, shadowed=True)
+    inst = _instrumented((name_a, model_a, name_b, model_b), logger_cls, layers,
+                         log_inputs=should_log_inputs, save_activations=save_activations,
+                         shadowed=True)
     return cast(torch.fx.GraphModule, inst.shadow)
+
+
+def _instrumented(models: tuple[str, Any, str, Any], logger_cls: Any,
+                  layers: Iterable[str] | str | None, *, log_inputs: bool,
+                  save_activations: bool, shadowed: bool) -> Instrumented:
+    """Prepares ``(name_a, model_a, name_b, model_b)`` and puts loggers on the selected layers:
+    unshadowed (on both models) or shadowed (B's shadows in A)."""
+    logger_cls = _check_logger_cls(logger_cls)
+    a, b, matching = prepare_pair(*models)
+    pairs, _ = matching.select(layers, quantized_layers_by_default(a, b))
+    return instrument(a, b, matching, pairs, logger_cls=logger_cls, log_inputs=log_inputs,
+                      save_activations=save_activations, unshadowed=not shadowed,
+                      shadowed=shadowed)
 
 
 def extract_logger_info(model_a: nn.Module, model_b: nn.Module,

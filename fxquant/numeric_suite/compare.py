@@ -1,7 +1,7 @@
 """``fxquant.compare``: the numeric suite in one call.
 
 Compares model B with model A over a data set and returns a
-:class:`~fxquant.numeric_suite.report.ComparisonReport`: per layer the weight metric, the output
+:class:`~fxquant.numeric_suite.report.NumericSuiteReport`: per layer the weight metric, the output
 metric with both models run unshadowed, and the output metric of B's layer shadowing A's. One
 pass over the data runs the shadowed model (A with B's shadows; it provides A's side of both
 comparisons) and model B; loggers stream, so memory does not grow with the number of batches.
@@ -15,13 +15,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from fxquant.core.metrics import PairAccumulator, PairSums
 from fxquant.numeric_suite._instrument import Instrumented, instrument
 from fxquant.numeric_suite._matching import LayerPair, Matching
 from fxquant.numeric_suite.api import (prepare_pair, quantized_layers_by_default,
                                        weight_results)
 from fxquant.numeric_suite.loggers import OutputLogger
 from fxquant.numeric_suite.metrics import Metric, get_metric
-from fxquant.numeric_suite.report import ComparisonReport, LayerComparison
+from fxquant.numeric_suite.report import NumericSuiteLayerComparison, NumericSuiteReport
 from fxquant.numeric_suite.results import NSResults, logger_entry
 
 __all__ = ["compare"]
@@ -91,7 +92,7 @@ def compare(model_a: Any, model_b: Any, data: Any,
             name_b: str = "b", shadow: bool = True, weights: bool = True,
             layers: Iterable[str] | str | None = None,
             input_fn: Callable[[Any], tuple[tuple[Any, ...], dict[str, Any]]] | None = None,
-            num_batches: int | None = None, progress: bool | None = None) -> ComparisonReport:
+            num_batches: int | None = None, progress: bool | None = None) -> NumericSuiteReport:
     """Compares model B with model A layer by layer over ``data``.
 
     Args:
@@ -112,7 +113,7 @@ def compare(model_a: Any, model_b: Any, data: Any,
         progress: show a progress bar (None: only on a terminal).
 
     Returns:
-        A :class:`ComparisonReport`.
+        A :class:`~fxquant.numeric_suite.NumericSuiteReport` (a :class:`fxquant.ComparisonReport`).
 
     Raises:
         ValueError: unknown metric, no batches, or the errors of the numeric-suite functions.
@@ -160,41 +161,56 @@ def compare(model_a: Any, model_b: Any, data: Any,
                "activation": _results(inst, act_pairs, "unshadowed", matching),
                "shadowed": _results(inst, act_pairs, "shadowed", matching) if shadow
                else NSResults(unmatched=inst.unmatched)}
-    return ComparisonReport(rows, [m.name for m in wanted], name_a, name_b, count,
-                            inst.unmatched, results)
+    return NumericSuiteReport(rows, [m.name for m in wanted], name_a, name_b, count,
+                              inst.unmatched, results)
 
 
 def _rows(order: Mapping[str, Any], matching: Matching, pairs: list[LayerPair],
           inst: Instrumented, weight_res: NSResults, metrics: list[Metric], name_a: str,
-          name_b: str) -> list[LayerComparison]:
+          name_b: str) -> list[NumericSuiteLayerComparison]:
     by_key = {p.key_a: p for p in pairs}
     weight_types = {w.key_a: (w.key_b, w.op_type_a) for w in matching.weights}
     rows = []
     for layer in order:
         pair = by_key.get(layer)
-        act: dict[str, float] = {}
-        shadowed: dict[str, float] = {}
-        weight: dict[str, float] = {}
+        sums: dict[str, PairSums] = {}
         if pair is not None:
             site = (pair.key_a, "node_output", 0, 0)
             if site in inst.unshadowed:
-                act = {m.name: m.from_stats(inst.unshadowed[site].stats) for m in metrics}
+                sums["activation"] = inst.unshadowed[site].stats.result()
             if site in inst.shadowed and inst.shadowed[site].stats.count:
-                shadowed = {m.name: m.from_stats(inst.shadowed[site].stats) for m in metrics}
+                sums["shadowed"] = inst.shadowed[site].stats.result()
         if layer in weight_res:
             entries = weight_res[layer]["weight"]
             wa, wb = entries[name_a][0]["values"], entries[name_b][0]["values"]
             if wa and wb:
-                weight = {m.name: float(m.fn(wa[0], wb[0])) for m in metrics}
-        if not (act or shadowed or weight):
+                sums["weight"] = PairAccumulator.of(wa[0], wb[0]).result()
+        if not sums:
             continue
         if pair is not None:
             name_b_layer, op_type = pair.key_b, pair.op_type_a
         else:
             name_b_layer, op_type = weight_types[layer]
-        rows.append(LayerComparison(layer, name_b_layer, op_type.rsplit(".", 1)[-1], act,
-                                    shadowed, weight))
+        values = {kind: {m.name: m.from_stats(s) for m in metrics} for kind, s in sums.items()}
+        rows.append(NumericSuiteLayerComparison(
+            layer, name_b=name_b_layer, op_type=op_type.rsplit(".", 1)[-1], **values,
+            notes=_notes(sums)))
+    flagged = [r.name for r in rows if r.notes]
+    if flagged:
+        logger.warning("%d layer(s) have NaN/inf values or an all-zero reference (see the "
+                       "report's notes): %s", len(flagged), ", ".join(flagged[:10]))
     return rows
+
+
+def _notes(sums: Mapping[str, PairSums]) -> tuple[str, ...]:
+    """What the metric values alone do not say: NaN/inf inputs, an all-zero reference."""
+    notes = []
+    for kind, s in sums.items():
+        if s.nonfinite:
+            notes.append(f"{kind}: {s.nonfinite} NaN/inf element(s)")
+        elif s.zero_reference:
+            notes.append(f"{kind}: all-zero reference (SQNR -inf dB)")
+    return tuple(notes)
 
 
 def _results(inst: Instrumented, pairs: list[LayerPair], mode: str, matching: Matching

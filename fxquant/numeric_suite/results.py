@@ -11,9 +11,10 @@ Each entry has torch's keys (``type``, ``values``, ``prev_node_name``, ``prev_no
 * ``stats``: running sums of what the model computed (``count``, ``numel``, ``sum``, ``sum_sq``,
   ``mean``, ``min``, ``max``);
 * ``comparison_stats``: ``{other model: {"count", "numel", "signal", "signal_b", "noise",
-  "dot"}}`` — the streaming comparison with the other model at this layer, with the other model
-  as the reference (``signal`` = its power ``Σx²``, ``signal_b`` = this model's, ``noise`` =
-  ``Σ(x − y)²``, ``dot`` = ``Σxy``).
+  "dot", "nonfinite"}}`` — the streaming comparison with the other model at this layer, with the
+  other model as the reference (``signal`` = its power ``Σx²``, ``signal_b`` = this model's,
+  ``noise`` = ``Σ(x − y)²``, ``dot`` = ``Σxy``, ``nonfinite`` = elements where either value was
+  NaN or inf); :class:`fxquant.core.metrics.PairSums` reads it back (``PairSums.from_dict``).
 
 ``values`` holds tensors only for loggers with ``save_activations=True`` (and for weights).
 The dict is an :class:`NSResults`, whose ``unmatched`` lists the layers that were not compared.
@@ -27,7 +28,6 @@ import torch
 from torch import nn
 
 from fxquant import _meta
-from fxquant.numeric_suite._instrument import UNMATCHED_META
 from fxquant.numeric_suite._matching import UnmatchedLayer
 from fxquant.numeric_suite.loggers import OutputLogger
 from fxquant.numeric_suite.metrics import get_metric
@@ -95,10 +95,8 @@ def _as_reference(stats: dict[str, Any], side: int) -> dict[str, Any]:
 def _unmatched_of(models: Iterable[nn.Module]) -> tuple[UnmatchedLayer, ...]:
     seen: dict[tuple[str, str], UnmatchedLayer] = {}
     for model in models:
-        meta = getattr(model, "meta", None)
-        if isinstance(meta, dict):
-            for u in meta.get(_meta.META_KEY, {}).get(UNMATCHED_META, ()):
-                seen.setdefault((u.layer, u.model), u)
+        for u in _meta.graph_get(model, _meta.NS_UNMATCHED, ()):
+            seen.setdefault((u.layer, u.model), u)
     return tuple(seen.values())
 
 
@@ -202,15 +200,5 @@ def extend_logger_results_with_comparison(results: dict[str, Any], model_name_1:
                         f"computed, but the loggers kept running sums only; use compute_sqnr, "
                         f"compute_normalized_l2_error or compute_cosine_similarity, or add "
                         f"loggers with save_activations=True")
-                entry[comparison_name] = [torch.tensor(metric.from_stats(_Stats(stats)),
+                entry[comparison_name] = [torch.tensor(metric.from_stats(stats),
                                                        dtype=torch.float32)]
-
-
-class _Stats:
-    """Adapter: a stats dict where a PairStats is expected (``as_dict``)."""
-
-    def __init__(self, values: dict[str, Any]) -> None:
-        self._values = values
-
-    def as_dict(self) -> dict[str, Any]:
-        return self._values

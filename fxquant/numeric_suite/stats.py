@@ -2,13 +2,15 @@
 
 A logger that keeps every activation needs memory proportional to the number of batches; these
 accumulators need a few numbers per layer. They are float64 tensors on the data's device (no
-host synchronisation per batch); ``as_dict()`` reads them out.
+host synchronisation per batch); ``as_dict()`` reads them out. The comparison sums and the
+metrics computed from them are defined once, in :mod:`fxquant.core.metrics`.
 
 * :class:`RunningStats`: what one model computed at one layer — calls, elements, sum, sum of
   squares (signal power), min and max.
-* :class:`PairStats`: two models at the same layer on the same inputs — each one's power, the
-  noise power ``Σ(a − b)²`` (computed from the difference, not by expanding the square, so high
-  SQNRs keep their precision) and the dot product ``Σ a·b``.
+* :class:`PairStats` (:class:`fxquant.core.metrics.PairAccumulator`): two models at the same
+  layer on the same inputs — each one's power, the noise power ``Σ(a − b)²`` (computed from the
+  difference, not by expanding the square, so high SQNRs keep their precision), the dot product
+  ``Σ a·b`` and the count of NaN/inf elements.
 * :class:`Comparison`: joins what two loggers record for the same forward inputs into a
   :class:`PairStats`, whichever of the two runs first.
 
@@ -27,38 +29,11 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from fxquant.core.metrics import PairAccumulator, as_float, sum_of_squares
+
 __all__ = ["RunningStats", "PairStats", "Comparison", "as_float"]
 
 logger = logging.getLogger(__name__)
-
-
-def as_float(x: Tensor) -> Tensor:
-    """``x`` as a float32/float64 tensor: quantized tensors are dequantized, float16/bfloat16
-    are widened to float32 (compared, not skipped).
-
-    Raises:
-        TypeError: ``x`` is not a floating-point or quantized tensor.
-    """
-    if x.is_quantized:
-        x = x.dequantize()
-    if not x.is_floating_point():
-        raise TypeError(f"numeric-suite metrics compare floating-point tensors, got dtype "
-                        f"{x.dtype}; cast integer tensors with .float() first")
-    return x if x.dtype in (torch.float32, torch.float64) else x.float()
-
-
-def _sum_sq(flat: Tensor) -> Tensor:
-    """``Σx²`` of a flat tensor (the vectorised norm is faster than ``dot(x, x)`` on CPU)."""
-    return torch.linalg.vector_norm(flat).square()
-
-
-def _flat_pair(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
-    a, b = as_float(a), as_float(b)
-    if a.dtype != b.dtype:
-        a, b = a.double(), b.double()
-    if a.device != b.device:
-        b = b.to(a.device)
-    return a.reshape(-1), b.reshape(-1)
 
 
 class RunningStats:
@@ -89,7 +64,7 @@ class RunningStats:
         if x.numel() == 0:
             return None
         flat = as_float(x).reshape(-1)
-        sum_sq = _sum_sq(flat)
+        sum_sq = sum_of_squares(flat)
         sums = torch.stack([flat.sum(), sum_sq]).double()
         lo, hi = torch.aminmax(flat)
         if self._sums is None:
@@ -116,56 +91,10 @@ class RunningStats:
                 "mean": total / self.numel, "min": float(self._min), "max": float(self._max)}
 
 
-class PairStats:
-    """Streaming sums comparing a reference ``a`` with ``b`` element by element.
-
-    Example:
-        >>> p = PairStats()
-        >>> p.update(torch.ones(4), torch.zeros(4))
-        >>> p.as_dict()["signal"], p.as_dict()["noise"]
-        (4.0, 4.0)
-    """
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.numel = 0
-        self._sums: Tensor | None = None  # [Σa², Σb², Σ(a-b)², Σab]
-
-    def update(self, a: Tensor, b: Tensor, sum_sq_a: Tensor | None = None,
-               sum_sq_b: Tensor | None = None) -> None:
-        """Adds one pair of equally sized values (any float dtypes, any shapes of equal size);
-        ``sum_sq_a``/``sum_sq_b`` are their sums of squares when already known."""
-        self.count += 1
-        fa, fb = _flat_pair(a, b)
-        if fa.numel() != fb.numel():
-            raise ValueError(f"cannot compare tensors of {fa.numel()} and {fb.numel()} elements")
-        if fa.numel() == 0:
-            return
-        diff = fa - fb
-        sums = torch.stack([
-            _sum_sq(fa) if sum_sq_a is None else sum_sq_a.to(fa.device, fa.dtype),
-            _sum_sq(fb) if sum_sq_b is None else sum_sq_b.to(fa.device, fa.dtype),
-            _sum_sq(diff), torch.dot(fa, fb)]).double()
-        self._sums = sums if self._sums is None else self._sums + sums
-        self.numel += fa.numel()
-
-    @classmethod
-    def of(cls, a: Tensor, b: Tensor) -> PairStats:
-        """The statistics of one pair."""
-        stats = cls()
-        stats.update(a, b)
-        return stats
-
-    def reset(self) -> None:
-        """Forgets everything seen so far."""
-        self.__init__()  # type: ignore[misc]
-
-    def as_dict(self) -> dict[str, float | int]:
-        """``{"count", "numel", "signal", "signal_b", "noise", "dot"}`` as Python numbers
-        (``signal`` is the reference's power ``Σa²``, ``noise`` is ``Σ(a − b)²``)."""
-        values = [0.0] * 4 if self._sums is None else self._sums.tolist()
-        return {"count": self.count, "numel": self.numel, "signal": values[0],
-                "signal_b": values[1], "noise": values[2], "dot": values[3]}
+#: Streaming sums comparing a reference ``a`` with ``b``: the core's accumulator, kept on the data's
+#: device (``update``, ``of``, ``reset``, ``result()`` → :class:`~fxquant.core.metrics.PairSums`,
+#: ``as_dict()``).
+PairStats = PairAccumulator
 
 
 class Comparison:

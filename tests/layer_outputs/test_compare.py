@@ -11,9 +11,10 @@ import pytest
 
 import fxquant.onnx
 from fxquant.cli import main
+from fxquant.errors import OutputExistsError
 from fxquant.layer_outputs import (DumpFormatError, LayerOutputDump, LayerOutputUtil, NamingScheme,
                                    compare_layer_outputs)
-from fxquant.layer_outputs._dump import DumpWriter, HostInstance
+from fxquant.layer_outputs.dump_writer import DumpWriter, HostInstance
 from tests.layer_outputs.lo_helpers import build_sim, disable_all, inputs, tiny
 
 
@@ -108,11 +109,14 @@ def test_first_divergence_names_the_perturbed_layer(tmp_path: os.PathLike[str]) 
     assert report.first_divergence == "conv2", report.format()
     assert report["relu"].sqnr_db == math.inf  # before it: identical
     assert report["conv2"].max_diff_lsb > 10
-    data = json.loads(report.to_json(tmp_path / "report.json"))
-    assert data == json.loads((tmp_path / "report.json").read_text())
+    data = json.loads(report.to_json(tmp_path / "report.json").read_text())
+    assert data == json.loads(report.json_text())
     assert data["first_divergence"] == "conv2" and data["layers"][0]["sqnr_db"] == "inf"
-    fig = report.plot(tmp_path / "report.png")
-    assert (tmp_path / "report.png").stat().st_size > 1000 and len(fig.axes) == 2
+    assert data["format"] == "fxquant.layer_outputs.DumpComparisonReport"
+    with pytest.raises(OutputExistsError, match="overwrite=True"):
+        report.to_json(tmp_path / "report.json")
+    png = report.plot(tmp_path / "report.png")
+    assert png.stat().st_size > 1000 and len(report.figure().axes) == 2
     assert "first divergence (SQNR < 20 dB): conv2" in report.summary()
 
     assert main(["compare-outputs", str(tmp_path / "sim"), str(tmp_path / "ort"), "--encodings",
@@ -130,3 +134,12 @@ def test_cli_reports_errors(tmp_path: os.PathLike[str], float_dump: str,
     assert main(["compare-outputs", float_dump, float_dump, "--top", "2"]) == 0
     out = capsys.readouterr().out
     assert "names in common 100.0%" in out and "no tensor below 20 dB" in out
+    report = tmp_path / "report.json"
+    assert main(["compare-outputs", float_dump, float_dump, "--json", str(report)]) == 0
+    first = report.read_bytes()
+    assert main(["compare-outputs", float_dump, float_dump, "--json", str(report)]) == 2
+    err = capsys.readouterr().err
+    assert f"{report} already exists" in err and "--overwrite" in err
+    assert report.read_bytes() == first
+    assert main(["compare-outputs", float_dump, float_dump, "--json", str(report),
+                 "--overwrite"]) == 0

@@ -68,7 +68,7 @@ def test_activation_keys_are_the_sims_quantized_layer_names(pair, device) -> Non
     results = ns.extract_logger_info(a_ns, b_ns, ns.OutputLogger, "float")
     assert set(results) == quantized_layer_names(sim)
     assert {"module_add", "module_mul", "module_cat"} <= set(results)
-    assert list(results) == [n for n in fxquant.passes.insert_loggers.layer_nodes(sim.model)
+    assert list(results) == [n for n in fxquant.core.layers.layer_nodes(sim.model)
                              if n in results]  # model A's graph order
     ns.extend_logger_results_with_comparison(results, "float", "int8", ns.compute_sqnr, "sqnr")
     entry = results["module_add"]["node_output"]["int8"][0]

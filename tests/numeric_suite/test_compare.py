@@ -1,4 +1,4 @@
-"""fxquant.compare and ComparisonReport: table, worst, JSON, PNG plot, and errors."""
+"""fxquant.compare and NumericSuiteReport: table, worst, JSON, PNG plot, and errors."""
 from __future__ import annotations
 
 import json
@@ -14,7 +14,7 @@ SHAPE = (2, 3, 8, 8)
 
 
 @pytest.fixture
-def report(device: torch.device) -> tuple[ns.ComparisonReport, object]:
+def report(device: torch.device) -> tuple[ns.NumericSuiteReport, object]:
     model = mixnet().to(device)
     sim = calibrated_sim(model, SHAPE, device)
     gen = torch.Generator().manual_seed(3)

@@ -49,7 +49,15 @@ def test_equal_and_zero_tensors(device: torch.device) -> None:
     assert compute_normalized_l2_error(x, x).item() == 0.0
     assert compute_cosine_similarity(x, x).item() == pytest.approx(1.0)
     zero = torch.zeros(3, device=device)
-    assert math.isnan(compute_sqnr(zero, zero).item())
+    assert compute_sqnr(zero, zero).item() == math.inf  # identical, also when all zero
+    assert compute_normalized_l2_error(zero, zero).item() == 0.0
+    assert compute_cosine_similarity(zero, zero).item() == 1.0
+    assert compute_sqnr(zero, zero + 1).item() == -math.inf  # all-zero reference, an error
+    assert compute_normalized_l2_error(zero, zero + 1).item() == math.inf
+    bad = x.clone()
+    bad[3] = math.nan
+    assert math.isnan(compute_sqnr(x, bad).item())  # NaN is reported, not skipped
+    assert PairStats.of(x, bad).result().nonfinite == 1
 
 
 @pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor:UserWarning")
