@@ -38,16 +38,8 @@ from _aimet import run_worker  # noqa: E402
 import fxquant  # noqa: E402
 from fxquant.layer_outputs import LayerOutputDump, LayerOutputUtil  # noqa: E402
 
+# Runs after _aimet.WORKER_PRELUDE (quiet imports, ``args``, thread count).
 AIMET_WORKER = r"""
-import json, logging, os, shutil, sys, tempfile, time, warnings
-warnings.filterwarnings("ignore")
-logging.disable(logging.CRITICAL)
-import torch, torchvision
-from aimet_torch.model_preparer import prepare_model
-from aimet_torch.layer_output_utils import LayerOutputUtil, NamingScheme
-logging.disable(logging.CRITICAL)
-args = json.loads(sys.argv[1])
-torch.set_num_threads(args["threads"])
 torch.manual_seed(0)
 model = torchvision.models.resnet18().eval()
 gen = torch.Generator().manual_seed(1)

@@ -22,16 +22,8 @@ from _aimet import run_worker  # noqa: E402
 
 import fxquant  # noqa: E402
 
+# Runs after _aimet.WORKER_PRELUDE (quiet imports, ``args``, thread count).
 AIMET_WORKER = r"""
-import json, logging, statistics, sys, time, warnings
-warnings.filterwarnings("ignore")
-logging.disable(logging.CRITICAL)
-import torch, torchvision
-from aimet_torch.model_preparer import prepare_model
-from aimet_torch.batch_norm_fold import fold_all_batch_norms
-logging.disable(logging.CRITICAL)
-args = json.loads(sys.argv[1])
-torch.set_num_threads(args["threads"])
 out = {}
 for name in args["models"]:
     model = torchvision.models.get_model(name, weights=None).eval()

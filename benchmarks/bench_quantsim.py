@@ -28,20 +28,10 @@ from _timing import STEADY_ALLOCATOR, interleaved_ratios, use_steady_allocator  
 import fxquant  # noqa: E402
 from fxquant.quantsim.quantsim import QuantizationSimModel  # noqa: E402
 
+# Runs after _aimet.WORKER_PRELUDE (quiet imports, ``args``, thread count).
 AIMET_WORKER = r"""
-import json, logging, sys, warnings
-warnings.filterwarnings("ignore")
-logging.disable(logging.CRITICAL)
-import torch, torchvision
-from aimet_common.defs import QuantScheme
-from aimet_torch.model_preparer import prepare_model
-from aimet_torch.batch_norm_fold import fold_all_batch_norms
-from aimet_torch.quantsim import QuantizationSimModel
-logging.disable(logging.CRITICAL)
-args = json.loads(sys.argv[1])
 sys.path.insert(0, args["benchmarks_dir"])
 from _timing import interleaved_ratios
-torch.set_num_threads(args["threads"])
 
 result = {}
 for name in args["models"]:

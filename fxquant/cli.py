@@ -38,8 +38,8 @@ def _demo(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     result = Sequential(PrepareModelPass(), FoldBatchNormPass())(gm)
     passes_s = time.perf_counter() - start
-    prep = result.details["PrepareModelPass()"]
-    fold = result.details["FoldBatchNormPass()"]
+    prep = result.details["0:PrepareModelPass"]
+    fold = result.details["1:FoldBatchNormPass"]
     print(f"  prepare + fold {passes_s * 1e3:7.1f} ms")
     print(f"  functionals -> modules: {len(prep['converted'])}")
     for node_name, module_name in prep["converted"][: args.show]:
@@ -58,7 +58,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _compare_outputs(args: argparse.Namespace) -> int:
-    from fxquant.errors import FxQuantError
+    from fxquant.errors import FxQuantError, OutputExistsError
     from fxquant.layer_outputs import compare_layer_outputs
 
     try:
@@ -66,9 +66,13 @@ def _compare_outputs(args: argparse.Namespace) -> int:
                                        sqnr_threshold=args.threshold, layout_a=args.layout_a,
                                        layout_b=args.layout_b)
         if args.json:
-            report.to_json(args.json)
+            report.to_json(args.json, overwrite=args.overwrite)
         if args.plot:
-            report.plot(args.plot)
+            report.plot(args.plot, overwrite=args.overwrite)
+    except OutputExistsError as exc:
+        print(f"fxquant compare-outputs: error: {exc} (on the command line: --overwrite)",
+              file=sys.stderr)
+        return 2
     except (FxQuantError, OSError, ValueError) as exc:
         print(f"fxquant compare-outputs: error: {exc}", file=sys.stderr)
         return 2
@@ -112,6 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                      help="layout of dir_b's tensors when it has no manifest (e.g. NHWC)")
     cmp.add_argument("--json", help="write the report as JSON to this file")
     cmp.add_argument("--plot", help="write a plot of SQNR per tensor to this file (.png, .svg …)")
+    cmp.add_argument("--overwrite", action="store_true",
+                     help="replace existing --json / --plot files (default: refuse)")
     cmp.add_argument("--top", type=int, default=10, help="rows to print, worst first (10)")
     cmp.add_argument("--all", action="store_true", help="print every tensor in order")
     cmp.add_argument("--check", action="store_true",

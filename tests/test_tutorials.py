@@ -1,15 +1,103 @@
-"""Every tutorial runs to completion (each asserts its own claims)."""
+"""Every tutorial runs to completion and prints the figures it claims.
+
+Each tutorial's output is parsed and its numbers checked: counts (layers, quantizers, folds)
+exactly, SQNR and error figures against floors a little below the values measured on the seeded
+run (CPU, torch 2.14), so that a regression in what the tutorial demonstrates fails here.
+"""
 from __future__ import annotations
 
+import json
 import pathlib
+import re
 import runpy
+import sys
+from typing import Callable
 
 import pytest
 
-TUTORIALS = sorted((pathlib.Path(__file__).parent.parent / "tutorials").glob("*.py"))
+TUTORIAL_DIR = pathlib.Path(__file__).parent.parent / "tutorials"
+TUTORIALS = sorted(p for p in TUTORIAL_DIR.glob("*.py") if not p.name.startswith("_"))
+
+NUMBER = r"(-?[\d.]+(?:e[+-]?\d+)?)"
+
+
+def _find(pattern: str, out: str) -> tuple[str, ...]:
+    match = re.search(pattern, out)
+    assert match, f"the tutorial did not print a line matching {pattern!r}; it printed:\n{out}"
+    return match.groups()
+
+
+def _check_custom_pass(out: str, folder: pathlib.Path) -> None:
+    (rewritten,) = _find(r"rewrote (\d+) hardswish modules, e\.g\. \['features\.0\.2', ", out)
+    assert int(rewritten) == 19  # every Hardswish of mobilenet_v3_small
+    (folded,) = _find(r"folded (\d+) batch norms", out)
+    assert int(folded) == 34
+    (converted,) = _find(r"then converted (\d+) new ops to modules", out)
+    assert int(converted) == 3 * int(rewritten)  # add, mul, div per rewritten hardswish
+    (diff,) = _find(rf"relative difference to the original model: {NUMBER}", out)
+    assert 0.0 < float(diff) < 1e-5  # measured 1.9e-06: equal up to float rounding, not bit-exact
+    _find(r"as expected: ReplaceHardswishWithReLU6Scaled\(\) requires \['prepared'\] but the graph "
+          r"module has \[\] \(passes run so far: none\)", out)
+
+
+def _check_numeric_suite_sqnr(out: str, folder: pathlib.Path) -> None:
+    quantizers, enabled = _find(r"W8A8, (\d+) quantizers \((\d+) enabled\)", out)
+    assert int(quantizers) == int(enabled) == 118
+    layers, mean, worst = _find(rf"weights: (\d+) layers, mean SQNR {NUMBER} dB, worst \S+ at "
+                                rf"{NUMBER} dB", out)
+    assert int(layers) == 53                        # 52 convs + the classifier
+    assert float(mean) >= 43.0 and float(worst) >= 40.0  # measured 45.1 / 42.0
+    count, first, first_layer, last, last_layer = _find(
+        rf"activations \(unshadowed\): (\d+) quantized layers, SQNR falls from {NUMBER} dB at "
+        rf"(\S+) to {NUMBER} dB at (\S+)", out)
+    assert int(count) == 64
+    assert (first_layer, last_layer) == ("features.0.2", "classifier.1")
+    assert float(first) >= 35.0 and float(last) >= 5.0  # measured 37.8 / 7.1
+    assert float(first) > float(last) + 20.0             # the error accumulates through the net
+    shadowed, unshadowed, adds, add_layer, add_sqnr = _find(
+        rf"activations \(shadowed\): mean SQNR {NUMBER} dB vs {NUMBER} dB unshadowed; (\d+) "
+        rf"residual adds shadowed, e\.g\. (\S+) at {NUMBER} dB", out)
+    assert float(shadowed) >= 35.0 and float(unshadowed) >= 13.0  # measured 37.4 / 15.2
+    assert float(shadowed) >= float(unshadowed) + 15.0  # a layer's own error is far smaller
+    assert int(adds) == 10 and add_layer == "features.3.module_add"
+    assert float(add_sqnr) >= 33.0                       # measured 36.6
+    (table_layers,) = _find(r"'int8' vs 'fp32': (\d+) layers, 3 batch\(es\); worst first by act "
+                            r"sqnr", out)
+    assert int(table_layers) == 99
+    rows = re.findall(rf"^\d+\s+(\S+)\s+\S+\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}", out, re.M)
+    assert len(rows) == 5
+    act = [float(r[1]) for r in rows]
+    assert act == sorted(act) and act[0] >= 3.0          # worst first; measured 4.25 dB
+    assert all(float(r[3]) >= 30.0 for r in rows)       # shadowed SQNR of the same layers
+    (worst_alone,) = _find(r"worst layer on its own \(shadowed\): (\S+)", out)
+    assert re.fullmatch(r"features\.\d+\.conv\.\d+", worst_alone)
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "activations.png", "activations_shadowed.png", "report.json", "report.png", "weights.png"]
+    for png in folder.glob("*.png"):
+        assert png.read_bytes()[:4] == b"\x89PNG"
+    report = json.loads((folder / "report.json").read_text())
+    assert (report["model_a"], report["model_b"], report["num_batches"]) == ("fp32", "int8", 3)
+    assert len(report["layers"]) == int(table_layers) and report["unmatched"] == []
+
+
+CHECKS: dict[str, Callable[[str, pathlib.Path], None]] = {
+    "custom_pass": _check_custom_pass,
+    "numeric_suite_sqnr": _check_numeric_suite_sqnr,
+}
+
+
+def test_every_tutorial_has_checks() -> None:
+    assert {p.stem for p in TUTORIALS} == set(CHECKS)
 
 
 @pytest.mark.parametrize("path", TUTORIALS, ids=lambda p: p.stem)
-def test_tutorial_runs(path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
-    runpy.run_path(str(path), run_name="__main__")
-    assert capsys.readouterr().out.strip(), f"{path.name} printed nothing"
+def test_tutorial_prints_its_figures(path: pathlib.Path, tmp_path: pathlib.Path,
+                                     capsys: pytest.CaptureFixture[str],
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FXQUANT_TUTORIAL_OUT", str(tmp_path))
+    monkeypatch.setattr(sys, "path", list(sys.path))  # tutorials add their folder
+    try:
+        runpy.run_path(str(path), run_name="__main__")
+    finally:
+        sys.modules.pop("_common", None)
+    CHECKS[path.stem](capsys.readouterr().out, tmp_path)

@@ -1,13 +1,17 @@
 """Tutorial: write your own graph pass and run it next to fxquant's.
 
-A pass subclasses ``fxquant.Pass``, declares which state tags it needs and provides and whether it
-preserves numerics, and implements ``call(gm) -> PassResult``. ``fxquant.Sequential`` composes it
-with the built-in passes; failures come back as ``PassError`` naming the pass, the passes before
-it and the node.
+A pass subclasses ``fxquant.Pass``, declares which state tags it needs and provides, whether it
+preserves numerics and whether it works in place (``in_place``, checked on every run), and
+implements ``call(gm) -> PassResult``. ``fxquant.Sequential`` composes it with the built-in passes
+and keeps each pass's details under ``"<position>:<class name>"``; failures come back as
+``PassError`` naming the pass, the passes before it and the node.
 
 Run: python tutorials/custom_pass.py
 """
 from __future__ import annotations
+
+import pathlib
+import sys
 
 import torch
 import torch.fx
@@ -16,14 +20,18 @@ from torch import nn
 
 import fxquant
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from _common import reestimate_batch_norm_statistics  # noqa: E402
+
 
 class ReplaceHardswishWithReLU6Scaled(fxquant.Pass):
     """Rewrites hardswish(x) as x * relu6(x + 3) / 6 using modules (a target without a hardswish
     kernel). Needs the preparer's module form; numerics preserved up to float rounding."""
 
-    requires = frozenset({"prepared"})
+    requires = fxquant.PrepareModelPass.provides  # the "prepared" tag
     provides = frozenset({"no_hardswish"})
     preserves_numerics = False  # equal up to float rounding, not bit for bit
+    in_place = True  # call() edits and returns the graph module it is given
 
     def call(self, gm: torch.fx.GraphModule) -> fxquant.PassResult:
         rewritten = []
@@ -48,23 +56,10 @@ class ReplaceHardswishWithReLU6Scaled(fxquant.Pass):
         return fxquant.PassResult(gm, bool(rewritten), {"rewritten": rewritten})
 
 
-def reestimate_batch_norm_statistics(model: nn.Module, batches: int = 4) -> nn.Module:
-    """Fresh models keep BN statistics at mean 0 / var 1, so deep activations vanish; estimate
-    real statistics on a few seeded batches (a stand-in for calibration data)."""
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average
-    model.train()
-    with torch.no_grad():
-        for _ in range(batches):
-            model(torch.randn(8, 3, 96, 96))
-    return model.eval()
-
-
 def main() -> None:
     torch.manual_seed(0)
-    model = reestimate_batch_norm_statistics(torchvision.models.mobilenet_v3_small(weights=None))
+    model = reestimate_batch_norm_statistics(torchvision.models.mobilenet_v3_small(weights=None),
+                                             size=96, batches=4)
     x = torch.randn(1, 3, 96, 96)
 
     pipeline = fxquant.Sequential(
@@ -75,9 +70,11 @@ def main() -> None:
     )
     result = pipeline(fxquant.trace(model))
     gm = result.graph_module
-    rewritten = result.details["ReplaceHardswishWithReLU6Scaled()"]["rewritten"]
+    rewritten = result.details["2:ReplaceHardswishWithReLU6Scaled"]["rewritten"]
     print(f"rewrote {len(rewritten)} hardswish modules, e.g. {rewritten[:2]}")
-    print(f"folded {len(result.details['FoldBatchNormPass()']['folded'])} batch norms")
+    print(f"folded {len(result.details['1:FoldBatchNormPass']['folded'])} batch norms")
+    print(f"then converted {len(result.details['3:PrepareModelPass']['converted'])} new ops "
+          "to modules")
     with torch.no_grad():
         expected = model(x)
         diff = ((gm(x) - expected).norm() / expected.norm()).item()

@@ -21,32 +21,21 @@ from __future__ import annotations
 import os
 import pathlib
 import statistics
+import sys
 import tempfile
 
 import torch
 import torchvision
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from torch import nn
 
 import fxquant
 import fxquant.ns as ns
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from _common import reestimate_batch_norm_statistics  # noqa: E402
+
 SIZE = 64  # small images keep the tutorial quick; use 224 for real data
-
-
-def reestimate_batch_norm_statistics(model: nn.Module, batches: int = 3) -> nn.Module:
-    """Fresh models keep BN statistics at mean 0 / var 1, so deep activations vanish and SQNR
-    means nothing; estimate real statistics on a few seeded batches (a stand-in for data)."""
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average
-    model.train()
-    with torch.no_grad():
-        for _ in range(batches):
-            model(torch.randn(8, 3, SIZE, SIZE))
-    return model.eval()
 
 
 def plot_sqnr(results: dict, model_name: str, kind: str, title: str,
@@ -73,7 +62,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
 
     # 1. The float model and its W8A8 simulation -------------------------------------------
-    float_model = reestimate_batch_norm_statistics(torchvision.models.mobilenet_v2(weights=None))
+    float_model = reestimate_batch_norm_statistics(torchvision.models.mobilenet_v2(weights=None),
+                                                   size=SIZE, batches=3)
     data = [torch.randn(4, 3, SIZE, SIZE) for _ in range(3)]
     sim = fxquant.QuantizationSimModel(float_model, torch.randn(1, 3, SIZE, SIZE),
                                        quant_scheme="tf")

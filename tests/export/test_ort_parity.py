@@ -24,6 +24,12 @@ CONFIGS = {"w8a8_per_channel": {}, "w8a8_per_tensor": {"config_file": "per_tenso
 MODELS = {"small": (SmallNet, (2, 3, 16, 16)),
           "resnet18": (torchvision.models.resnet18, (1, 3, 64, 64)),
           "mobilenet_v2": (torchvision.models.mobilenet_v2, (1, 3, 64, 64))}
+#: Output-quantized layers per model (the same in every config): each is compared.
+LAYERS = {"small": 7, "resnet18": 30, "mobilenet_v2": 64}
+#: Floors on the worst single layer's bit-equal fraction (measured: 100% at 8-bit activations,
+#: 99.53% at w8a16 on mobilenet_v2's features.15.conv.2, 99.66% on resnet18's layer4.1.conv2).
+WORST_LAYER_8BIT = 0.999
+WORST_LAYER_W8A16 = 0.99
 
 
 def _check(name: str, config: str) -> None:
@@ -34,15 +40,21 @@ def _check(name: str, config: str) -> None:
     ex = export_for_parity(sim, torch.randn(*shape))
     results, skipped = per_layer_parity(ex, torch.randn(*shape, generator=torch.Generator().manual_seed(3)))
     assert not skipped, f"layers without a feedable subgraph: {skipped}"
-    assert results
+    # every enabled output quantizer's layer was compared, no more, no fewer
+    quantized = sorted(q.name for q in sim.quantizers() if q.kind == "output" and q.quantizer.enabled)
+    assert sorted(r.layer for r in results) == quantized
+    assert len(results) == LAYERS[name]
+    assert all(r.elements > 0 for r in results)
     total = sum(r.elements for r in results)
     equal = sum(r.equal_fraction * r.elements for r in results) / total
     worst = min(results, key=lambda r: r.equal_fraction)
     max_lsb = max(r.max_lsb for r in results)
-    print(f"\n{name} {config}: {len(results)} layers, {100 * equal:.4f}% bit-equal overall, worst layer "
-          f"{worst.layer} {100 * worst.equal_fraction:.4f}%, max {max_lsb:.0f} LSB")
-    assert max_lsb <= 1
-    assert equal >= (0.995 if config == "w8a16" else 0.9999)
+    figures = (f"{name} {config}: {len(results)} layers, {100 * equal:.4f}% bit-equal overall, worst "
+               f"layer {worst.layer} {100 * worst.equal_fraction:.4f}%, max {max_lsb:.0f} LSB")
+    sixteen = config == "w8a16"
+    assert max_lsb <= 1, figures
+    assert equal >= (0.995 if sixteen else 0.9999), figures
+    assert worst.equal_fraction >= (WORST_LAYER_W8A16 if sixteen else WORST_LAYER_8BIT), figures
 
 
 @pytest.mark.parametrize("config", list(CONFIGS))
@@ -70,14 +82,20 @@ def test_end_to_end_resnet18() -> None:
     with torch.no_grad():
         ref = sim.model(x).numpy()
     lsb = float(sim.quantizer("fc").encoding.scale)
-    for level in (DISABLE_ALL, ENABLE_ALL):
+    # measured: SQNR 35.8 / 32.5 dB, max 3 / 4 LSB, 60.9% / 42.0% bit-equal (DISABLE / ENABLE_ALL)
+    bars = {DISABLE_ALL: (33.0, 4.0, 0.5), ENABLE_ALL: (30.0, 6.0, 0.3)}
+    for level, (min_sqnr, max_lsb, min_equal) in bars.items():
         out = session(ex.qdq.model, level).run(None, {"x": x.numpy()})[0]
         sqnr = sqnr_db(ref, out)
         agree = float(np.mean(out.argmax(1) == ref.argmax(1)))
-        print(f"\nresnet18 e2e {level}: SQNR {sqnr:.1f} dB, argmax agreement {agree:.0%}, "
-              f"max {np.abs(out - ref).max() / lsb:.1f} LSB, {np.mean(out == ref):.1%} bit-equal")
-        assert agree == 1.0
-        assert sqnr >= 30.0
+        lsbs = float(np.abs(out - ref).max() / lsb)
+        equal = float(np.mean(out == ref))
+        figures = (f"resnet18 e2e {level}: SQNR {sqnr:.1f} dB, argmax agreement {agree:.0%}, "
+                   f"max {lsbs:.1f} LSB, {equal:.1%} bit-equal")
+        assert agree == 1.0, figures
+        assert sqnr >= min_sqnr, figures
+        assert lsbs <= max_lsb + 1e-3, figures  # the logits' LSB, up to float32 rounding
+        assert equal >= min_equal, figures
 
 
 def _conv_and_exact_output() -> tuple[torch.nn.Conv2d, torch.Tensor, torch.Tensor]:

@@ -45,9 +45,12 @@ def test_w8a8_ptq_keeps_digits_accuracy_within_one_point(scheme) -> None:
     sim = QuantizationSimModel(model, torch.randn(1, 1, 8, 8), quant_scheme=scheme)
     sim.compute_encodings(_calibrate)
     ptq = accuracy(sim.model)
-    print(f"digits {scheme}: FP32 {fp32:.2f}%  W8A8 {ptq:.2f}%")
-    assert fp32 > 95
-    assert ptq >= fp32 - 1.0
+    figures = f"digits {scheme}: FP32 {fp32:.2f}%  W8A8 {ptq:.2f}%"  # measured: 96.67 / >= 96.44
+    assert fp32 > 95, figures
+    assert fp32 - 1.0 <= ptq <= fp32 + 1.0, figures
+    x = digits()[0][:128]
+    with torch.no_grad():  # the figure is a quantized one: the sim's outputs differ from FP32's
+        assert not torch.equal(sim.model(x), model(x))
 
 
 def test_qat_recovers_w4a8_accuracy() -> None:
@@ -63,8 +66,9 @@ def test_qat_recovers_w4a8_accuracy() -> None:
     scale_before = learned[0].detach().clone()
     train(sim.model, epochs=4, lr=1e-3, seed=1)
     qat = accuracy(sim.model)
-    print(f"digits W4A8: FP32 {fp32:.2f}%  PTQ {ptq:.2f}%  QAT {qat:.2f}%")
-    assert qat > ptq
+    figures = f"digits W4A8: FP32 {fp32:.2f}%  PTQ {ptq:.2f}%  QAT {qat:.2f}%"  # 96.7 / 78.9 / 96.9
+    assert ptq <= fp32 - 10.0, figures  # 4-bit weights really hurt, so recovery means something
+    assert qat >= fp32 - 1.0, figures   # QAT recovers to within a point of FP32
     assert not torch.equal(scale_before, learned[0].detach())
 
 
@@ -104,8 +108,12 @@ def test_int32_bias_simulation() -> None:
     assert set(biases) >= {"conv1.bias", "conv2.bias", "fc.bias"}
     fc = sim.model.fc
     scale = biases["fc.bias"].scale()
-    q = fc.bias / scale  # the simulated bias sits on the int32 grid of input × weight scale
-    assert torch.equal(q, torch.round(q))
+    # The simulated bias sits on the int32 grid of input × weight scale: it is round(b/s)·s in
+    # float32, so dividing by s again gives the integer to within float32 rounding (1 ulp of q).
+    q = fc.bias.detach().double() / scale.detach().double()
+    ulp = torch.finfo(torch.float32).eps * q.abs().clamp_min(1)
+    assert torch.all((q - q.round()).abs() <= ulp), (q - q.round()).abs().max()
+    assert q.abs().max() > 100  # on a grid much finer than the bias values: a real check
     assert accuracy(sim.model) >= accuracy(model) - 1.0
 
 
@@ -150,8 +158,9 @@ def test_sim_runs_on_cuda_when_available(device: torch.device) -> None:
     sim.compute_encodings(lambda m: m(x))
     y = sim.model(x)
     assert y.device == x.device
-    assert all(q.quantizer.encoding.scale.device.type == device.type for q in sim.quantizers()
-               if q.quantizer.encoding is not None)
+    encodings = [q.quantizer.encoding for q in sim.quantizers() if q.quantizer.encoding is not None]
+    assert len(encodings) == len(list(sim.quantizers())) > 0, "calibration left quantizers empty"
+    assert all(e.scale.device.type == device.type for e in encodings)
 
 
 @pytest.mark.parametrize("version", ["1.0.0", "0.6.1", "2.0.0"])
