@@ -9,18 +9,24 @@ Example:
 from __future__ import annotations
 
 from fxquant.batch_norm_fold import fold_all_batch_norms
-from fxquant.errors import (CalibrationError, ConfigError, DataDependentError, FxQuantError,
-                            PassError, TraceError)
+from fxquant.errors import (CalibrationError, ConfigError, DataDependentError, FileWriteError,
+                            FxQuantError, OutputExistsError, PassError, TraceError)
 from fxquant.export import export_onnx
+from fxquant.export.errors import ExportError
 from fxquant.layer_outputs import (LayerOutputDump, LayerOutputUtil, NamingScheme,
                                    compare_layer_outputs)
+from fxquant.layer_outputs.errors import (DumpExistsError, DumpFormatError, DumpWriteError,
+                                          LayerOutputError)
 from fxquant import numeric_suite
 from fxquant import ns
 from fxquant.model_preparer import prepare_model
-from fxquant.numeric_suite import ComparisonReport, compare
-from fxquant.passes import (FoldBatchNormPass, Pass, PassResult, PrepareModelPass, Sequential)
+from fxquant.core.report import ComparisonReport
+from fxquant.numeric_suite import compare
+from fxquant.passes import (FoldBatchNormPass, InsertLoggersPass, InsertQuantizersPass,
+                            InsertShadowsPass, Pass, PassResult, PrepareModelPass,
+                            RemoveQuantizersPass, Sequential)
 from fxquant.passes.fold_batchnorm import BatchNormFoldError
-from fxquant.quantsim.checkpoint import load_checkpoint, save_checkpoint
+from fxquant.quantsim.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from fxquant.quantsim.quant_scheme import QuantizationDataType, QuantScheme
 from fxquant.quantsim.quantsim import QuantizationSimModel
 from fxquant.tracing import PH, AutoLeaf, Specialization, auto_leaves, specializations, trace
@@ -31,14 +37,25 @@ __all__ = [
     "AutoLeaf",
     "BatchNormFoldError",
     "CalibrationError",
+    "CheckpointError",
     "ComparisonReport",
     "ConfigError",
     "DataDependentError",
+    "DumpExistsError",
+    "DumpFormatError",
+    "DumpWriteError",
+    "ExportError",
+    "FileWriteError",
     "FoldBatchNormPass",
     "FxQuantError",
+    "InsertLoggersPass",
+    "InsertQuantizersPass",
+    "InsertShadowsPass",
     "LayerOutputDump",
+    "LayerOutputError",
     "LayerOutputUtil",
     "NamingScheme",
+    "OutputExistsError",
     "PH",
     "Pass",
     "PassError",
@@ -47,6 +64,7 @@ __all__ = [
     "QuantScheme",
     "QuantizationDataType",
     "QuantizationSimModel",
+    "RemoveQuantizersPass",
     "Sequential",
     "Specialization",
     "TraceError",

@@ -6,7 +6,7 @@ from typing import Any
 import torch
 import torch.fx
 
-__all__ = ["as_args", "graph_output_nodes"]
+__all__ = ["as_args", "graph_output_nodes", "is_hashable"]
 
 
 def as_args(dummy_input: Any) -> tuple[Any, ...]:
@@ -33,3 +33,17 @@ def graph_output_nodes(gm: torch.fx.GraphModule) -> set[torch.fx.Node]:
         if node.op == "output":
             torch.fx.node.map_arg(node.args, out.add)
     return out
+
+
+def is_hashable(obj: Any) -> bool:
+    """Whether ``obj`` can be a dict key / set member (fx targets can be unhashable partials).
+
+    Example:
+        >>> is_hashable(operator.add), is_hashable([1])
+        (True, False)
+    """
+    try:
+        hash(obj)
+    except TypeError:
+        return False
+    return True

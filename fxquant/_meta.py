@@ -1,14 +1,24 @@
-"""The one place that reads and writes fxquant's per-node state, ``node.meta["fxquant"]``.
+"""The one place that declares and reads fxquant's state: ``node.meta["fxquant"]`` and
+``gm.meta["fxquant"]``.
 
-Keys (all optional except where a pass sets them):
+Node keys (all optional except where a pass sets them):
     module_path: dotted path of the module whose code produced the node ("" for the root).
     handle: stable integer id assigned at trace time; copied when a pass replaces a node.
     source: "file:line: code" of the user's source line that produced the node.
     role: "op" (a model op), "quantizer", "logger" or "shadow" (a model-B copy of an op placed
         by the numeric suite's InsertShadowsPass).
-    layer_name: canonical layer name (the module path after the preparer) for quantizable ops.
+    layer_name: canonical layer name: the module path after the preparer, written on every op
+        node by ``PrepareModelPass``; quantizer, logger and shadow nodes carry their layer's.
+    quantizes: on a quantizer node, what it quantizes: "input" or "output" of its layer.
+    logs: on a logger node, what it logs ("output", "input", "input.<i>" …).
+    shadow_of: on shadow nodes and their loggers, the layer they shadow.
+    ns_unmatched: (graph-module key) layers the numeric suite could not match.
 
-Passes never set ad-hoc attributes on nodes; they call these helpers.
+Graph-module keys: ``auto_leaves`` and ``specializations`` (set by tracing), and the pass
+history / state tags (set by ``fxquant.passes.base``).
+
+Passes never set ad-hoc attributes on nodes, and no module retypes a key: they use these
+constants and helpers.
 """
 from __future__ import annotations
 
@@ -22,6 +32,19 @@ HANDLE = "handle"
 SOURCE = "source"
 ROLE = "role"
 LAYER_NAME = "layer_name"
+
+QUANTIZES = "quantizes"
+LOGS = "logs"
+SHADOW_OF = "shadow_of"
+
+#: Values of :data:`QUANTIZES`.
+QUANTIZES_INPUT = "input"
+QUANTIZES_OUTPUT = "output"
+
+# Graph-module keys (under ``gm.meta[META_KEY]``).
+AUTO_LEAVES = "auto_leaves"
+SPECIALIZATIONS = "specializations"
+NS_UNMATCHED = "ns_unmatched"
 
 ROLE_OP = "op"
 ROLE_QUANTIZER = "quantizer"
@@ -55,9 +78,46 @@ def copy_meta(src: torch.fx.Node, dst: torch.fx.Node, **overrides: Any) -> None:
         dst.meta["stack_trace"] = src.meta["stack_trace"]
 
 
+def graph_meta(gm: torch.nn.Module) -> dict[str, Any]:
+    """Returns (creating it if missing) the fxquant metadata dict of a graph module."""
+    meta = getattr(gm, "meta", None)
+    if meta is None:
+        meta = {}
+        gm.meta = meta  # type: ignore[assignment]
+    return meta.setdefault(META_KEY, {})
+
+
+def graph_get(gm: torch.nn.Module, key: str, default: Any = None) -> Any:
+    """Reads one fxquant metadata value of a graph module (``default`` if absent)."""
+    return (getattr(gm, "meta", None) or {}).get(META_KEY, {}).get(key, default)
+
+
+def unshare_node_meta(gm: torch.fx.GraphModule) -> None:
+    """Gives every node of ``gm`` its own fxquant metadata dict.
+
+    ``copy.deepcopy`` of a GraphModule copies ``node.meta`` shallowly, so without this a pass on
+    the copy would write into the original's metadata.
+    """
+    for node in gm.graph.nodes:
+        if META_KEY in node.meta:
+            node.meta[META_KEY] = dict(node.meta[META_KEY])
+    if isinstance(getattr(gm, "meta", None), dict) and META_KEY in gm.meta:
+        gm.meta[META_KEY] = dict(gm.meta[META_KEY])
+
+
 def module_path(node: torch.fx.Node) -> str | None:
     """The dotted module path recorded for ``node``, or None."""
     return get(node, MODULE_PATH)
+
+
+def role(node: torch.fx.Node) -> str | None:
+    """The role of ``node`` ("op", "quantizer", "logger", "shadow"), or None."""
+    return get(node, ROLE)
+
+
+def layer_name(node: torch.fx.Node) -> str | None:
+    """The canonical layer name recorded on ``node``, or None."""
+    return get(node, LAYER_NAME)
 
 
 def source(node: torch.fx.Node) -> str | None:
@@ -96,3 +156,57 @@ def describe(node: torch.fx.Node) -> str:
     if src:
         parts.append(f"source: {src}")
     return "; ".join(parts)
+
+
+# --- graph-module state: tags and pass history ---------------------------------------------------
+# Kept under ``gm.meta[META_KEY]`` by ``fxquant.passes.base.Pass.__call__``; passes declare the
+# tags they need and establish with these constants (``requires = frozenset({TAG_PREPARED})``).
+
+#: Graph-module key: the state tags established so far (a sorted list of tag strings).
+TAGS = "tags"
+#: Graph-module key: ``repr`` of every pass run on the graph module, oldest first.
+PASS_HISTORY = "passes"
+
+#: Every op a quantizer may sit after is a uniquely named module (PrepareModelPass).
+TAG_PREPARED = "prepared"
+#: Foldable batch norms are folded into their conv/linear layers (FoldBatchNormPass).
+TAG_BN_FOLDED = "bn_folded"
+#: Quantizer nodes and parametrizations are in place (InsertQuantizersPass).
+TAG_QUANTIZED = "quantized"
+#: No quantizer is left: the float graph (RemoveQuantizersPass).
+TAG_FLOAT = "float"
+#: Numeric-suite loggers are in place (InsertLoggersPass).
+TAG_LOGGERS = "loggers"
+#: Model B's shadows are in place (InsertShadowsPass).
+TAG_SHADOWED = "shadowed"
+
+
+def state_tags(gm: torch.nn.Module) -> frozenset[str]:
+    """The state tags established on ``gm`` by the passes run on it; reading creates nothing.
+
+    Example:
+        >>> state_tags(fxquant.prepare_model(model))
+        frozenset({'prepared'})
+    """
+    return frozenset(graph_get(gm, TAGS, ()))
+
+
+def pass_history(gm: torch.nn.Module) -> tuple[str, ...]:
+    """``repr`` of every pass run on ``gm``, oldest first; reading creates nothing.
+
+    Example:
+        >>> pass_history(fxquant.prepare_model(model))
+        ('PrepareModelPass()',)
+    """
+    return tuple(graph_get(gm, PASS_HISTORY, ()))
+
+
+def record_pass(gm: torch.nn.Module, history: Iterable[str], tags: Iterable[str]) -> None:
+    """Sets ``gm``'s pass history and state tags (new lists: a copy never shares them).
+
+    Example:
+        >>> record_pass(gm, [*pass_history(gm), "MyPass()"], state_tags(gm) | {"mine"})
+    """
+    meta = graph_meta(gm)
+    meta[PASS_HISTORY] = list(history)
+    meta[TAGS] = sorted(tags)

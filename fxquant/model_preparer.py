@@ -9,6 +9,8 @@ from typing import Any, Iterable
 import torch.fx
 from torch import nn
 
+from fxquant import _meta
+from fxquant.passes.base import state_tags
 from fxquant.passes.prepare import PrepareModelPass
 from fxquant.tracing import trace
 
@@ -25,7 +27,9 @@ def prepare_model(model: nn.Module, modules_to_exclude: Iterable[nn.Module | str
     Functionals (``F.relu``, ``x + y``, ``torch.cat`` …) become modules named after the module
     that called them (``layer1.0.module_add``), functional convs/linears on parameter weights
     become real ``nn.Conv2d``/``nn.Linear``, and a module called at several sites is split.
-    The caller's model is not changed; outputs are bit-identical to it.
+    The caller's model is not changed; outputs are bit-identical to it. Preparing is
+    idempotent: a model this function returned is copied, not re-traced, and comes back with the
+    same code and names.
 
     Args:
         model: the model to prepare.
@@ -56,7 +60,14 @@ def prepare_model(model: nn.Module, modules_to_exclude: Iterable[nn.Module | str
             raise TypeError(f"module_classes_to_exclude entries must be nn.Module classes, "
                             f"got {cls!r}")
     model_copy = copy.deepcopy(model)
-    gm = trace(model_copy, leaf_modules=(*paths, *classes), concrete_args=concrete_args)
+    if (isinstance(model_copy, torch.fx.GraphModule) and _meta.TAG_PREPARED in state_tags(model_copy)
+            and not paths and not classes and concrete_args is None):
+        # Already prepared: not re-traced, so names, node metadata and source lines are kept
+        # (the pass then finds nothing to do). Preparing is idempotent.
+        _meta.unshare_node_meta(model_copy)
+        gm = model_copy
+    else:
+        gm = trace(model_copy, leaf_modules=(*paths, *classes), concrete_args=concrete_args)
     return PrepareModelPass(tuple(paths), classes)(gm).graph_module
 
 

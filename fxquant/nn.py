@@ -35,6 +35,10 @@ class FunctionalModule(nn.Module):
         method: the name of a tensor method to call on the first argument (e.g. ``"view"``).
     """
 
+    #: Always a leaf when traced (see ``fxquant.tracing.LEAF_MARKER``): re-tracing a prepared
+    #: model keeps ``layer1.0.module_add`` one ``call_module`` node, so preparing is idempotent.
+    _fxquant_leaf = True
+
     def __init__(self, fn: Callable[..., Any] | None = None, method: str | None = None) -> None:
         super().__init__()
         if (fn is None) == (method is None):

@@ -1,6 +1,9 @@
 """Shared fixtures: devices, seeding and model helpers."""
 from __future__ import annotations
 
+import gc
+from typing import Iterator
+
 import pytest
 import torch
 
@@ -14,5 +17,10 @@ def device(request: pytest.FixtureRequest) -> torch.device:
 
 
 @pytest.fixture(autouse=True)
-def _seed() -> None:
+def _seed() -> Iterator[None]:
     torch.manual_seed(0)
+    yield
+    # GraphModules sit in reference cycles (graph <-> owning module), so a finished test's models
+    # are freed only by the cycle collector; collect now, or the next model-zoo test allocates
+    # its copies on top of the last one's and the suite's peak memory doubles.
+    gc.collect()

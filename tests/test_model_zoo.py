@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import gc
 
 import pytest
 import torch
@@ -9,10 +10,12 @@ import torchvision
 from torch import nn
 
 import fxquant
+import fxquant.core.layers
 from tests.models import randomize_batch_norms
 
 MODELS = sorted(torchvision.models.list_models(module=torchvision.models))
 _FIXED_224 = ("vit", "swin", "maxvit")
+_COPY_CHECK_MAX_PARAMS = 200_000_000
 
 
 def _input(name: str) -> torch.Tensor:
@@ -33,6 +36,29 @@ def _bns_follow_layers(gm: torch.fx.GraphModule) -> bool:
     return True
 
 
+def _assert_prepare_is_idempotent(name: str, prepared: torch.fx.GraphModule) -> None:
+    """Preparing a prepared model changes nothing: not through prepare_model (which copies it:
+    same code) and not when it is traced again and the pass re-run, as a user's own re-trace goes
+    (same modules and layer names; the regenerated code differs only in cosmetic node names)."""
+    layers = sorted(fxquant.core.layers.layer_nodes(prepared))
+    modules = sorted(n for n, _ in prepared.named_modules())
+    routes = {"trace + PrepareModelPass": fxquant.PrepareModelPass()(fxquant.trace(prepared))}
+    # prepare_model copies the weights: on the largest models (vit_h_14, regnet_y_128gf: 2.5 GB
+    # each) that third copy alone would take the suite's peak memory past its budget; the copy
+    # route is the same code for every model, so it is checked on the others.
+    if sum(p.numel() for p in prepared.parameters()) < _COPY_CHECK_MAX_PARAMS:
+        again = fxquant.prepare_model(prepared)
+        assert again.code == prepared.code, f"{name}: prepare_model of a prepared model changed code"
+        routes["prepare_model"] = fxquant.PrepareModelPass()(again)
+    for how, result in routes.items():
+        # (a re-trace starts from fresh node metadata, so only the names get written again)
+        assert not result.details["converted"] and not result.details["split"], f"{name}: {how}"
+        assert how != "prepare_model" or not result.modified, f"{name}: prepare_model modified it"
+        gm = result.graph_module
+        assert sorted(n for n, _ in gm.named_modules()) == modules, f"{name}: {how} renamed modules"
+        assert sorted(fxquant.core.layers.layer_nodes(gm)) == layers, f"{name}: {how} renamed layers"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", MODELS)
 def test_prepare_and_fold_torchvision(name: str) -> None:
@@ -44,6 +70,7 @@ def test_prepare_and_fold_torchvision(name: str) -> None:
         expected = model(x)
         prepared = fxquant.prepare_model(model)
         assert torch.equal(prepared(x), expected), f"{name}: prepare_model changed the output"
+        _assert_prepare_is_idempotent(name, prepared)
         all_foldable = _bns_follow_layers(prepared)
         folded = fxquant.fold_all_batch_norms(prepared)
         remaining = [n for n, m in prepared.named_modules()
@@ -67,6 +94,8 @@ def test_prepare_and_fold_torchvision(name: str) -> None:
         # Fresh BNs (mean 0, var 1, γ 1, β 0) make the fold nearly an identity; check the fold
         # arithmetic with non-trivial statistics too. Float32 summation noise compounds with
         # depth here, so this check is on the relative L2 error of the whole output.
+        del prepared, folded, got
+        gc.collect()  # a GraphModule sits in reference cycles: free its weights before the next
         randomize_batch_norms(model)
         expected = model(x)
         prepared = fxquant.prepare_model(model)

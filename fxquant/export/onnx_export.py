@@ -49,10 +49,10 @@ import torch.fx
 from onnx import helper, numpy_helper
 from torch import nn
 
-from fxquant import _meta
 from fxquant._fx_utils import as_args
-from fxquant.export._files import save_onnx_atomic
-from fxquant.passes.base import state_tags
+from fxquant.core.files import atomic_write
+from fxquant.core.layers import has_quantizers, is_layer, layer_name
+from fxquant.model_resolution import private_copy, resolve_model
 from fxquant.passes.remove_quantizers import RemoveQuantizersPass
 
 __all__ = ["OnnxExport", "export_onnx", "MIN_OPSET"]
@@ -93,14 +93,6 @@ class OnnxExport:
     path: str | None = None
 
 
-def _has_quantizers(gm: torch.fx.GraphModule) -> bool:
-    from torch.nn.utils import parametrize
-
-    if any(_meta.get(n, _meta.ROLE) == _meta.ROLE_QUANTIZER for n in gm.graph.nodes):
-        return True
-    return any(parametrize.is_parametrized(m) for m in gm.modules())
-
-
 def float_graph_module(gm_or_model: nn.Module) -> torch.fx.GraphModule:
     """A prepared float GraphModule for export: prepares an ``nn.Module`` with
     :func:`fxquant.prepare_model`, and removes quantizers from a copy of a quantized one.
@@ -112,14 +104,9 @@ def float_graph_module(gm_or_model: nn.Module) -> torch.fx.GraphModule:
     if not isinstance(gm_or_model, nn.Module):
         raise TypeError(f"export_onnx expects an nn.Module or a GraphModule, got "
                         f"{type(gm_or_model).__qualname__}")
-    if isinstance(gm_or_model, torch.fx.GraphModule) and "prepared" in state_tags(gm_or_model):
-        gm = gm_or_model
-    else:
-        from fxquant.model_preparer import prepare_model
-
-        gm = prepare_model(gm_or_model)
-    if _has_quantizers(gm):
-        gm = RemoveQuantizersPass()(copy.deepcopy(gm)).graph_module
+    gm = resolve_model(gm_or_model, copy=False, what="export_onnx's model").gm
+    if has_quantizers(gm):
+        gm = RemoveQuantizersPass()(private_copy(gm)).graph_module
     return gm
 
 
@@ -192,7 +179,7 @@ def export_onnx(gm_or_model: nn.Module, dummy_input: Any, path: str | os.PathLik
     out_path = None
     if path is not None:
         out_path = os.fspath(path)
-        save_onnx_atomic(model, out_path)
+        atomic_write(out_path, lambda tmp: onnx.save_model(model, tmp), suffix=".onnx")
     return OnnxExport(model, gm, layer_outputs, tuple(unmapped), fx_values, opset, out_path)
 
 
@@ -230,11 +217,7 @@ def _fx_node_of(onnx_node: onnx.NodeProto, origin: Mapping[str, str],
 
 
 def _layer_of(node: torch.fx.Node | None) -> str | None:
-    if node is None or node.op != "call_module":
-        return None
-    if _meta.get(node, _meta.ROLE) not in (_meta.ROLE_OP, None):
-        return None
-    return str(node.target)
+    return layer_name(node) if node is not None and is_layer(node) else None
 
 
 def _is_tuple_meta(node: torch.fx.Node) -> bool:

@@ -31,9 +31,8 @@ from typing import Any
 
 import numpy as np
 import onnx
-from tqdm.auto import tqdm
 
-from fxquant.layer_outputs._dump import DumpWriter, HostInstance, check_dir
+from fxquant.layer_outputs.dump_writer import DumpWriter, HostInstance, check_dir
 
 __all__ = ["LayerOutputUtil", "dumped_tensors"]
 
@@ -287,16 +286,8 @@ class LayerOutputUtil:
             >>> util.generate_layer_outputs_batch([x0, x1])
             2
         """
-        total = len(input_instances) if hasattr(input_instances, "__len__") else None
-        count = 0
-        try:
-            for instance in tqdm(input_instances, total=total, desc="layer outputs (ORT)",
-                                 unit="input", leave=False, disable=None if progress else True):
-                self._writer.submit(self._instance(instance), wait=False)
-                count += 1
-        finally:
-            self._writer.flush()
-        return count
+        return self._writer.submit_all(input_instances, self._instance, desc="layer outputs (ORT)",
+                                       progress=progress)
 
     def close(self) -> None:
         """Finishes pending writes and stops the writer thread."""

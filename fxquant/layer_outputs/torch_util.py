@@ -20,12 +20,11 @@ Names (``naming_scheme``):
 * ``NamingScheme.TORCHSCRIPT``: the debug names of ``torch.jit.trace`` outputs (AIMET
   compatibility; numeric, e.g. ``1384``).
 
-Files: see :mod:`fxquant.layer_outputs._dump` (AIMET layout plus ``manifest.json``).
+Files: see :mod:`fxquant.layer_outputs.dump_writer` (AIMET layout plus ``manifest.json``).
 """
 from __future__ import annotations
 
 import contextlib
-import copy
 import enum
 import logging
 import os
@@ -36,16 +35,19 @@ from typing import Any, Callable
 import torch
 import torch.fx
 from torch import nn
-from tqdm.auto import tqdm
+from torch.fx.passes.shape_prop import TensorMetadata
 
 from fxquant import _meta
-from fxquant.layer_outputs._dump import DumpWriter, HostInstance, check_dir
+from fxquant.core.layers import has_quantizers, is_layer, layer_name, output_quantizer_node
+from fxquant.export import export_onnx
+from fxquant.export.qdq import QDQ_OPSET
+from fxquant.model_resolution import private_copy, resolve_model
+from fxquant.passes.remove_quantizers import RemoveQuantizersPass
+from fxquant.layer_outputs.dump_writer import DumpWriter, HostInstance, check_dir
 
 __all__ = ["LayerOutputUtil", "NamingScheme"]
 
 logger = logging.getLogger(__name__)
-
-_QUANTIZES = "quantizes"  # InsertQuantizersPass's meta key ("input" / "output")
 
 
 class NamingScheme(enum.Enum):
@@ -116,56 +118,31 @@ def _check_dummy(dummy_input: Any, scheme: NamingScheme) -> None:
                          f"positional inputs, got {type(dummy_input).__qualname__}")
 
 
-def _is_quantized(gm: torch.fx.GraphModule) -> bool:
-    return any(_meta.get(n, _meta.ROLE) == _meta.ROLE_QUANTIZER for n in gm.graph.nodes)
-
-
 def _resolve_model(model: Any) -> tuple[torch.fx.GraphModule, bool, str]:
     """(graph module to run, whether it holds quantizers, a description)."""
-    from fxquant.passes.base import state_tags
-    from fxquant.quantsim.quantsim import QuantizationSimModel
-
-    if isinstance(model, QuantizationSimModel):
-        return model.model, True, repr(model)
-    if isinstance(model, torch.fx.GraphModule):
-        if _is_quantized(model):
-            return model, True, "quantized GraphModule"
-        if "prepared" in state_tags(model):
-            return model, False, f"prepared {type(model).__name__}"
-    if isinstance(model, nn.Module):
-        from fxquant.model_preparer import prepare_model
-
-        return prepare_model(model), False, type(model).__qualname__
-    raise TypeError(f"LayerOutputUtil expects an nn.Module or a QuantizationSimModel, got "
-                    f"{type(model).__qualname__}")
-
-
-def _layer_of(node: torch.fx.Node) -> bool:
-    return node.op == "call_module" and _meta.get(node, _meta.ROLE) in (_meta.ROLE_OP, None)
+    resolved = resolve_model(model, copy=False, what="LayerOutputUtil's model")
+    return resolved.gm, has_quantizers(resolved.gm), resolved.description
 
 
 def _sites(gm: torch.fx.GraphModule) -> list[_Site]:
-    """Where each layer's recorded value comes from, in graph order."""
+    """Where each layer's recorded value comes from, in graph order: a model input's quantizer,
+    a layer's output quantizer, or the layer itself."""
     sites = []
     for node in gm.graph.nodes:
-        role = _meta.get(node, _meta.ROLE)
-        if role == _meta.ROLE_QUANTIZER and _meta.get(node, _QUANTIZES) == "input":
-            sites.append(_Site(_meta.get(node, _meta.LAYER_NAME), str(node.target), node,
+        if node.op == "call_module" and _meta.role(node) == _meta.ROLE_QUANTIZER \
+                and _meta.get(node, _meta.QUANTIZES) == _meta.QUANTIZES_INPUT:
+            sites.append(_Site(layer_name(node), str(node.target), node,
                                node.meta.get("tensor_meta")))
-        elif _layer_of(node):
-            quantizer = next((u for u in node.users
-                              if _meta.get(u, _meta.ROLE) == _meta.ROLE_QUANTIZER
-                              and _meta.get(u, _QUANTIZES) == "output"), None)
+        elif is_layer(node):
+            quantizer = output_quantizer_node(node)
             source = quantizer if quantizer is not None else node
-            sites.append(_Site(str(node.target), str(source.target), node,
+            sites.append(_Site(layer_name(node), str(source.target), node,
                                node.meta.get("tensor_meta")))
     return sites
 
 
 def _expected_names(sites: Sequence[_Site]) -> list[str] | None:
     """The names a forward will record, when shape propagation has run on every site."""
-    from torch.fx.passes.shape_prop import TensorMetadata
-
     names = []
     for site in sites:
         meta = site.meta
@@ -182,19 +159,13 @@ def _expected_names(sites: Sequence[_Site]) -> list[str] | None:
 def _float_module(gm: torch.fx.GraphModule, quantized: bool) -> torch.fx.GraphModule:
     if not quantized:
         return gm
-    from fxquant.passes.remove_quantizers import RemoveQuantizersPass
-
-    return RemoveQuantizersPass()(copy.deepcopy(gm)).graph_module
+    return RemoveQuantizersPass()(private_copy(gm)).graph_module
 
 
 def _onnx_names(gm: torch.fx.GraphModule, quantized: bool, dummy_input: Any,
                 onnx_export_args: Mapping[str, Any] | None) -> tuple[dict[str, str], Any]:
-    from fxquant.export import export_onnx
-
     args = dict(onnx_export_args or {})
     if quantized:  # what sim.export passes to export_onnx
-        from fxquant.export.qdq import QDQ_OPSET
-
         args.setdefault("opset_version", QDQ_OPSET)
     exported = export_onnx(gm, dummy_input, onnx_export_args=args)
     names = dict(exported.layer_outputs)
@@ -467,17 +438,8 @@ class LayerOutputUtil:
             >>> util.generate_layer_outputs_batch(torch.randn(32, 1, 3, 224, 224))
             32
         """
-        total = len(input_instances) if hasattr(input_instances, "__len__") else None
-        count = 0
-        try:
-            for instance in tqdm(input_instances, total=total, desc="layer outputs", unit="input",
-                                 leave=False, disable=None if progress else True):
-                self._writer.submit(self._instance(instance), wait=False)
-                count += 1
-        finally:
-            self._writer.flush()
-        logger.info("wrote layer outputs of %d input instances to %s", count, self.dir_path)
-        return count
+        return self._writer.submit_all(input_instances, self._instance, desc="layer outputs",
+                                       progress=progress)
 
     def close(self) -> None:
         """Finishes pending writes and stops the writer thread (also done at exit)."""

@@ -11,19 +11,18 @@ from torch import nn
 
 from fxquant import _meta
 from fxquant.numeric_suite._matching import LayerPair, Matching, UnmatchedLayer
-from fxquant.numeric_suite._models import TORCH_QUANTIZED, PreparedModel, is_torch_quantized_module
+from fxquant.core.layers import is_layer
+from fxquant.numeric_suite.compared_models import (TORCH_QUANTIZED, PreparedModel,
+                                                   is_torch_quantized_module)
 from fxquant.numeric_suite.loggers import OutputLogger
 from fxquant.numeric_suite.stats import Comparison
 from fxquant.passes.insert_loggers import InsertLoggersPass, LogSite, logged_output_node
 from fxquant.passes.insert_shadows import InsertShadowsPass, ShadowSite
 from fxquant.quantsim.quantizer import QuantizerBase
 
-__all__ = ["Instrumented", "instrument", "UNMATCHED_META", "Requantize"]
+__all__ = ["Instrumented", "instrument", "Requantize"]
 
 logger = logging.getLogger(__name__)
-
-#: gm.meta["fxquant"] key holding the UnmatchedLayer list of an instrumented model.
-UNMATCHED_META = "ns_unmatched"
 
 _SiteKey = tuple[str, str, int, int]  # (model A's key, results type, index of arg, within arg)
 
@@ -54,7 +53,7 @@ class Requantize(nn.Module):
 
 def _torch_quantization_point(gm: torch.fx.GraphModule, node: torch.fx.Node
                               ) -> tuple[torch.fx.Node, nn.Module] | None:
-    if node.op != "call_module" or _meta.get(node, _meta.ROLE) != _meta.ROLE_OP:
+    if not is_layer(node):
         return None
     module = gm.get_submodule(str(node.target))
     if not is_torch_quantized_module(module) or not hasattr(module, "scale"):
@@ -146,7 +145,7 @@ def _link(first: dict[_SiteKey, OutputLogger], second: dict[_SiteKey, OutputLogg
 def _remember(gm: torch.fx.GraphModule, unmatched: list[UnmatchedLayer]) -> None:
     if not isinstance(getattr(gm, "meta", None), dict):
         gm.meta = {}
-    gm.meta.setdefault(_meta.META_KEY, {})[UNMATCHED_META] = tuple(unmatched)
+    _meta.graph_meta(gm)[_meta.NS_UNMATCHED] = tuple(unmatched)
 
 
 def instrument(a: PreparedModel, b: PreparedModel, matching: Matching, pairs: list[LayerPair], *,

@@ -24,7 +24,8 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from fxquant import nn as fxnn
-from fxquant.numeric_suite._models import TORCH_QUANTIZED, PreparedModel, is_torch_quantized_module
+from fxquant.numeric_suite.compared_models import (TORCH_QUANTIZED, PreparedModel,
+                                                   is_torch_quantized_module)
 
 __all__ = ["UnmatchedLayer", "LayerPair", "WeightPair", "Matching", "match_layers",
            "display_type"]

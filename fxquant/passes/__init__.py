@@ -7,6 +7,8 @@ from fxquant.passes.insert_loggers import InsertLoggersPass
 from fxquant.passes.insert_quantizers import InsertQuantizersPass
 from fxquant.passes.insert_shadows import InsertShadowsPass
 from fxquant.passes.prepare import PrepareModelPass
+from fxquant.passes.remove_quantizers import RemoveQuantizersPass
 
-__all__ = ["FoldBatchNormPass", "InsertLoggersPass", "InsertQuantizersPass", "InsertShadowsPass", "Pass", "PassResult", "PrepareModelPass", "Sequential",
+__all__ = ["FoldBatchNormPass", "InsertLoggersPass", "InsertQuantizersPass", "InsertShadowsPass",
+           "Pass", "PassResult", "PrepareModelPass", "RemoveQuantizersPass", "Sequential",
            "pass_history", "state_tags"]

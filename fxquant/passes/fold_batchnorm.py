@@ -23,8 +23,9 @@ import torch
 import torch.fx
 from torch import nn
 
+from fxquant import _meta
 from fxquant.errors import FxQuantError
-from fxquant.passes.base import Pass, PassResult
+from fxquant.passes.base import Pass, PassResult, errors_at
 
 __all__ = ["FoldBatchNormPass", "BatchNormFoldError"]
 
@@ -52,8 +53,9 @@ class FoldBatchNormPass(Pass):
     """
 
     requires = frozenset()
-    provides = frozenset({"bn_folded"})
+    provides = frozenset({_meta.TAG_BN_FOLDED})
     preserves_numerics = True
+    in_place = True
 
     def __init__(self, skip: frozenset[str] | tuple[str, ...] = ()) -> None:
         self.skip = frozenset(skip)
@@ -79,7 +81,8 @@ class FoldBatchNormPass(Pass):
                     and len(node.args) == 1 and _unshared(layer, param_owners)
                     and _layer_channels(layer, output=True) == bn.num_features
                     and _rank_ok(layer, src)):
-                _fold_backward(_own_copy(gm, modules, str(src.target)), bn)
+                with errors_at(node):
+                    _fold_backward(_own_copy(gm, modules, str(src.target)), bn)
                 node.replace_all_uses_with(src)
                 gm.graph.erase_node(node)
                 folded.append((str(src.target), str(node.target)))
@@ -93,7 +96,8 @@ class FoldBatchNormPass(Pass):
                     or conv.groups != 1 or not _no_padding(conv) or not _unshared(conv, param_owners)
                     or conv.in_channels != bn.num_features):
                 continue
-            _fold_forward(bn, _own_copy(gm, modules, str(user.target)))
+            with errors_at(node):
+                _fold_forward(bn, _own_copy(gm, modules, str(user.target)))
             node.replace_all_uses_with(node.args[0])
             gm.graph.erase_node(node)
             folded.append((str(user.target), str(node.target)))

@@ -1,7 +1,7 @@
 """InsertLoggersPass: logger modules that record what a layer computes.
 
-For every selected layer (a ``call_module`` node with role "op"; its canonical name is its target,
-e.g. ``layer1.0.conv1``) the pass inserts a ``call_module`` node right after the value to record:
+For every selected layer (see :mod:`fxquant.core.layers`; its canonical name is its module path
+after the preparer, e.g. ``layer1.0.conv1``) the pass inserts a ``call_module`` node right after the value to record:
 
 * ``node_output``: the layer's output — after its output quantizer when one follows it (what a
   quantized target computes), else the op's own output;
@@ -16,33 +16,32 @@ their nodes carry ``role="logger"``, ``layer_name`` and ``logs`` ("output"/"inpu
 ``_is_impure`` so that ``graph.eliminate_dead_code()`` keeps them.
 
 The module also holds the small graph helpers shared with
-:mod:`fxquant.passes.insert_shadows` (finding layers, their output quantizers, in-place ops).
+:mod:`fxquant.passes.insert_shadows` (logged values, tensor arguments, in-place ops); which nodes
+are layers is :mod:`fxquant.core.layers`'s.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
 import operator
-from typing import Any, Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 import torch.fx
 from torch import nn
 
 from fxquant import _meta
-from fxquant.passes.base import Pass, PassResult
+from fxquant._fx_utils import is_hashable
+from fxquant.core.layers import layer_nodes, output_quantizer_node, type_name
+from fxquant.passes.base import Pass, PassResult, errors_at
 
-__all__ = ["InsertLoggersPass", "LogSite", "LOGGER_ROOT", "LOGS", "layer_nodes",
-           "output_quantizer_node", "logged_output_node", "may_mutate_input", "tensor_args",
-           "type_name", "logger_nodes"]
+__all__ = ["InsertLoggersPass", "LogSite", "LOGGER_ROOT", "logged_output_node",
+           "may_mutate_input", "tensor_args", "logger_nodes"]
 
 logger = logging.getLogger(__name__)
 
 #: Root container of every logger module the numeric-suite passes add.
 LOGGER_ROOT = "ns_loggers"
-#: Meta key on logger nodes: "output" or "input".
-LOGS = "logs"
-_QUANTIZES = "quantizes"  # written by InsertQuantizersPass (its QUANTIZES constant)
 
 _INPLACE_OPERATORS = frozenset({
     operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ifloordiv,
@@ -77,49 +76,6 @@ class LogSite:
     index_within_arg: int = 0
 
 
-def type_name(gm: torch.fx.GraphModule, node: torch.fx.Node) -> str:
-    """A readable type for what ``node`` runs: the module's qualified class name, the function's
-    qualified name, or the method name.
-
-    Example:
-        >>> type_name(gm, conv_node)
-        'torch.nn.modules.conv.Conv2d'
-    """
-    if node.op == "call_module":
-        cls = type(gm.get_submodule(str(node.target)))
-        return f"{cls.__module__}.{cls.__qualname__}"
-    if node.op == "call_function":
-        module = getattr(node.target, "__module__", None) or ""
-        name = getattr(node.target, "__qualname__", None) or getattr(node.target, "__name__", "")
-        return f"{module}.{name}" if module else str(name or node.target)
-    return str(node.target) if node.op == "call_method" else node.op
-
-
-def layer_nodes(gm: torch.fx.GraphModule) -> dict[str, torch.fx.Node]:
-    """``{canonical layer name: op node}`` of ``gm``, in graph order.
-
-    Layers are ``call_module`` nodes with role "op" (every op is a module after the preparer).
-
-    Example:
-        >>> list(layer_nodes(fxquant.prepare_model(resnet18)))[:3]
-        ['conv1', 'bn1', 'relu']
-    """
-    out: dict[str, torch.fx.Node] = {}
-    for node in gm.graph.nodes:
-        if node.op == "call_module" and _meta.get(node, _meta.ROLE) == _meta.ROLE_OP:
-            out.setdefault(str(node.target), node)
-    return out
-
-
-def output_quantizer_node(node: torch.fx.Node) -> torch.fx.Node | None:
-    """The output-quantizer node quantizing ``node``'s output, or None."""
-    for user in node.users:
-        if (_meta.get(user, _meta.ROLE) == _meta.ROLE_QUANTIZER
-                and _meta.get(user, _QUANTIZES) == "output" and user.args[:1] == (node,)):
-            return user
-    return None
-
-
 def logged_output_node(node: torch.fx.Node, after_output_quantizer: bool = True) -> torch.fx.Node:
     """The node whose value stands for ``node``'s layer output (its output quantizer if any)."""
     if after_output_quantizer:
@@ -138,11 +94,11 @@ def may_mutate_input(gm: torch.fx.GraphModule, node: torch.fx.Node) -> bool:
             return True
         fn = getattr(module, "fn", None)
         method = getattr(module, "method", None)
-        if fn is not None and _hashable(fn) and fn in _INPLACE_OPERATORS:
+        if fn is not None and is_hashable(fn) and fn in _INPLACE_OPERATORS:
             return True
         return isinstance(method, str) and _is_inplace_name(method)
     if node.op == "call_function":
-        if _hashable(node.target) and node.target in _INPLACE_OPERATORS:
+        if is_hashable(node.target) and node.target in _INPLACE_OPERATORS:
             return True
         return _is_inplace_name(getattr(node.target, "__name__", ""))
     if node.op == "call_method":
@@ -154,14 +110,6 @@ def _is_inplace_name(name: str) -> bool:
     if name.startswith("__i") and name.endswith("__"):
         return True
     return name.endswith("_") and not name.startswith("_")
-
-
-def _hashable(obj: Any) -> bool:
-    try:
-        hash(obj)
-    except TypeError:
-        return False
-    return True
 
 
 def tensor_args(node: torch.fx.Node) -> Iterator[tuple[int, int, torch.fx.Node]]:
@@ -195,9 +143,9 @@ def add_logger_node(gm: torch.fx.GraphModule, path: str, module: nn.Module,
     with ctx:
         node = gm.graph.call_module(path, (value,))
     _meta.copy_meta(value, node, **{_meta.MODULE_PATH: path, _meta.ROLE: _meta.ROLE_LOGGER,
-                                    _meta.LAYER_NAME: layer, LOGS: logs})
+                                    _meta.LAYER_NAME: layer, _meta.LOGS: logs})
     _meta.node_meta(node).pop(_meta.HANDLE, None)
-    _meta.node_meta(node).pop(_QUANTIZES, None)
+    _meta.node_meta(node).pop(_meta.QUANTIZES, None)
     _meta.assign_handles(gm.graph, [node])
     return node
 
@@ -227,8 +175,9 @@ class InsertLoggersPass(Pass):
     """
 
     requires = frozenset()
-    provides = frozenset({"loggers"})
+    provides = frozenset({_meta.TAG_LOGGERS})
     preserves_numerics = True
+    in_place = True
 
     def __init__(self, make_logger: Callable[[LogSite], nn.Module | None],
                  layers: Iterable[str] | None = None, *, log_outputs: bool = True,
@@ -271,29 +220,30 @@ class InsertLoggersPass(Pass):
                     for n in logger_nodes(gm)}
         added: list[str] = []
         for name, op in layers.items():
-            if name not in selected:
-                continue
-            op_type = type_name(gm, op)
-            if self.log_outputs:
-                value = logged_output_node(op, self.after_output_quantizer)
-                path = f"{LOGGER_ROOT}.{name}.output_logger"
-                if (name, path) not in existing:
-                    site = LogSite(name, "node_output", op.name, value.name, op_type,
-                                   type_name(gm, value))
-                    module = self.make_logger(site)
-                    if module is not None:
-                        add_logger_node(gm, path, module, value, layer=name, logs="output")
-                        added.append(path)
-            if self.log_inputs:
-                for i, j, arg in list(tensor_args(op)):
-                    path = f"{LOGGER_ROOT}.{name}.input_logger_{i}_{j}"
-                    if (name, path) in existing:
-                        continue
-                    site = LogSite(name, "node_input", op.name, arg.name, op_type,
-                                   type_name(gm, arg), i, j)
-                    module = self.make_logger(site)
-                    if module is not None:
-                        add_logger_node(gm, path, module, arg, layer=name, logs="input",
-                                        before=op)
-                        added.append(path)
+            with errors_at(op):
+                if name not in selected:
+                    continue
+                op_type = type_name(gm, op)
+                if self.log_outputs:
+                    value = logged_output_node(op, self.after_output_quantizer)
+                    path = f"{LOGGER_ROOT}.{name}.output_logger"
+                    if (name, path) not in existing:
+                        site = LogSite(name, "node_output", op.name, value.name, op_type,
+                                       type_name(gm, value))
+                        module = self.make_logger(site)
+                        if module is not None:
+                            add_logger_node(gm, path, module, value, layer=name, logs="output")
+                            added.append(path)
+                if self.log_inputs:
+                    for i, j, arg in list(tensor_args(op)):
+                        path = f"{LOGGER_ROOT}.{name}.input_logger_{i}_{j}"
+                        if (name, path) in existing:
+                            continue
+                        site = LogSite(name, "node_input", op.name, arg.name, op_type,
+                                       type_name(gm, arg), i, j)
+                        module = self.make_logger(site)
+                        if module is not None:
+                            add_logger_node(gm, path, module, arg, layer=name, logs="input",
+                                            before=op)
+                            added.append(path)
         return PassResult(gm, bool(added), {"loggers": added})

@@ -29,10 +29,10 @@ from torch.nn.utils import parametrize
 
 from fxquant import _meta
 from fxquant._fx_utils import graph_output_nodes
-from fxquant.passes.base import Pass, PassResult
+from fxquant.core.layers import is_layer, layer_name, quantizer_nodes
+from fxquant.passes.base import Pass, PassResult, errors_at
 
-__all__ = ["InsertQuantizersPass", "QuantizationPolicy", "OUTPUT_QUANTIZER", "INPUT_QUANTIZERS",
-           "QUANTIZES", "quantizer_nodes", "param_quantizers"]
+__all__ = ["InsertQuantizersPass", "QuantizationPolicy", "OUTPUT_QUANTIZER", "INPUT_QUANTIZERS"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +40,6 @@ logger = logging.getLogger(__name__)
 OUTPUT_QUANTIZER = "output_quantizer"
 #: Root container of the model-input quantizers.
 INPUT_QUANTIZERS = "input_quantizers"
-#: Meta key saying what a quantizer node quantizes: "output" or "input".
-QUANTIZES = "quantizes"
 
 
 @runtime_checkable
@@ -89,15 +87,16 @@ class InsertQuantizersPass(Pass):
         ['conv1', 'maxpool']
     """
 
-    requires = frozenset({"prepared"})
-    provides = frozenset({"quantized"})
+    requires = frozenset({_meta.TAG_PREPARED})
+    provides = frozenset({_meta.TAG_QUANTIZED})
     preserves_numerics = False
+    in_place = True
 
     def __init__(self, policy: QuantizationPolicy) -> None:
         self.policy = policy
 
     def call(self, gm: torch.fx.GraphModule) -> PassResult:
-        if any(_meta.get(n, _meta.ROLE) == _meta.ROLE_QUANTIZER for n in gm.graph.nodes):
+        if quantizer_nodes(gm):
             return PassResult(gm, False, {"inputs": [], "outputs": [], "params": []})
         modules = dict(gm.named_modules())
         fused = self._fused_nodes(gm, modules)
@@ -106,28 +105,29 @@ class InsertQuantizersPass(Pass):
         outputs: list[str] = []
         params: list[str] = []
         for node in list(gm.graph.nodes):
-            if node.op == "placeholder" and _is_float_tensor(node):
-                quantizer = self.policy.input_quantizer(node.name)
-                if quantizer is not None:
-                    self._insert_after(gm, node, f"{INPUT_QUANTIZERS}.{node.name}", quantizer,
-                                       node.name, "input")
-                    inputs.append(node.name)
-            elif node.op == "call_module" and _meta.get(node, _meta.ROLE) == _meta.ROLE_OP:
-                layer = str(node.target)
-                module = modules[layer]
-                for pname, quantizer in self.policy.param_quantizers(layer, module).items():
-                    parametrize.register_parametrization(module, pname, quantizer, unsafe=True)
-                    params.append(f"{layer}.{pname}")
-                if (node in fused or not _is_float_tensor(node)
-                        or self.policy.is_data_movement(module)):
-                    continue
-                if node in graph_outputs and self.policy.quantize_model_output is False:
-                    continue
-                quantizer = self.policy.output_quantizer(layer, module)
-                if quantizer is not None:
-                    self._insert_after(gm, node, f"{layer}.{OUTPUT_QUANTIZER}", quantizer, layer,
-                                       "output")
-                    outputs.append(layer)
+            with errors_at(node):
+                if node.op == "placeholder" and _is_float_tensor(node):
+                    quantizer = self.policy.input_quantizer(node.name)
+                    if quantizer is not None:
+                        self._insert_after(gm, node, f"{INPUT_QUANTIZERS}.{node.name}", quantizer,
+                                           node.name, "input")
+                        inputs.append(node.name)
+                elif is_layer(node):
+                    layer = layer_name(node)
+                    module = modules[str(node.target)]
+                    for pname, quantizer in self.policy.param_quantizers(layer, module).items():
+                        parametrize.register_parametrization(module, pname, quantizer, unsafe=True)
+                        params.append(f"{layer}.{pname}")
+                    if (node in fused or not _is_float_tensor(node)
+                            or self.policy.is_data_movement(module)):
+                        continue
+                    if node in graph_outputs and self.policy.quantize_model_output is False:
+                        continue
+                    quantizer = self.policy.output_quantizer(layer, module)
+                    if quantizer is not None:
+                        self._insert_after(gm, node, f"{layer}.{OUTPUT_QUANTIZER}", quantizer,
+                                           layer, "output")
+                        outputs.append(layer)
         modified = bool(inputs or outputs or params)
         return PassResult(gm, modified, {"inputs": inputs, "outputs": outputs, "params": params})
 
@@ -139,7 +139,7 @@ class InsertQuantizersPass(Pass):
             qnode = gm.graph.call_module(target, (node,))
         node.replace_all_uses_with(qnode, delete_user_cb=lambda user: user is not qnode)
         _meta.copy_meta(node, qnode, **{_meta.MODULE_PATH: target, _meta.ROLE: _meta.ROLE_QUANTIZER,
-                                        _meta.LAYER_NAME: layer, QUANTIZES: quantizes})
+                                        _meta.LAYER_NAME: layer, _meta.QUANTIZES: quantizes})
         _meta.node_meta(qnode).pop(_meta.HANDLE, None)
         _meta.assign_handles(gm.graph, [qnode])
         if "tensor_meta" in node.meta:
@@ -151,7 +151,7 @@ class InsertQuantizersPass(Pass):
         fused: set[torch.fx.Node] = set()
 
         def op_type(node: torch.fx.Node) -> str | None:
-            if node.op != "call_module" or _meta.get(node, _meta.ROLE) != _meta.ROLE_OP:
+            if not is_layer(node):
                 return None
             return self.policy.op_type(modules[str(node.target)])
 
@@ -174,15 +174,3 @@ class InsertQuantizersPass(Pass):
                 if len(chain) == len(group):
                     fused.update(chain[:-1])
         return fused
-
-
-def quantizer_nodes(gm: torch.fx.GraphModule) -> list[torch.fx.Node]:
-    """The activation-quantizer nodes of ``gm``, in graph order."""
-    return [n for n in gm.graph.nodes if _meta.get(n, _meta.ROLE) == _meta.ROLE_QUANTIZER]
-
-
-def param_quantizers(module: nn.Module) -> dict[str, nn.Module]:
-    """``{param name: quantizer}`` registered on ``module`` by the pass."""
-    if not parametrize.is_parametrized(module):
-        return {}
-    return {name: plist[0] for name, plist in module.parametrizations.items()}

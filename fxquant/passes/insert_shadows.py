@@ -44,22 +44,18 @@ import torch.fx
 from torch import nn
 
 from fxquant import _meta
-from fxquant.passes.base import Pass, PassResult
-from fxquant.passes.insert_loggers import (LOGGER_ROOT, LOGS, add_logger_node, layer_nodes,
-                                           may_mutate_input, output_quantizer_node, tensor_args,
-                                           type_name)
+from fxquant.passes.base import Pass, PassResult, at_node, errors_at
+from fxquant.core.layers import is_layer, layer_name, layer_nodes, output_quantizer_node, type_name
+from fxquant.passes.insert_loggers import (LOGGER_ROOT, LogSite, add_logger_node,
+                                           may_mutate_input, tensor_args)
 
-__all__ = ["InsertShadowsPass", "ShadowSite", "QuantizationPoint", "ROLE_SHADOW", "SHADOW_ROOT",
-           "SHADOW_OF", "quantizer_node_point", "shadow_nodes"]
+__all__ = ["InsertShadowsPass", "ShadowSite", "QuantizationPoint", "SHADOW_ROOT",
+           "quantizer_node_point", "shadow_nodes"]
 
 logger = logging.getLogger(__name__)
 
-#: Role of the nodes a shadow consists of (model B's computation inside model A's graph).
-ROLE_SHADOW = _meta.ROLE_SHADOW
 #: Root container of model B's modules in the shadowed graph module.
 SHADOW_ROOT = "ns_shadows"
-#: Meta key on shadow nodes and shadow loggers: the model-B layer they shadow.
-SHADOW_OF = "shadow_of"
 
 #: ``point(model_b, node)``: when ``node`` of model B is a quantization point, returns
 #: ``(producer, module)``: the B node whose counterpart in A supplies the value, and the module
@@ -76,30 +72,15 @@ _ALIAS_FUNCTIONS = frozenset({torch.reshape, torch.flatten, torch.permute, torch
 
 
 @dataclasses.dataclass(frozen=True)
-class ShadowSite:
-    """One value of a shadow that a logger records.
+class ShadowSite(LogSite):
+    """One value of a shadow that a logger records: a :class:`LogSite` of model B's layer, with
+    the model-A layer it is compared with.
 
-    Attributes:
-        layer: model B's canonical name of the shadowed layer.
+    Attributes (besides :class:`LogSite`'s, which here describe the shadow's copy of B's op):
         key: model A's canonical name of the layer it is compared with.
-        results_type: "node_output" or "node_input".
-        op_node: name of the shadow's copy of B's op node.
-        value_node: name of the shadow node whose value is recorded.
-        op_type: qualified class name of B's layer module.
-        value_type: qualified class name of what produces the recorded value.
-        index_of_arg: position of the input among the op's arguments (0 for outputs).
-        index_within_arg: position inside a list argument (0 otherwise).
     """
 
-    layer: str
-    key: str
-    results_type: str
-    op_node: str
-    value_node: str
-    op_type: str
-    value_type: str
-    index_of_arg: int = 0
-    index_within_arg: int = 0
+    key: str = dataclasses.field(kw_only=True)
 
 
 def quantizer_node_point(gm: torch.fx.GraphModule, node: torch.fx.Node
@@ -113,7 +94,7 @@ def quantizer_node_point(gm: torch.fx.GraphModule, node: torch.fx.Node
 
 def shadow_nodes(gm: torch.fx.GraphModule) -> list[torch.fx.Node]:
     """The shadow nodes of ``gm``, in graph order."""
-    return [n for n in gm.graph.nodes if _meta.get(n, _meta.ROLE) == ROLE_SHADOW]
+    return [n for n in gm.graph.nodes if _meta.get(n, _meta.ROLE) == _meta.ROLE_SHADOW]
 
 
 class _Unshadowable(Exception):
@@ -167,9 +148,10 @@ class InsertShadowsPass(Pass):
         ['conv1', 'relu']
     """
 
-    requires = frozenset({"prepared"})
-    provides = frozenset({"shadowed"})
+    requires = frozenset({_meta.TAG_PREPARED})
+    provides = frozenset({_meta.TAG_SHADOWED})
     preserves_numerics = True
+    in_place = False
 
     def __init__(self, model_b: torch.fx.GraphModule,
                  make_logger: Callable[[ShadowSite], nn.Module | None],
@@ -220,15 +202,15 @@ class InsertShadowsPass(Pass):
             if missing:
                 raise ValueError(f"{len(missing)} layer(s) to shadow are not layers of model_b, "
                                  f"e.g. {missing[0]!r}; use names from layer_nodes(model_b)")
-        done = {_meta.get(n, SHADOW_OF) for n in shadow_nodes(gm)}
+        done = {_meta.get(n, _meta.SHADOW_OF) for n in shadow_nodes(gm)}
         a_inputs = {n.name: n for n in gm.graph.nodes if n.op == "placeholder"}
         has_points = any(self.quantization_point(b, n) is not None for n in b.graph.nodes)
 
         def a_value(bnode: torch.fx.Node) -> torch.fx.Node | None:
             if bnode.op == "placeholder":
                 return a_inputs.get(bnode.name)
-            if bnode.op == "call_module" and _meta.get(bnode, _meta.ROLE) == _meta.ROLE_OP:
-                name = str(bnode.target)
+            if is_layer(bnode):
+                name = layer_name(bnode)
                 return a_layers.get(self.counterparts.get(name, name))
             return None
 
@@ -242,11 +224,14 @@ class InsertShadowsPass(Pass):
             except _Unshadowable as exc:
                 unshadowable.append((key, str(exc)))
                 logger.info("layer %r is not shadowed: %s", key, exc)
+            except Exception as exc:
+                raise at_node(b_layers[lb], exc)
+        out = _copy_graph_module(gm)  # in_place = False: a new module, even when unmodified
         if not plans:
-            return PassResult(gm, False, {"shadowed": [], "unshadowable": unshadowable})
-        out = _copy_graph_module(gm)
+            return PassResult(out, False, {"shadowed": [], "unshadowable": unshadowable})
         for plan in plans:
-            self._insert(out, plan)
+            with errors_at(plan.op):
+                self._insert(out, plan)
         return PassResult(out, True, {"shadowed": [p.key for p in plans],
                                       "unshadowable": unshadowable})
 
@@ -370,33 +355,33 @@ class InsertShadowsPass(Pass):
         op_new = env[plan.op]
         value = env[plan.nodes[-1]]
         op_type = type_name(b, plan.op)
-        site = ShadowSite(plan.layer, plan.key, "node_output", op_new.name, value.name, op_type,
-                          type_name(b, plan.nodes[-1]))
+        site = ShadowSite(plan.layer, "node_output", op_new.name, value.name, op_type,
+                          type_name(b, plan.nodes[-1]), key=plan.key)
         module = self.make_logger(site)
         if module is not None:
             log = add_logger_node(gm, f"{LOGGER_ROOT}.{plan.key}.shadow_output_logger", module,
                                   value, layer=plan.key, logs="output")
-            _meta.set(log, SHADOW_OF, plan.layer)
+            _meta.set(log, _meta.SHADOW_OF, plan.layer)
         if self.log_inputs:
             for i, j, arg in list(tensor_args(op_new)):
-                site = ShadowSite(plan.layer, plan.key, "node_input", op_new.name, arg.name,
-                                  op_type, type_name(gm, arg), i, j)
+                site = ShadowSite(plan.layer, "node_input", op_new.name, arg.name,
+                                  op_type, type_name(gm, arg), i, j, key=plan.key)
                 module = self.make_logger(site)
                 if module is not None:
                     log = add_logger_node(
                         gm, f"{LOGGER_ROOT}.{plan.key}.shadow_input_logger_{i}_{j}", module, arg,
                         layer=plan.key, logs="input", before=op_new)
-                    _meta.set(log, SHADOW_OF, plan.layer)
+                    _meta.set(log, _meta.SHADOW_OF, plan.layer)
 
 
 def _tag(node: torch.fx.Node, src: torch.fx.Node | None, layer: str, path: str) -> None:
     if src is not None:
         _meta.copy_meta(src, node)
     meta = _meta.node_meta(node)
-    for key in (_meta.HANDLE, LOGS, "quantizes"):
+    for key in (_meta.HANDLE, _meta.LOGS, _meta.QUANTIZES):
         meta.pop(key, None)
-    meta.update({_meta.ROLE: ROLE_SHADOW, _meta.LAYER_NAME: layer, _meta.MODULE_PATH: path,
-                 SHADOW_OF: layer})
+    meta.update({_meta.ROLE: _meta.ROLE_SHADOW, _meta.LAYER_NAME: layer, _meta.MODULE_PATH: path,
+                 _meta.SHADOW_OF: layer})
     _meta.assign_handles(node.graph, [node])
 
 

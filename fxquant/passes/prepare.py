@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fxquant import _meta
+from fxquant._fx_utils import is_hashable
 from fxquant import nn as fxnn
 from fxquant.passes.base import Pass, PassResult, at_node
 
@@ -111,8 +112,9 @@ class PrepareModelPass(Pass):
     """
 
     requires = frozenset()
-    provides = frozenset({"prepared"})
+    provides = frozenset({_meta.TAG_PREPARED})
     preserves_numerics = True
+    in_place = True
 
     def __init__(self, modules_to_exclude: tuple[str, ...] = (),
                  module_classes_to_exclude: tuple[type[nn.Module], ...] = ()) -> None:
@@ -164,10 +166,11 @@ class PrepareModelPass(Pass):
             converted.append((node.name, name))
         split = self._split_reused(gm, used_names)
         removed = _erase_dead_attrs(gm)
-        modified = bool(converted or split or removed)
-        if modified:
+        named = _name_layers(gm)
+        modified = bool(converted or split or removed or named)
+        if converted or split or removed:
             gm.delete_all_unused_submodules()
-        return PassResult(gm, modified, {"converted": converted, "split": split})
+        return PassResult(gm, modified, {"converted": converted, "split": split, "named": named})
 
     def _split_reused(self, gm: torch.fx.GraphModule, used_names: set[str]
                       ) -> list[tuple[str, str]]:
@@ -194,6 +197,22 @@ class PrepareModelPass(Pass):
             _meta.set(node, _meta.MODULE_PATH, name)
             split.append((target, name))
         return split
+
+
+def _name_layers(gm: torch.fx.GraphModule) -> int:
+    """Writes the canonical layer name (the module path) on every ``call_module`` op node.
+
+    Returns how many names were written or changed (0 on an already prepared graph module).
+    """
+    named = 0
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or _meta.role(node) != _meta.ROLE_OP:
+            continue
+        name = str(node.target)
+        if _meta.layer_name(node) != name:
+            _meta.set(node, _meta.LAYER_NAME, name)
+            named += 1
+    return named
 
 
 def _unique_name(base: str, used: set[str], start: int | None = None) -> str:
@@ -276,7 +295,7 @@ def _bind(node: torch.fx.Node, names: tuple[str, ...], defaults: dict[str, Any]
 
 def _activation_module(node: torch.fx.Node) -> nn.Module | None:
     if node.op == "call_function":
-        spec = _ACT_FUNCTIONS.get(node.target) if _hashable(node.target) else None
+        spec = _ACT_FUNCTIONS.get(node.target) if is_hashable(node.target) else None
     else:
         spec = _ACT_METHODS.get(node.target)
     if spec is None:
@@ -300,17 +319,9 @@ def _activation_module(node: torch.fx.Node) -> nn.Module | None:
     return cls(**values)
 
 
-def _hashable(obj: Any) -> bool:
-    try:
-        hash(obj)
-    except TypeError:
-        return False
-    return True
-
-
 def _conv_or_linear_module(gm: torch.fx.GraphModule, node: torch.fx.Node) -> nn.Module | None:
     """A real Conv/Linear module for ``F.conv*d`` / ``F.linear`` on parameter weights."""
-    if node.op != "call_function" or not _hashable(node.target):
+    if node.op != "call_function" or not is_hashable(node.target):
         return None
     if node.target is F.linear:
         names, defaults = ("input", "weight", "bias"), {"bias": None}

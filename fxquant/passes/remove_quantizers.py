@@ -11,11 +11,11 @@ values can be traced back to canonical layer names). The pass undoes
   original float parameter (``leave_parametrized=False``), so ``state_dict()`` has plain keys
   (``conv1.weight``).
 
-It works in place: pass a deep copy of ``sim.model`` to keep the sim intact.
+It works in place: pass a private copy of ``sim.model`` to keep the sim intact.
 
 Example:
-    >>> import copy
-    >>> float_gm = RemoveQuantizersPass()(copy.deepcopy(sim.model)).graph_module
+    >>> from fxquant.model_resolution import private_copy
+    >>> float_gm = RemoveQuantizersPass()(private_copy(sim.model)).graph_module
     >>> "conv1.weight" in float_gm.state_dict()
     True
 """
@@ -29,7 +29,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from fxquant import _meta
-from fxquant.passes.base import Pass, PassResult
+from fxquant.passes.base import Pass, PassResult, at_node
 
 __all__ = ["RemoveQuantizersPass"]
 
@@ -45,14 +45,15 @@ class RemoveQuantizersPass(Pass):
     ``{"float"}``. Node names and metadata of the remaining nodes are unchanged.
 
     Example:
-        >>> result = RemoveQuantizersPass()(copy.deepcopy(sim.model))
+        >>> result = RemoveQuantizersPass()(fxquant.model_resolution.private_copy(sim.model))
         >>> result.details["nodes"][:2]
         ['input_quantizers.x', 'relu.output_quantizer']
     """
 
     requires = frozenset()
-    provides = frozenset({"float"})
+    provides = frozenset({_meta.TAG_FLOAT})
     preserves_numerics = False
+    in_place = True
 
     def call(self, gm: torch.fx.GraphModule) -> PassResult:
         removed_nodes: list[str] = []
@@ -60,8 +61,9 @@ class RemoveQuantizersPass(Pass):
             if _meta.get(node, _meta.ROLE) != _meta.ROLE_QUANTIZER:
                 continue
             if node.op != "call_module" or not node.args:
-                raise ValueError(f"quantizer node {node.format_node()} is not a call_module with an "
-                                 "input; only nodes inserted by InsertQuantizersPass can be removed")
+                raise at_node(node, ValueError(
+                    f"quantizer node {node.format_node()} is not a call_module with an input; only "
+                    "nodes inserted by InsertQuantizersPass can be removed"))
             node.replace_all_uses_with(node.args[0])
             gm.graph.erase_node(node)
             target = str(node.target)

@@ -33,6 +33,12 @@ class QuantSimSettings:
     default_param_bw: int = 8
     default_data_type: QuantizationDataType = QuantizationDataType.int
 
+    def __post_init__(self) -> None:
+        # Accept the strings QuantizationSimModel accepts ("tf", "int" …), stored as the enums.
+        object.__setattr__(self, "quant_scheme", QuantScheme.parse(self.quant_scheme))
+        object.__setattr__(self, "default_data_type",
+                           QuantizationDataType.parse(self.default_data_type))
+
 
 class ConfigPolicy:
     """Implements ``QuantizationPolicy`` from a :class:`QuantSimConfig`.

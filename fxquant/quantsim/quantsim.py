@@ -24,20 +24,22 @@ from tqdm.auto import tqdm
 
 from fxquant import _meta
 from fxquant._fx_utils import as_args
+from fxquant.core.layers import is_layer, iter_layers, param_quantizers
 from fxquant.errors import ConfigError
+from fxquant.export import export_sim
+from fxquant.model_resolution import graph_module_to_transform
 from fxquant.passes.base import Sequential
 from fxquant.passes.fold_batchnorm import FoldBatchNormPass
-from fxquant.passes.insert_quantizers import QUANTIZES, InsertQuantizersPass, param_quantizers
+from fxquant.passes.insert_quantizers import InsertQuantizersPass
 from fxquant.passes.prepare import PrepareModelPass
 from fxquant.quantsim.bias import Int32BiasQuantizer, find_input_quantizer
 from fxquant.quantsim.config import load_config
 from fxquant.quantsim.encoding import QuantEncoding
 from fxquant.quantsim.encoding_analyzer import PercentileEncodingAnalyzer
-from fxquant.quantsim.encodings_file import QuantizerArgs, read_encodings, write_encodings
+from fxquant.export.encodings_file import QuantizerArgs, read_encodings, write_encodings
 from fxquant.quantsim.policy import ConfigPolicy, QuantSimSettings
 from fxquant.quantsim.quant_scheme import QuantizationDataType, QuantScheme
 from fxquant.quantsim.quantizer import QuantizerBase
-from fxquant.tracing import trace
 
 __all__ = ["QuantizationSimModel", "QuantizerRef"]
 
@@ -123,7 +125,7 @@ class QuantizationSimModel:
         self._check_signature(model, args)
         policy = ConfigPolicy(self.config, self.settings)
         policy.validate()  # bit widths and data type, before any graph work
-        gm = trace(model if in_place else _copy(model))
+        gm = graph_module_to_transform(model, in_place=in_place)
         passes = [PrepareModelPass()]
         if fold_batch_norms:
             passes.append(FoldBatchNormPass())
@@ -175,9 +177,7 @@ class QuantizationSimModel:
 
     def _add_bias_quantizers(self) -> None:
         modules = dict(self.model.named_modules())
-        for node in self.model.graph.nodes:
-            if node.op != "call_module" or _meta.get(node, _meta.ROLE) != _meta.ROLE_OP:
-                continue
+        for _, node in iter_layers(self.model):
             module = modules[str(node.target)]
             pq = param_quantizers(module)
             if "weight" not in pq or getattr(module, "bias", None) is None:
@@ -204,10 +204,10 @@ class QuantizationSimModel:
             role = _meta.get(node, _meta.ROLE)
             if role == _meta.ROLE_QUANTIZER:
                 layer = _meta.get(node, _meta.LAYER_NAME)
-                kind = _meta.get(node, QUANTIZES)
+                kind = _meta.get(node, _meta.QUANTIZES)
                 refs.append(QuantizerRef(layer, kind, "" if kind == "input" else layer,
                                          modules[str(node.target)], str(node.target)))
-            elif role == _meta.ROLE_OP and node.op == "call_module":
+            elif is_layer(node):
                 module = modules[str(node.target)]
                 for pname, quantizer in param_quantizers(module).items():
                     if isinstance(quantizer, QuantizerBase):
@@ -379,8 +379,6 @@ class QuantizationSimModel:
                encoding_version: str = "1.0.0") -> dict[str, str]:
         """Writes ``<prefix>.onnx``, ``<prefix>.encodings``, ``<prefix>_qdq.onnx`` and
         ``<prefix>.pth`` to ``path``; see :func:`fxquant.export.export_sim`."""
-        from fxquant.export import export_sim  # export builds on the sim, not the reverse
-
         return export_sim(self, path, filename_prefix, dummy_input,
                           onnx_export_args=onnx_export_args, encoding_version=encoding_version)
 
@@ -405,12 +403,6 @@ class _ShapeProp(ShapeProp):
 def _device_of(module: nn.Module) -> torch.device:
     tensor = next(iter(module.buffers()), None)
     return tensor.device if tensor is not None else torch.device("cpu")
-
-
-def _copy(model: nn.Module) -> nn.Module:
-    import copy
-
-    return copy.deepcopy(model)
 
 
 def _describe(args: Sequence[Any]) -> str:

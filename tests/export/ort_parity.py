@@ -16,7 +16,6 @@ from torch import nn
 from fxquant import _meta
 from fxquant.export import export_onnx, sim_encodings
 from fxquant.export.qdq import build_qdq_model
-from fxquant.passes.insert_quantizers import QUANTIZES
 
 DISABLE_ALL = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
 ENABLE_ALL = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -105,7 +104,7 @@ def _quantizer_nodes(sim: Any) -> dict[tuple[str, str], torch.fx.Node]:
     out = {}
     for node in sim.model.graph.nodes:
         if _meta.get(node, _meta.ROLE) == _meta.ROLE_QUANTIZER:
-            out[(_meta.get(node, QUANTIZES), _meta.get(node, _meta.LAYER_NAME))] = node
+            out[(_meta.get(node, _meta.QUANTIZES), _meta.get(node, _meta.LAYER_NAME))] = node
     return out
 
 

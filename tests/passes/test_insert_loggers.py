@@ -9,8 +9,8 @@ from torch import nn
 import fxquant
 from fxquant import _meta
 from fxquant.passes.base import state_tags
-from fxquant.passes.insert_loggers import (InsertLoggersPass, LogSite, layer_nodes, logger_nodes,
-                                           may_mutate_input)
+from fxquant.core.layers import layer_nodes
+from fxquant.passes.insert_loggers import InsertLoggersPass, LogSite, logger_nodes, may_mutate_input
 from tests.models import FunctionalNet, randomize_batch_norms
 from tests.numeric_suite.ns_helpers import calibrated_sim, mixnet
 

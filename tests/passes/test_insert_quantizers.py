@@ -11,8 +11,8 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 import fxquant
 from fxquant import _meta
-from fxquant.passes.insert_quantizers import (QUANTIZES, InsertQuantizersPass, param_quantizers,
-                                              quantizer_nodes)
+from fxquant.core.layers import param_quantizers, quantizer_nodes
+from fxquant.passes.insert_quantizers import InsertQuantizersPass
 
 
 class Marker(nn.Module):
@@ -78,7 +78,7 @@ def test_quantizer_nodes_carry_layer_names_and_are_right_after_their_op() -> Non
     for node in nodes:
         layer = _meta.get(node, _meta.LAYER_NAME)
         assert _meta.get(node, _meta.ROLE) == _meta.ROLE_QUANTIZER
-        if _meta.get(node, QUANTIZES) == "output":
+        if _meta.get(node, _meta.QUANTIZES) == "output":
             assert node.args[0].target == layer
             assert node.target == f"{layer}.output_quantizer"
             assert list(node.args[0].users) == [node]

@@ -10,8 +10,7 @@ from torch import nn
 import fxquant
 from fxquant import _meta
 from fxquant.passes.base import state_tags
-from fxquant.passes.insert_shadows import (ROLE_SHADOW, InsertShadowsPass, ShadowSite,
-                                           shadow_nodes)
+from fxquant.passes.insert_shadows import InsertShadowsPass, ShadowSite, shadow_nodes
 from tests.models import randomize_batch_norms
 from tests.numeric_suite.ns_helpers import calibrated_sim, mixnet
 
@@ -54,7 +53,7 @@ def test_contract_on_resnet18_with_in_place_ops(device: torch.device) -> None:
     assert not InsertShadowsPass(sim.model, Recorder)(shadowed).modified
     assert "layer1.0.module_add" in result.details["shadowed"]
     assert result.details["unshadowable"] == []
-    assert all(_meta.get(n, _meta.ROLE) != ROLE_SHADOW for n in float_gm.graph.nodes)
+    assert all(_meta.get(n, _meta.ROLE) != _meta.ROLE_SHADOW for n in float_gm.graph.nodes)
 
 
 def test_a_supergroup_is_shadowed_whole_and_fed_through_model_bs_quantizers() -> None:

@@ -32,7 +32,15 @@ def test_functionals_become_modules_and_output_is_bit_exact(device: torch.device
     assert leftover <= {"size", "<built-in function getitem>"}
     with torch.no_grad():
         assert torch.equal(gm(x), model(x))
-    assert gm.module_linear.weight is gm.module_linear.weight  # F.linear -> nn.Linear
+    # F.linear -> nn.Linear carrying the model's parameters (the same objects when the graph
+    # module shares the model's, as a plain trace does; prepare_model works on a copy)
+    assert type(gm.module_linear) is nn.Linear
+    assert torch.equal(gm.module_linear.weight, model.fc_weight)
+    assert [k for k in gm.state_dict() if "fc" in k or "linear" in k] == [
+        "module_linear.weight", "module_linear.bias"]
+    shared = fxquant.PrepareModelPass()(fxquant.trace(model)).graph_module
+    assert shared.module_linear.weight is model.fc_weight
+    assert shared.module_linear.bias is model.fc_bias
     assert isinstance(gm.get_submodule("module_softmax"), nn.Softmax)
     assert gm.get_submodule("module_softmax").dim == -1
 
@@ -159,3 +167,35 @@ def test_functional_module_repr_names_the_function() -> None:
     assert repr(fxnn.Reshape(method="view")) == "Reshape(Tensor.view)"
     with pytest.raises(ValueError, match="needs exactly one of fn or method"):
         fxnn.Add()
+
+
+def test_every_op_module_node_carries_its_layer_name_and_a_second_run_changes_nothing() -> None:
+    gm = fxquant.prepare_model(FunctionalNet().eval())
+    ops = [n for n in gm.graph.nodes
+           if n.op == "call_module" and _meta.get(n, _meta.ROLE) == _meta.ROLE_OP]
+    assert len(ops) > 10
+    assert [_meta.get(n, _meta.LAYER_NAME) for n in ops] == [str(n.target) for n in ops]
+    code = gm.code
+    result = fxquant.PrepareModelPass()(gm)
+    assert result.modified is False and result.details["named"] == 0
+    assert gm.code == code
+
+
+def test_preparing_a_prepared_model_keeps_code_names_and_source_lines() -> None:
+    model = torchvision.models.mobilenet_v2(weights=None).eval()
+    once = fxquant.prepare_model(model)
+    twice = fxquant.prepare_model(once)
+    assert twice is not once and twice.code == once.code
+    assert sorted(n for n, _ in twice.named_modules()) == sorted(n for n, _ in once.named_modules())
+    assert "features.3.module_add" in dict(twice.named_modules())
+    assert not any(".module_add.module_add" in n for n, _ in twice.named_modules())
+    sources = {n.name: _meta.source(n) for n in once.graph.nodes}
+    assert {n.name: _meta.source(n) for n in twice.graph.nodes} == sources
+    assert any(s and "mobilenetv2.py" in s for s in sources.values())
+    # the copy's metadata is its own
+    node = next(n for n in twice.graph.nodes if n.op == "call_module")
+    _meta.set(node, _meta.LAYER_NAME, "changed")
+    assert _meta.get(once.graph.find_nodes(op="call_module")[0], _meta.LAYER_NAME) != "changed"
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(twice(x), model(x))

@@ -1,8 +1,6 @@
 """Exported names: every encoding key is a tensor of <prefix>.onnx; layers keep canonical names."""
 from __future__ import annotations
 
-import json
-
 import onnx
 import pytest
 import torch
@@ -10,7 +8,7 @@ import torchvision
 
 from fxquant.export import export_onnx
 from fxquant.export.sim_export import tensor_names
-from fxquant.quantsim.encodings_file import read_encodings
+from fxquant.export.encodings_file import read_encodings
 from fxquant.quantsim.quantsim import QuantizationSimModel
 
 

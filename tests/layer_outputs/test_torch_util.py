@@ -105,7 +105,8 @@ def test_naming_scheme_errors(tmp_path: os.PathLike[str]) -> None:
         LayerOutputUtil(tiny(), tmp_path / "a", naming_scheme="torchscript")
     with pytest.raises(ValueError, match="dummy_input must be a tensor"):
         LayerOutputUtil(tiny(), tmp_path / "a", NamingScheme.ONNX, dummy_input={"x": 1})
-    with pytest.raises(TypeError, match="expects an nn.Module or a QuantizationSimModel"):
+    with pytest.raises(TypeError, match="LayerOutputUtil's model must be a torch.nn.Module or a "
+                                        "fxquant.QuantizationSimModel"):
         LayerOutputUtil("resnet18", tmp_path / "a")
     assert not os.path.exists(tmp_path / "a")
 

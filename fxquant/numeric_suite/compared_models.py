@@ -1,15 +1,13 @@
-"""Turning what users pass (a float model, a sim, a prepared GraphModule, a torch.ao-quantized
-model) into a private, prepared GraphModule whose layers carry canonical names.
+"""The two models a numeric-suite comparison runs: private prepared copies with canonical names.
 
-The caller's model is never changed: a sim's ``model`` and prepared graph modules are deep-copied
-(with private node metadata), anything else goes through :func:`fxquant.prepare_model`, which
-traces a copy. When one model has its batch norms folded (a sim does by default; torch.ao's
-convert always does) the other model's copy is folded too, so weights and outputs are compared
-like for like.
+What a user passes is resolved by :func:`fxquant.model_resolution.resolve_model` (never changing
+the caller's model); this module adds what a comparison needs on top: a calibration check, the
+per-layer quantized/unquantized facts, and batch-norm folding aligned between the two models (a
+sim folds by default; torch.ao's convert always does), so weights and outputs are compared like
+for like.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 from typing import Any
@@ -19,31 +17,17 @@ import torch.fx
 from torch import Tensor, nn
 
 from fxquant import _meta
-from fxquant.model_preparer import prepare_model
+from fxquant.core.layers import layer_nodes, output_quantizer_node, param_quantizers
+from fxquant.model_resolution import (FLOAT, SIM, TORCH_QUANTIZED, is_torch_quantized_module,
+                                      resolve_model)
 from fxquant.passes.base import state_tags
 from fxquant.passes.fold_batchnorm import FoldBatchNormPass
-from fxquant.passes.insert_loggers import layer_nodes, output_quantizer_node
-from fxquant.passes.insert_quantizers import param_quantizers
 from fxquant.quantsim.quantizer import QuantizerBase
-from fxquant.quantsim.quantsim import QuantizationSimModel
 
 __all__ = ["PreparedModel", "prepare_for_comparison", "align_batch_norm_folding", "weight_of",
            "is_torch_quantized_module", "SIM", "TORCH_QUANTIZED", "FLOAT"]
 
 logger = logging.getLogger(__name__)
-
-SIM = "sim"
-TORCH_QUANTIZED = "torch_quantized"
-FLOAT = "float"
-
-_TORCH_QUANTIZED_PACKAGES = ("torch.ao.nn.quantized", "torch.ao.nn.intrinsic.quantized",
-                             "torch.nn.quantized", "torch.nn.intrinsic.quantized")
-
-
-def is_torch_quantized_module(module: nn.Module) -> bool:
-    """Whether ``module`` is one of torch.ao's quantized modules (``nnq.Conv2d``,
-    ``nniq.ConvReLU2d``, dynamic ``nnqd.Linear`` …), which take and return quantized tensors."""
-    return type(module).__module__.startswith(_TORCH_QUANTIZED_PACKAGES)
 
 
 @dataclasses.dataclass
@@ -90,41 +74,15 @@ class PreparedModel:
 
 
 def prepare_for_comparison(model: Any, name: str) -> PreparedModel:
-    """A private prepared copy of ``model`` (see the module docstring).
+    """A private prepared copy of ``model`` for comparison (see the module docstring).
 
     Raises:
         TypeError: ``model`` is neither a module nor a QuantizationSimModel.
         ValueError: a sim's enabled quantizers have no encodings yet.
     """
-    if isinstance(model, QuantizationSimModel):
-        gm = _private_copy(model.model)
-    elif isinstance(model, torch.fx.GraphModule) and "prepared" in state_tags(model):
-        gm = _private_copy(model)
-    elif isinstance(model, nn.Module):
-        gm = prepare_model(model)
-    else:
-        raise TypeError(f"model {name!r} must be a torch.nn.Module or a "
-                        f"fxquant.QuantizationSimModel, got {type(model).__qualname__}")
-    _check_calibrated(gm, name)
-    if any(_meta.get(n, _meta.ROLE) == _meta.ROLE_QUANTIZER for n in gm.graph.nodes):
-        kind = SIM
-    elif any(is_torch_quantized_module(m) for m in gm.modules()):
-        kind = TORCH_QUANTIZED
-    else:
-        kind = FLOAT
-    return PreparedModel(gm, kind, name)
-
-
-def _private_copy(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
-    out = copy.deepcopy(gm)
-    for node in out.graph.nodes:  # deepcopy shares node.meta's inner dicts with the original
-        if _meta.META_KEY in node.meta:
-            node.meta[_meta.META_KEY] = dict(node.meta[_meta.META_KEY])
-    meta = getattr(out, "meta", None)
-    if isinstance(meta, dict) and _meta.META_KEY in meta:
-        meta[_meta.META_KEY] = {k: (list(v) if isinstance(v, list) else v)
-                                for k, v in meta[_meta.META_KEY].items()}
-    return out
+    resolved = resolve_model(model, what=f"model {name!r}")
+    _check_calibrated(resolved.gm, name)
+    return PreparedModel(resolved.gm, resolved.kind, name)
 
 
 def _check_calibrated(gm: torch.fx.GraphModule, name: str) -> None:
@@ -138,7 +96,7 @@ def _check_calibrated(gm: torch.fx.GraphModule, name: str) -> None:
 
 
 def _folded(p: PreparedModel) -> bool:
-    return p.kind == TORCH_QUANTIZED or "bn_folded" in state_tags(p.gm)
+    return p.kind == TORCH_QUANTIZED or _meta.TAG_BN_FOLDED in state_tags(p.gm)
 
 
 def _has_batch_norm(gm: torch.fx.GraphModule) -> bool:
