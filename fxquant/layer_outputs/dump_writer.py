@@ -29,7 +29,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from fxquant.core import files
 from fxquant.layer_outputs.errors import DumpExistsError, DumpWriteError
 
-__all__ = ["DumpWriter", "FILE_FORMATS", "HostInstance", "LAYOUTS", "MANIFEST", "MANIFEST_FORMAT",
+__all__ = ["DumpWriter", "DumpingUtil", "FILE_FORMATS", "HostInstance", "LAYOUTS", "MANIFEST", "MANIFEST_FORMAT",
            "NAME_ORDER", "check_dir", "default_layout", "sanitize_names"]
 
 logger = logging.getLogger(__name__)
@@ -453,3 +453,54 @@ class DumpWriter:
         self._dirty = False
         self._manifest_written = time.monotonic()
         _write_json(os.path.join(self.dir_path, MANIFEST), data)
+
+
+class DumpingUtil:
+    """What the torch and ONNX Runtime ``LayerOutputUtil`` share: a :class:`DumpWriter` fed by
+    ``_instance(input_instance)``, batch generation, closing and the context manager.
+
+    Example:
+        >>> with LayerOutputUtil(sim, "dumps/sim") as util:
+        ...     util.generate_layer_outputs_batch(images)
+    """
+
+    _writer: DumpWriter
+    #: Progress-bar label of :meth:`generate_layer_outputs_batch`.
+    _progress_label = "layer outputs"
+
+    def _instance(self, input_instance: Any) -> HostInstance:
+        raise NotImplementedError
+
+    @property
+    def dir_path(self) -> str:
+        """The dump directory."""
+        return self._writer.dir_path
+
+    def generate_layer_outputs_batch(self, input_instances: Iterable[Any], *,
+                                     progress: bool = True) -> int:
+        """Runs and writes many input instances; writing overlaps the next run.
+
+        Args:
+            input_instances: an iterable of input instances (each as for
+                ``generate_layer_outputs``), e.g. a ``DataLoader`` of single images.
+            progress: show a progress bar.
+
+        Returns:
+            The number of instances written.
+
+        Example:
+            >>> util.generate_layer_outputs_batch(torch.randn(32, 1, 3, 224, 224))
+            32
+        """
+        return self._writer.submit_all(input_instances, self._instance,
+                                       desc=self._progress_label, progress=progress)
+
+    def close(self) -> None:
+        """Finishes pending writes and stops the writer thread (also done at exit)."""
+        self._writer.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from fxquant.layer_outputs.dump_writer import DumpWriter, HostInstance, check_dir
+from fxquant.layer_outputs.dump_writer import DumpingUtil, DumpWriter, HostInstance, check_dir
 
 __all__ = ["LayerOutputUtil", "dumped_tensors"]
 
@@ -153,7 +153,7 @@ def _to_numpy(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
-class LayerOutputUtil:
+class LayerOutputUtil(DumpingUtil):
     """Captures and saves every intermediate tensor of an ONNX model with ONNX Runtime.
 
     Args:
@@ -181,6 +181,8 @@ class LayerOutputUtil:
         ...                                     session_options=so)
         >>> util.generate_layer_outputs(x.numpy())
     """
+
+    _progress_label = "layer outputs (ORT)"
 
     def __init__(self, model_or_path: onnx.ModelProto | str | os.PathLike[str],
                  dir_path: str | os.PathLike[str],
@@ -237,11 +239,6 @@ class LayerOutputUtil:
         onnx.save_model(model, path, save_as_external_data=True, location="model.onnx.data")
         return ort.InferenceSession(path, sess_options=options, providers=providers)
 
-    @property
-    def dir_path(self) -> str:
-        """The dump directory."""
-        return self._writer.dir_path
-
     def _feeds(self, input_instance: Any) -> dict[str, np.ndarray]:
         if isinstance(input_instance, Mapping):
             unknown = [k for k in input_instance if k not in self.input_names]
@@ -275,26 +272,3 @@ class LayerOutputUtil:
         index = self._writer.submit(self._instance(input_instance), wait=True)
         logger.info("wrote tensors of input instance %d to %s", index, self.dir_path)
 
-    def generate_layer_outputs_batch(self, input_instances: Iterable[Any], *,
-                                     progress: bool = True) -> int:
-        """Runs and writes many input instances (writing overlaps the next run).
-
-        Returns:
-            The number of instances written.
-
-        Example:
-            >>> util.generate_layer_outputs_batch([x0, x1])
-            2
-        """
-        return self._writer.submit_all(input_instances, self._instance, desc="layer outputs (ORT)",
-                                       progress=progress)
-
-    def close(self) -> None:
-        """Finishes pending writes and stops the writer thread."""
-        self._writer.close()
-
-    def __enter__(self) -> LayerOutputUtil:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()

@@ -29,7 +29,7 @@ import enum
 import logging
 import os
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Callable
 
 import torch
@@ -43,7 +43,7 @@ from fxquant.export import export_onnx
 from fxquant.export.qdq import QDQ_OPSET
 from fxquant.model_resolution import private_copy, resolve_model
 from fxquant.passes.remove_quantizers import RemoveQuantizersPass
-from fxquant.layer_outputs.dump_writer import DumpWriter, HostInstance, check_dir
+from fxquant.layer_outputs.dump_writer import DumpingUtil, DumpWriter, HostInstance, check_dir
 
 __all__ = ["LayerOutputUtil", "NamingScheme"]
 
@@ -309,7 +309,7 @@ class _Capture:
         return wait
 
 
-class LayerOutputUtil:
+class LayerOutputUtil(DumpingUtil):
     """Captures and saves every layer's output of a float model or a QuantSim.
 
     Args:
@@ -373,11 +373,6 @@ class LayerOutputUtil:
         self._capture = _Capture(self.graph_module, self._sites)
         self._skipped: set[str] = set()
 
-    @property
-    def dir_path(self) -> str:
-        """The dump directory."""
-        return self._writer.dir_path
-
     def _rename(self, name: str) -> str | None:
         if self.name_map is None:
             return name
@@ -421,35 +416,6 @@ class LayerOutputUtil:
         """
         index = self._writer.submit(self._instance(input_instance), wait=True)
         logger.info("wrote layer outputs of input instance %d to %s", index, self.dir_path)
-
-    def generate_layer_outputs_batch(self, input_instances: Iterable[Any], *,
-                                     progress: bool = True) -> int:
-        """Runs and writes many input instances; writing overlaps the next forward pass.
-
-        Args:
-            input_instances: an iterable of input instances (each as for
-                :meth:`generate_layer_outputs`), e.g. a ``DataLoader`` of single images.
-            progress: show a progress bar.
-
-        Returns:
-            The number of instances written.
-
-        Example:
-            >>> util.generate_layer_outputs_batch(torch.randn(32, 1, 3, 224, 224))
-            32
-        """
-        return self._writer.submit_all(input_instances, self._instance, desc="layer outputs",
-                                       progress=progress)
-
-    def close(self) -> None:
-        """Finishes pending writes and stops the writer thread (also done at exit)."""
-        self._writer.close()
-
-    def __enter__(self) -> LayerOutputUtil:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
     def __del__(self) -> None:
         writer = getattr(self, "_writer", None)

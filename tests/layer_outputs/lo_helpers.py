@@ -3,9 +3,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import onnxruntime as ort
 import torch
 from torch import nn
+
+from fxquant.layer_outputs.dump_writer import HostInstance
 
 
 class TinyNet(nn.Module):
@@ -94,3 +97,12 @@ def reestimate_batch_norms(model: nn.Module, shape: tuple[int, ...], batches: in
         for _ in range(batches):
             model(torch.randn(*shape, generator=gen))
     return model.eval()
+
+
+def sample_instance(k: int = 0) -> HostInstance:
+    """One input instance for the dump writer: names that sanitize alike, an integer tensor."""
+    rng = np.random.default_rng(k)
+    return HostInstance([("x", rng.standard_normal((1, 3, 4, 5)).astype(np.float32))],
+                        [("conv.1", rng.standard_normal((1, 2, 4, 5)).astype(np.float32)),
+                         ("conv_1", rng.standard_normal((1, 2)).astype(np.float32)),
+                         ("idx", np.arange(6, dtype=np.int64).reshape(2, 3))])

@@ -8,21 +8,14 @@ import numpy as np
 import pytest
 
 from fxquant.layer_outputs import DumpFormatError, LayerOutputDump
-from fxquant.layer_outputs.dump_writer import DumpWriter, HostInstance
-
-
-def _instance(k: int = 0) -> HostInstance:
-    rng = np.random.default_rng(k)
-    return HostInstance([("x", rng.standard_normal((1, 3, 4, 5)).astype(np.float32))],
-                        [("conv.1", rng.standard_normal((1, 2, 4, 5)).astype(np.float32)),
-                         ("conv_1", rng.standard_normal((1, 2)).astype(np.float32)),
-                         ("idx", np.arange(6, dtype=np.int64).reshape(2, 3))])
+from fxquant.layer_outputs.dump_writer import DumpWriter
+from tests.layer_outputs.lo_helpers import sample_instance
 
 
 def test_interrupted_run_is_readable(tmp_path: os.PathLike[str]) -> None:
     """A killed run can leave a hidden temporary folder; readers ignore it."""
     writer = DumpWriter(tmp_path / "d")
-    writer.submit(_instance(0))
+    writer.submit(sample_instance(0))
     writer.close()
     (tmp_path / "d" / "outputs" / ".tmp-layer_outputs_1-abc").mkdir()
     (tmp_path / "d" / "outputs" / ".tmp-layer_outputs_1-abc" / "conv_1.raw").write_bytes(b"\0" * 3)
@@ -50,7 +43,7 @@ def test_bad_dumps_are_reported(tmp_path: os.PathLike[str]) -> None:
     with pytest.raises(DumpFormatError, match="holds no complete instance"):
         LayerOutputDump(tmp_path / "empty")
     writer = DumpWriter(tmp_path / "d")
-    writer.submit(_instance())
+    writer.submit(sample_instance())
     writer.close()
     (tmp_path / "d" / "outputs" / "layer_outputs_0" / "conv_1.raw").write_bytes(b"\0" * 8)
     with pytest.raises(DumpFormatError, match=r"conv_1.raw holds 2 float32 values .*needs 40"):
@@ -84,7 +77,7 @@ def test_bad_dumps_are_reported(tmp_path: os.PathLike[str]) -> None:
 def test_malformed_manifest_names_file_and_field(tmp_path: os.PathLike[str], mutate,
                                                  match: str) -> None:
     writer = DumpWriter(tmp_path / "d")
-    writer.submit(_instance())
+    writer.submit(sample_instance())
     writer.close()
     path = tmp_path / "d" / "manifest.json"
     manifest = json.loads(path.read_text())
@@ -96,7 +89,7 @@ def test_malformed_manifest_names_file_and_field(tmp_path: os.PathLike[str], mut
 
 def test_manifest_not_json(tmp_path: os.PathLike[str]) -> None:
     writer = DumpWriter(tmp_path / "d")
-    writer.submit(_instance())
+    writer.submit(sample_instance())
     writer.close()
     (tmp_path / "d" / "manifest.json").write_text('{"format": ')
     with pytest.raises(DumpFormatError, match=r"manifest.json: invalid JSON at line 1, column 12: "

@@ -11,14 +11,7 @@ import pytest
 from fxquant.layer_outputs import (DumpExistsError, DumpWriteError, LayerOutputDump,
                                    sanitize_names)
 from fxquant.layer_outputs.dump_writer import DumpWriter, HostInstance
-
-
-def _instance(k: int = 0) -> HostInstance:
-    rng = np.random.default_rng(k)
-    return HostInstance([("x", rng.standard_normal((1, 3, 4, 5)).astype(np.float32))],
-                        [("conv.1", rng.standard_normal((1, 2, 4, 5)).astype(np.float32)),
-                         ("conv_1", rng.standard_normal((1, 2)).astype(np.float32)),
-                         ("idx", np.arange(6, dtype=np.int64).reshape(2, 3))])
+from tests.layer_outputs.lo_helpers import sample_instance
 
 
 def test_sanitize_names_never_collide() -> None:
@@ -35,7 +28,7 @@ def test_sanitize_names_never_collide() -> None:
 def test_layout_on_disk_and_manifest(tmp_path: os.PathLike[str]) -> None:
     writer = DumpWriter(tmp_path / "d", producer={"source": "test"})
     for k in range(2):
-        assert writer.submit(_instance(k)) == k
+        assert writer.submit(sample_instance(k)) == k
     writer.close()
     root = tmp_path / "d"
     assert sorted(os.listdir(root)) == ["inputs", "layer_output_name_order.json", "manifest.json",
@@ -52,35 +45,35 @@ def test_layout_on_disk_and_manifest(tmp_path: os.PathLike[str]) -> None:
     assert manifest["tensors"]["idx"]["source_dtype"] == "int64"
     assert [i["index"] for i in manifest["instances"]] == [0, 1]
     raw = np.fromfile(root / "outputs" / "layer_outputs_1" / "conv_1.raw", dtype=np.float32)
-    np.testing.assert_array_equal(raw.reshape(1, 2, 4, 5), _instance(1).outputs[0][1])
+    np.testing.assert_array_equal(raw.reshape(1, 2, 4, 5), sample_instance(1).outputs[0][1])
     dump = LayerOutputDump(root)
     np.testing.assert_array_equal(dump.load("idx", 0), np.arange(6, dtype=np.float32).reshape(2, 3))
-    np.testing.assert_array_equal(dump.load_inputs(1)[0], _instance(1).inputs[0][1])
+    np.testing.assert_array_equal(dump.load_inputs(1)[0], sample_instance(1).inputs[0][1])
 
 
 def test_nhwc_and_npy(tmp_path: os.PathLike[str]) -> None:
     writer = DumpWriter(tmp_path / "d", file_format="npy", layout="NHWC")
-    writer.submit(_instance())
+    writer.submit(sample_instance())
     writer.close()
     dump = LayerOutputDump(tmp_path / "d")
     info = dump.info("conv.1")
     assert (info.layout, info.shape, info.file) == ("NHWC", (1, 4, 5, 2), "conv_1.npy")
     np.testing.assert_array_equal(dump.load("conv.1"),
-                                  np.moveaxis(_instance().outputs[0][1], 1, -1))
+                                  np.moveaxis(sample_instance().outputs[0][1], 1, -1))
     assert dump.load("idx").dtype == np.int64  # npy keeps the dtype
 
 
 def test_non_empty_dir_is_an_error_unless_overwrite(tmp_path: os.PathLike[str]) -> None:
     target = tmp_path / "d"
     writer = DumpWriter(target)
-    writer.submit(_instance(0))
-    writer.submit(_instance(1))
+    writer.submit(sample_instance(0))
+    writer.submit(sample_instance(1))
     writer.close()
     with pytest.raises(DumpExistsError, match=r"is not empty .*pass overwrite=True"):
         DumpWriter(target)
     (target / "notes.txt").write_text("keep me")
     writer = DumpWriter(target, overwrite=True)
-    writer.submit(_instance(5))
+    writer.submit(sample_instance(5))
     writer.close()
     assert os.listdir(target / "outputs") == ["layer_outputs_0"]  # the old instances are gone
     assert (target / "notes.txt").read_text() == "keep me"
@@ -110,7 +103,7 @@ def test_read_only_dir(tmp_path: os.PathLike[str]) -> None:
 def test_disk_full_leaves_only_whole_files(tmp_path: os.PathLike[str],
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     writer = DumpWriter(tmp_path / "d")
-    writer.submit(_instance(0))
+    writer.submit(sample_instance(0))
     calls = {"n": 0}
     save = DumpWriter._save
 
@@ -123,7 +116,7 @@ def test_disk_full_leaves_only_whole_files(tmp_path: os.PathLike[str],
     monkeypatch.setattr(DumpWriter, "_save", failing)
     with pytest.raises(DumpWriteError,
                        match=r"cannot write .*layer_outputs_1.*disk .*full") as info:
-        writer.submit(_instance(1))
+        writer.submit(sample_instance(1))
     assert info.value.errno == errno.ENOSPC
     assert isinstance(info.value, OSError)
     monkeypatch.setattr(DumpWriter, "_save", save)
@@ -164,7 +157,7 @@ def test_instance_folders_get_umask_permissions(tmp_path: os.PathLike[str]) -> N
     old = os.umask(0o022)
     try:
         writer = DumpWriter(tmp_path / "d")
-        writer.submit(_instance(0))
+        writer.submit(sample_instance(0))
         writer.close()
     finally:
         os.umask(old)
@@ -174,10 +167,10 @@ def test_instance_folders_get_umask_permissions(tmp_path: os.PathLike[str]) -> N
     assert (tmp_path / "d" / "manifest.json").stat().st_mode & 0o777 == 0o644
 
 
-def test_failed_move_of_an_instance_leaves_no_partial_instance(
+def test_failed_move_of_an_instance_leaves_no_partialsample_instance(
         tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch) -> None:
     writer = DumpWriter(tmp_path / "d")
-    writer.submit(_instance(0))
+    writer.submit(sample_instance(0))
     real = os.replace
 
     def refuse(src: str, dst: str) -> None:
@@ -188,7 +181,7 @@ def test_failed_move_of_an_instance_leaves_no_partial_instance(
     monkeypatch.setattr(os, "replace", refuse)
     with pytest.raises(DumpWriteError, match=r"cannot move into place .*outputs/layer_outputs_1: "
                                              r"Input/output error") as info:
-        writer.submit(_instance(1))
+        writer.submit(sample_instance(1))
     assert info.value.filename.endswith(os.path.join("outputs", "layer_outputs_1"))
     monkeypatch.setattr(os, "replace", real)
     writer.close()
@@ -224,7 +217,7 @@ def test_several_inputs_and_their_failure(tmp_path: os.PathLike[str],
 def test_overwrite_removes_what_a_killed_run_left(tmp_path: os.PathLike[str],
                                                   caplog: pytest.LogCaptureFixture) -> None:
     writer = DumpWriter(tmp_path / "d")
-    writer.submit(_instance(0))
+    writer.submit(sample_instance(0))
     writer.close()
     (tmp_path / "d" / ".manifest.json.0123abcd.tmp").write_text("{")  # a killed atomic write
     (tmp_path / "d" / ".tmp-abc").mkdir()
