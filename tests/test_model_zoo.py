@@ -1,7 +1,6 @@
 """Every torchvision classification model: prepare is bit-exact, BN folding keeps numerics."""
 from __future__ import annotations
 
-import copy
 import gc
 
 import pytest
@@ -57,6 +56,8 @@ def _assert_prepare_is_idempotent(name: str, prepared: torch.fx.GraphModule) -> 
         gm = result.graph_module
         assert sorted(n for n, _ in gm.named_modules()) == modules, f"{name}: {how} renamed modules"
         assert sorted(fxquant.core.layers.layer_nodes(gm)) == layers, f"{name}: {how} renamed layers"
+    del routes, result, gm
+    gc.collect()  # the re-trace shares the prepared model's modules: let folding free them
 
 
 @pytest.mark.slow
@@ -78,27 +79,31 @@ def test_prepare_and_fold_torchvision(name: str) -> None:
         if all_foldable:
             assert not remaining, f"{name}: BNs left after folding: {remaining}"
         got = prepared(x)
+        # the caller's model is untouched by prepare_model / folding the prepared copy
+        assert torch.equal(model(x), expected)
+        del prepared, folded
+        gc.collect()  # a GraphModule sits in reference cycles: free its weights before the next
         if not torch.allclose(got, expected, rtol=1e-4, atol=1e-5):
             # Deep nets built with weights=None reach logits of ~50, where float32 itself is
             # ~1e-5 off in absolute terms: then the fold must be no farther from a float64
-            # evaluation of the unfolded model than float32 eager is.
-            reference = copy.deepcopy(model).double()(x.double())
+            # evaluation of the unfolded model than float32 eager is. (The model itself goes to
+            # float64 and back, which is exact: a float64 copy would double the peak memory of
+            # regnet_y_128gf, 2.6 GB of float32 weights.)
+            reference = model.double()(x.double())
+            model.float()
             eager_err = (expected.double() - reference).abs().max().item()
             fold_err = (got.double() - reference).abs().max().item()
             assert fold_err <= 2 * eager_err + 1e-5, (
                 f"{name}: folded output {fold_err:.3g} from the float64 reference, eager float32 "
                 f"{eager_err:.3g}")
-        # the caller's model is untouched by prepare_model / folding the prepared copy
-        assert torch.equal(model(x), expected)
 
         # Fresh BNs (mean 0, var 1, γ 1, β 0) make the fold nearly an identity; check the fold
         # arithmetic with non-trivial statistics too. Float32 summation noise compounds with
         # depth here, so this check is on the relative L2 error of the whole output.
-        del prepared, folded, got
-        gc.collect()  # a GraphModule sits in reference cycles: free its weights before the next
         randomize_batch_norms(model)
         expected = model(x)
         prepared = fxquant.prepare_model(model)
+        del model  # only its output is needed from here on (peak memory of the largest models)
         fxquant.fold_all_batch_norms(prepared)
         # (ViT heads are zero-initialized: an all-zero output must stay exactly zero)
         rel_l2 = ((prepared(x) - expected).norm() / expected.norm().clamp_min(1e-30)).item()

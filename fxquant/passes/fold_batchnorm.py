@@ -193,9 +193,9 @@ def _fold_backward(layer: nn.Module, bn: nn.Module) -> None:
         groups = layer.groups
         shape = (groups, w.shape[0] // groups, w.shape[1], *w.shape[2:])
         factor = scale.view(groups, 1, w.shape[1], *([1] * (w.dim() - 2)))
-        new_w = (w.to(dtype).reshape(shape) * factor).reshape(w.shape)
-    else:
-        new_w = w.to(dtype) * scale.view(out_channels, *([1] * (w.dim() - 1)))
+        new_w = w.to(dtype, copy=True).reshape(shape).mul_(factor).reshape(w.shape)
+    else:  # one float64 copy of the weight, scaled in place (the largest layers are GBs)
+        new_w = w.to(dtype, copy=True).mul_(scale.view(out_channels, *([1] * (w.dim() - 1))))
     bias = layer.bias.detach().to(dtype) if layer.bias is not None else torch.zeros_like(scale)
     with torch.no_grad():
         layer.weight.copy_(new_w)
