@@ -1,7 +1,9 @@
 """Shared fixtures: devices, seeding and model helpers."""
 from __future__ import annotations
 
+import ctypes
 import gc
+import sys
 from typing import Iterator
 
 import pytest
@@ -24,3 +26,23 @@ def _seed() -> Iterator[None]:
     # are freed only by the cycle collector; collect now, or the next model-zoo test allocates
     # its copies on top of the last one's and the suite's peak memory doubles.
     gc.collect()
+    _release_free_heap()
+
+
+def _release_free_heap() -> None:
+    """Hands memory freed by the last test back to the OS (glibc keeps freed heap pages, so the
+    suite's resident size would grow by fragmentation from test to test)."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _glibc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim  # noqa: B018 - only glibc has it
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+_LIBC = _glibc() if sys.platform.startswith("linux") else None
