@@ -460,12 +460,7 @@ def _mutated_between(gm: torch.fx.GraphModule, value: torch.fx.Node, anchor: tor
 def _copy_graph_module(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
     """A new GraphModule with a copy of ``gm``'s graph (private node metadata) and the same
     module objects."""
-    graph = copy.deepcopy(gm.graph)
-    for node in graph.nodes:
-        if _meta.META_KEY in node.meta:
-            node.meta[_meta.META_KEY] = dict(node.meta[_meta.META_KEY])
-    out = torch.fx.GraphModule(gm, graph, class_name=type(gm).__name__)
-    src_meta = getattr(gm, "meta", {}).get(_meta.META_KEY, {})
-    out.meta[_meta.META_KEY] = {k: (list(v) if isinstance(v, list) else v)
-                                for k, v in src_meta.items()}
+    out = torch.fx.GraphModule(gm, copy.deepcopy(gm.graph), class_name=type(gm).__name__)
+    out.meta[_meta.META_KEY] = (getattr(gm, "meta", None) or {}).get(_meta.META_KEY, {})
+    _meta.unshare_node_meta(out)  # the copied graph's node metadata and this dict become its own
     return out

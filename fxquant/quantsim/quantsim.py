@@ -27,6 +27,7 @@ from fxquant._fx_utils import as_args
 from fxquant.core.layers import is_layer, iter_layers, param_quantizers
 from fxquant.errors import ConfigError
 from fxquant.export import export_sim
+from fxquant.export.encodings_file import QuantizerArgs, read_encodings, write_encodings
 from fxquant.model_resolution import graph_module_to_transform
 from fxquant.passes.base import Sequential
 from fxquant.passes.fold_batchnorm import FoldBatchNormPass
@@ -36,7 +37,6 @@ from fxquant.quantsim.bias import Int32BiasQuantizer, find_input_quantizer
 from fxquant.quantsim.config import load_config
 from fxquant.quantsim.encoding import QuantEncoding
 from fxquant.quantsim.encoding_analyzer import PercentileEncodingAnalyzer
-from fxquant.export.encodings_file import QuantizerArgs, read_encodings, write_encodings
 from fxquant.quantsim.policy import ConfigPolicy, QuantSimSettings
 from fxquant.quantsim.quant_scheme import QuantizationDataType, QuantScheme
 from fxquant.quantsim.quantizer import QuantizerBase
