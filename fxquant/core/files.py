@@ -3,16 +3,21 @@
 Every file fxquant writes (exports, encodings, checkpoints, layer dumps, reports) goes through this
 module, and this is the only module that renames files into place. The rules:
 
-* A file is written to a hidden temporary name in its destination folder and then moved into place
-  with ``os.replace``, so a reader sees the old file or the new one, never half of one.
-* A set of files that belong together (an export) is staged in a hidden folder and moved into place
-  one by one; the previous versions are set aside first, and if any move fails, the new files are
-  taken out and the previous versions put back, so the previous version survives any failure.
+* A file is written to a hidden temporary name in its destination folder, flushed to disk
+  (``os.fsync``) and then moved into place with ``os.replace``, so a reader sees the old file or the
+  new one, never half of one; the folder is flushed after the move.
+* A set of files that belong together (an export) is staged in a hidden folder, flushed, and moved
+  into place one by one; each previous version is kept first (a hard link in the staging folder, so
+  the old file stays readable under its name until the new one replaces it in one step; moved aside
+  where the file system has no hard links). If any step fails, the new files are taken out and the
+  previous versions put back: the previous set survives any single failure byte-identical.
 * One overwrite policy (:func:`check_destination`): an existing file, or a folder that holds
   entries, is an :class:`~fxquant.errors.OutputExistsError` unless the caller passed
   ``overwrite=True``.
 * An ``OSError`` becomes a :class:`~fxquant.errors.FileWriteError` naming the path and the likely
-  fix.
+  fix; so does the ``RuntimeError`` torch raises when ``torch.save`` cannot write
+  (``[enforce fail at inline_container.cc…]``: a full disk, most often).
+* A failed write removes the folders it created for the file (no empty output folder is left).
 * New files and folders get the permissions the process's umask gives (not ``tempfile``'s 0600).
 
 Example:
@@ -28,21 +33,27 @@ import json
 import logging
 import os
 import pathlib
+import re
 import secrets
 import shutil
-from typing import Any, Callable, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 from fxquant.errors import FileWriteError, OutputExistsError
 
-__all__ = ["PathLike", "describe_os_error", "check_destination", "atomic_write", "write_bytes",
-           "write_text", "write_json", "make_temp_dir", "move_into_place", "StagedDirectory",
-           "staged_directory"]
+__all__ = ["PathLike", "describe_os_error", "write_failure", "check_destination", "atomic_write",
+           "atomic_write_file", "write_bytes", "write_text", "write_json", "make_temp_dir",
+           "move_into_place", "StagedDirectory", "staged_directory"]
 
 logger = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike[str]
 
 _ATTEMPTS = 100
+
+# torch.save's C++ zip writer reports a failed write as a RuntimeError, e.g.
+# "[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598".
+_TORCH_WRITE_FAILURE = re.compile(r"inline_container|PytorchStreamWriter|file write failed")
+_NEARLY_FULL = 1 << 20  # bytes free below which a failed torch write is reported as a full disk
 
 
 def _hint(code: int | None) -> str:
@@ -74,6 +85,87 @@ def describe_os_error(path: PathLike, exc: OSError, action: str = "write",
     reason = exc.strerror or str(exc)
     return error_cls(f"cannot {action} {os.fspath(path)}: {reason} ({_hint(exc.errno)})",
                      errno=exc.errno, filename=os.fspath(path))
+
+
+def write_failure(exc: BaseException, folder: PathLike) -> OSError | None:
+    """The ``OSError`` behind a failed write, or None when ``exc`` is not a write failure.
+
+    An ``OSError`` is returned as it is. torch's ``RuntimeError`` for a failed ``torch.save``
+    (``[enforce fail at inline_container.cc…]``, ``PytorchStreamWriter failed writing file``)
+    becomes the ``OSError`` chained to it when torch wrote through a Python file, else an
+    ``ENOSPC`` error when ``folder`` is (nearly) full, else ``EIO`` quoting torch's message.
+
+    Example:
+        >>> write_failure(RuntimeError("[enforce fail at inline_container.cc:672] ."), "out")
+        OSError(28, 'No space left on device')
+    """
+    if isinstance(exc, OSError):
+        return exc
+    if not isinstance(exc, RuntimeError) or not _TORCH_WRITE_FAILURE.search(str(exc)):
+        return None
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    try:
+        stats = os.statvfs(os.fspath(folder))
+        free = stats.f_bavail * stats.f_frsize
+    except (OSError, AttributeError):
+        free = None
+    if free is not None and free < _NEARLY_FULL:
+        return OSError(errno_codes.ENOSPC, os.strerror(errno_codes.ENOSPC))
+    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return OSError(errno_codes.EIO, f"torch could not write the file ({first_line})")
+
+
+def _fsync_file(path: str) -> None:
+    """Flushes the file ``path`` to disk (its data must be there before it is moved into place)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_folder(folder: str) -> None:
+    """Flushes the folder ``folder`` (the renames in it) to disk; the moves are done, so a failure
+    is logged, not raised."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        level = logging.DEBUG if exc.errno in (errno_codes.EINVAL, errno_codes.ENOTSUP) else \
+            logging.WARNING
+        logger.log(level, "could not flush folder %s to disk (%s); the files are in place but a "
+                   "power loss now could lose the update", folder, exc)
+
+
+def _missing_folders(folder: str) -> list[str]:
+    """The folders of ``folder``'s path that do not exist yet, deepest first."""
+    missing = []
+    current = os.path.abspath(folder)
+    while not os.path.exists(current):
+        missing.append(current)
+        parent = os.path.dirname(current)
+        if parent == current:
+            break
+        current = parent
+    return missing
+
+
+def _remove_empty(folders: list[str]) -> None:
+    """Removes ``folders`` (deepest first) while they are empty."""
+    for folder in folders:
+        try:
+            os.rmdir(folder)
+        except FileNotFoundError:
+            continue  # never made (the failure came first)
+        except OSError:
+            break  # holds something now: keep it and its parents
 
 
 def check_destination(path: PathLike, *, overwrite: bool, kind: str = "file",
@@ -186,11 +278,13 @@ def make_temp_dir(parent: PathLike, prefix: str) -> str:
 
 def atomic_write(path: PathLike, write: Callable[[str], None], *, overwrite: bool = True,
                  suffix: str = "", error_cls: type[FileWriteError] = FileWriteError,
-                 exists_cls: type[OutputExistsError] = OutputExistsError) -> pathlib.Path:
+                 exists_cls: type[OutputExistsError] = OutputExistsError,
+                 durable: bool = True) -> pathlib.Path:
     """Calls ``write(tmp)`` for a hidden temporary file next to ``path``, then moves it into place.
 
-    Missing parent folders are created. On any failure (``write`` raising anything, or the move
-    failing) the temporary file is removed and ``path`` is left as it was.
+    Missing parent folders are created. The temporary file is flushed to disk before the move. On
+    any failure (``write`` raising anything, the flush or the move failing) the temporary file and
+    the folders created for it are removed and ``path`` is left as it was.
 
     Args:
         path: the destination file.
@@ -200,6 +294,9 @@ def atomic_write(path: PathLike, write: Callable[[str], None], *, overwrite: boo
             it).
         error_cls: the error an ``OSError`` becomes.
         exists_cls: the error raised when ``path`` exists and ``overwrite`` is False.
+        durable: flush the file (before the move) and its folder (after) to disk; False skips
+            both ``fsync`` calls for many small files that are committed together later (the move
+            stays atomic, but a power loss may then lose the file).
 
     Returns:
         ``path`` as a :class:`pathlib.Path`.
@@ -207,7 +304,8 @@ def atomic_write(path: PathLike, write: Callable[[str], None], *, overwrite: boo
     Raises:
         OutputExistsError: ``path`` exists and ``overwrite`` is False.
         FileWriteError: the file could not be written or moved into place (the message names
-            ``path`` and the likely fix).
+            ``path`` and the likely fix: a full disk says so, also when torch's zip writer
+            reported it).
 
     Example:
         >>> atomic_write("out/model.onnx", lambda tmp: onnx.save_model(model, tmp), suffix=".onnx")
@@ -216,20 +314,54 @@ def atomic_write(path: PathLike, write: Callable[[str], None], *, overwrite: boo
     target = os.fspath(path)
     check_destination(target, overwrite=overwrite, exists_cls=exists_cls, error_cls=error_cls)
     folder = os.path.dirname(os.path.abspath(target))
+    created = _missing_folders(folder)
     tmp = None
+    done = False
     try:
         os.makedirs(folder, exist_ok=True)
         tmp = _new_temp_file(folder, f".{os.path.basename(target)}.", suffix + ".tmp")
         write(tmp)
+        if durable:
+            _fsync_file(tmp)
         os.replace(tmp, target)
         tmp = None
-    except OSError as exc:
-        raise describe_os_error(target, exc, "write", error_cls) from exc
+        done = True
+    except (OSError, RuntimeError) as exc:
+        cause = write_failure(exc, folder)
+        if cause is None:
+            raise
+        raise describe_os_error(target, cause, "write", error_cls) from exc
     finally:
         if tmp is not None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+        if not done:
+            _remove_empty(created)
+    if durable:
+        _fsync_folder(folder)
     return pathlib.Path(target)
+
+
+def atomic_write_file(path: PathLike, write: Callable[[BinaryIO], None], *,
+                      overwrite: bool = True, **kwargs: Any) -> pathlib.Path:
+    """Like :func:`atomic_write`, but ``write`` gets the temporary file opened for binary writing.
+
+    Use it for writers that take a file object (``torch.save``, ``numpy.save``, ``onnx.save``):
+    their writes go through Python, so a full disk is an ``OSError`` naming ``path``.
+
+    Example:
+        >>> atomic_write_file("sim.ckpt", lambda f: torch.save(payload, f))
+        PosixPath('sim.ckpt')
+    """
+    return atomic_write(path, _opened(write), overwrite=overwrite, **kwargs)
+
+
+def _opened(write: Callable[[BinaryIO], None]) -> Callable[[str], None]:
+    def write_path(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            write(f)
+
+    return write_path
 
 
 def write_bytes(path: PathLike, data: bytes, *, overwrite: bool = True,
@@ -240,11 +372,7 @@ def write_bytes(path: PathLike, data: bytes, *, overwrite: bool = True,
         >>> write_bytes("out/plot.png", png, overwrite=True)
         PosixPath('out/plot.png')
     """
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            f.write(data)
-
-    return atomic_write(path, write, overwrite=overwrite, **kwargs)
+    return atomic_write_file(path, lambda f: f.write(data), overwrite=overwrite, **kwargs)
 
 
 def write_text(path: PathLike, text: str, *, overwrite: bool = True,
@@ -290,15 +418,29 @@ def move_into_place(src: PathLike, dst: PathLike, *,
         raise describe_os_error(dst, exc, "move into place", error_cls) from exc
 
 
+def _keep_previous(final: str, kept: str) -> bool:
+    """Keeps the previous ``final`` at ``kept``: a hard link (``final`` stays in place), or, where
+    the file system refuses links, ``final`` moved there. Returns True when it was moved."""
+    try:
+        os.link(final, kept, follow_symlinks=False)
+        return False
+    except OSError as exc:
+        logger.debug("cannot hard-link %s (%s); moving it aside for the update", final, exc)
+    os.replace(final, kept)
+    return True
+
+
 class StagedDirectory:
     """Files that belong together, written into a hidden folder and then moved into place at once.
 
-    Use :func:`staged_directory`. ``path(name)`` gives the staged path of one output file; when the
-    ``with`` block ends without an exception, :meth:`commit` moves every staged file into the
-    destination folder, setting each previous version aside first. If a move fails, the new files
-    are taken out again and the previous versions put back: the folder is as it was before the
-    update, and the error names the file that failed. If the block raises, nothing in the
-    destination is touched (a destination folder created for the update is removed again).
+    Use :func:`staged_directory`. ``path(name)`` gives the staged path of one output file (or
+    :meth:`write` / :meth:`write_file` write it); when the ``with`` block ends without an
+    exception, :meth:`commit` flushes every staged file to disk and moves it into the destination
+    folder, keeping each previous version first (a hard link in the staging folder; moved aside
+    where hard links fail). If any step fails, the new files are taken out again and the previous
+    versions put back: the folder is as it was before the update, and the error names the file
+    that failed. If the block raises, nothing in the destination is touched (a destination folder
+    created for the update is removed again).
     """
 
     def __init__(self, directory: PathLike, *, overwrite: bool,
@@ -317,10 +459,7 @@ class StagedDirectory:
         """Creates the destination folder (when missing) and the hidden staging folder in it."""
         check_destination(self.directory, overwrite=True, kind="directory",
                           exists_cls=self.exists_cls, error_cls=self.error_cls)
-        missing = os.path.abspath(self.directory)
-        while not os.path.exists(missing):
-            self._created.append(missing)
-            missing = os.path.dirname(missing)
+        self._created = _missing_folders(self.directory)
         try:
             os.makedirs(self.directory, exist_ok=True)
             self._stage = make_temp_dir(self.directory, ".fxquant-stage-")
@@ -360,7 +499,8 @@ class StagedDirectory:
         """Calls ``write(staged_path)`` for the output file ``name``; returns its final path.
 
         Raises:
-            FileWriteError: ``write`` raised an ``OSError`` (the message names the final path).
+            FileWriteError: ``write`` raised an ``OSError`` or torch's write-failure
+                ``RuntimeError`` (the message names the final path and the fix).
             ValueError, OutputExistsError: as :meth:`path`.
 
         Example:
@@ -371,73 +511,96 @@ class StagedDirectory:
         final = os.path.join(self.directory, name)
         try:
             write(staged)
-        except OSError as exc:
-            raise describe_os_error(final, exc, "write", self.error_cls) from exc
+        except (OSError, RuntimeError) as exc:
+            cause = write_failure(exc, self.directory)
+            if cause is None:
+                raise
+            raise describe_os_error(final, cause, "write", self.error_cls) from exc
         return pathlib.Path(final)
 
+    def write_file(self, name: str, write: Callable[[BinaryIO], None]) -> pathlib.Path:
+        """Like :meth:`write`, but ``write`` gets the staged file opened for binary writing.
+
+        Example:
+            >>> with staged_directory("out", overwrite=True) as stage:
+            ...     stage.write_file("model.pth", lambda f: torch.save(state, f))
+        """
+        return self.write(name, _opened(write))
+
     def commit(self) -> list[pathlib.Path]:
-        """Moves every staged file into place (all or none); returns the final paths.
+        """Flushes every staged file and moves it into place (all or none); returns the final paths.
+
+        Per file: the previous version is kept as a hard link in the staging folder (it stays in
+        place until the new file replaces it with one ``os.replace``), or moved aside where the
+        file system refuses the link; then the new file is moved in. Any failure takes the new
+        files out again and puts the previous versions back.
 
         Raises:
-            FileWriteError: a staged file is missing or could not be moved; the destination is as
-                it was before (the message names the file).
+            FileWriteError: a staged file is missing or could not be flushed or moved; the
+                destination is as it was before (the message names the file).
         """
         if self._stage is None:
             raise RuntimeError("StagedDirectory.commit() called outside its `with` block")
         backup = os.path.join(self._stage, ".previous")
-        moved: list[str] = []       # names now in place from this update
-        saved: list[str] = []       # names whose previous version sits in ``backup``
+        moved: list[str] = []           # names now in place from this update
+        kept: dict[str, bool] = {}      # name -> its previous version was moved aside (not linked)
         current = ""
         try:
             for name in self.names:
-                if not os.path.exists(os.path.join(self._stage, name)):
-                    current = name
+                current = name
+                staged = os.path.join(self._stage, name)
+                if not os.path.exists(staged):
                     raise FileNotFoundError(errno_codes.ENOENT, "the writer did not create it",
-                                            os.path.join(self._stage, name))
+                                            staged)
+                _fsync_file(staged)
             os.makedirs(backup)
             for name in self.names:
                 current = name
                 final = os.path.join(self.directory, name)
                 if os.path.lexists(final):
-                    os.replace(final, os.path.join(backup, name))
-                    saved.append(name)
+                    kept[name] = _keep_previous(final, os.path.join(backup, name))
                 os.replace(os.path.join(self._stage, name), final)
                 moved.append(name)
         except OSError as exc:
-            self._roll_back(moved, saved, backup)
+            self._roll_back(moved, kept, backup)
             raise describe_os_error(os.path.join(self.directory, current), exc, "move into place",
                                     self.error_cls) from exc
+        _fsync_folder(self.directory)
         return [pathlib.Path(self.directory, name) for name in self.names]
 
-    def _roll_back(self, moved: list[str], saved: list[str], backup: str) -> None:
-        for name in moved:
-            if name not in saved:
-                with contextlib.suppress(OSError):
-                    os.unlink(os.path.join(self.directory, name))
-        for name in saved:
+    def _roll_back(self, moved: list[str], kept: dict[str, bool], backup: str) -> None:
+        for name in reversed(self.names):
             final = os.path.join(self.directory, name)
-            try:
-                os.replace(os.path.join(backup, name), final)  # over the new file in one step
-            except OSError as exc:
-                logger.error("could not restore the previous %s (%s); it is kept in %s", final,
-                             exc, backup)
-                self._keep = True
+            if name in kept and (name in moved or kept[name]):
+                try:
+                    os.replace(os.path.join(backup, name), final)  # over the new file in one step
+                except OSError as exc:
+                    logger.error("could not restore the previous %s (%s); it is kept in %s",
+                                 final, exc, backup)
+                    self._keep = True
+            elif name in moved:
+                try:
+                    os.unlink(final)
+                except OSError as exc:
+                    logger.error("could not remove the new %s of the failed update (%s); remove "
+                                 "it by hand", final, exc)
 
     def close(self, failed: bool = False) -> None:
         """Removes the staging folder (kept when a previous version could not be restored) and,
         after a failed update, the destination folders created for it."""
         if self._stage is not None and not self._keep:
-            shutil.rmtree(self._stage, ignore_errors=True)
+            try:
+                shutil.rmtree(self._stage)
+            except OSError as exc:
+                logger.warning("could not remove the staging folder %s (%s); the update is %s, "
+                               "the folder (hidden, skipped by readers) can be deleted",
+                               self._stage, exc, "undone" if failed else "complete")
         self._stage = None
         if failed and not self._keep:
             self._remove_created()
 
     def _remove_created(self) -> None:
-        for folder in self._created:
-            try:
-                os.rmdir(folder)  # only when empty
-            except OSError:
-                break
+        _remove_empty(self._created)
         self._created = []
 
 

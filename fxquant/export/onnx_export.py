@@ -51,6 +51,8 @@ from torch import nn
 
 from fxquant._fx_utils import as_args
 from fxquant.core.files import atomic_write
+from fxquant.export.errors import ExportError
+from fxquant.tracing.records import AutoLeaf, auto_leaves
 from fxquant.core.layers import has_quantizers, is_layer, layer_name
 from fxquant.model_resolution import private_copy, resolve_model
 from fxquant.passes.remove_quantizers import RemoveQuantizersPass
@@ -152,6 +154,9 @@ def export_onnx(gm_or_model: nn.Module, dummy_input: Any, path: str | os.PathLik
 
     Raises:
         ValueError: the opset is below 13, or forbidden export arguments.
+        ExportError: ``torch.export`` failed on a model with parts :func:`fxquant.trace` made
+            opaque (:func:`fxquant.auto_leaves`); the message names the leaf that blocks it (module
+            path and class) and what to do; torch's error is chained as ``__cause__``.
 
     Example:
         >>> result = export_onnx(fxquant.prepare_model(resnet18), torch.randn(1, 3, 224, 224))
@@ -166,7 +171,13 @@ def export_onnx(gm_or_model: nn.Module, dummy_input: Any, path: str | os.PathLik
         with torch.no_grad():
             ShapeProp(gm).propagate(*args)  # output types decide tuple and float layers
     kwargs = _export_kwargs(onnx_export_args)
-    program = torch.onnx.export(gm, args, dynamo=True, **kwargs)
+    try:
+        program = torch.onnx.export(gm, args, dynamo=True, **kwargs)
+    except Exception as exc:
+        leaves = auto_leaves(gm)
+        if not leaves:
+            raise
+        raise _leaf_export_error(exc, leaves) from exc
     model = program.model_proto
     opset = opset_of(model)
     if opset < MIN_OPSET:
@@ -181,6 +192,44 @@ def export_onnx(gm_or_model: nn.Module, dummy_input: Any, path: str | os.PathLik
         out_path = os.fspath(path)
         atomic_write(out_path, lambda tmp: onnx.save_model(model, tmp), suffix=".onnx")
     return OnnxExport(model, gm, layer_outputs, tuple(unmapped), fx_values, opset, out_path)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_CALL_MODULE_TARGET = re.compile(r"call_module\[target=([^\]]+)\]")
+
+
+def _torch_reason(exc: BaseException) -> str:
+    """One line saying why torch.export failed: the underlying error's first line."""
+    inner = exc.__cause__ or exc
+    text = _ANSI.sub("", str(inner)).strip()
+    line = text.splitlines()[0] if text else ""
+    return f"{type(inner).__name__}: {line}" if line else type(inner).__name__
+
+
+def _leaf_export_error(exc: BaseException, leaves: tuple[AutoLeaf, ...]) -> ExportError:
+    """The ExportError for a torch.export failure on a model with auto-leaves: names the leaf
+    whose call the failure happened in (or every leaf when torch does not say)."""
+    text = _ANSI.sub("", "\n".join(str(e) for e in (exc, exc.__cause__) if e is not None))
+    targets = set(_CALL_MODULE_TARGET.findall(text))
+    blocking = [leaf for leaf in leaves
+                if leaf.module_path in targets
+                or any(t.startswith(leaf.module_path + ".") for t in targets if leaf.module_path)]
+    reason = _torch_reason(exc)
+    if blocking:
+        leaf = blocking[0]
+        where = f" at {leaf.source}" if getattr(leaf, "source", None) else ""
+        return ExportError(
+            f"cannot export to ONNX: {leaf.module_path or '<root>'} ({leaf.module_class}) is a "
+            f"part fxquant.trace made opaque ({leaf.error}{where}) and torch.export cannot "
+            f"export it either ({reason}). Make its {leaf.method}() traceable (e.g. torch.where "
+            "or torch.cond instead of Python `if` on tensor values, no data-dependent shapes), "
+            "or replace that module before building the sim.")
+    listed = "; ".join(f"{leaf.module_path or '<root>'} ({leaf.module_class})" for leaf in leaves)
+    return ExportError(
+        f"cannot export to ONNX: torch.export failed ({reason}) on a model with {len(leaves)} "
+        f"part(s) fxquant.trace made opaque: {listed}. These are the likely cause: make their "
+        "code traceable (fxquant.auto_leaves(model) says why each one is opaque), or replace "
+        "those modules before building the sim.")
 
 
 # -------------------------------------------------------------------------------------------------

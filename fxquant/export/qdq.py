@@ -39,6 +39,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from fxquant.core.encoding import INT32_MAX, INT32_MIN, AnyEncoding, FloatEncoding, QuantEncoding
 from fxquant.core.kernels import quantize, quantize_dequantize
+from fxquant.export.errors import ExportError
 
 __all__ = ["QdqModel", "build_qdq_model", "QDQ_OPSET"]
 
@@ -270,12 +271,15 @@ def build_qdq_model(float_model: onnx.ModelProto, activations: Mapping[str, AnyE
 
     Raises:
         ValueError: an encoding names no tensor of ``float_model``.
+        ExportError: ``float_model`` is not a float32 model (QuantizeLinear takes float32 scales);
+            the message names the tensors.
 
     Example:
         >>> qdq = build_qdq_model(float_onnx, {"x": enc_x}, {"conv1.weight": enc_w})
         >>> qdq.dequantized["x"]
         'x/dq'
     """
+    _check_float32(float_model)
     model = onnx.ModelProto()
     model.CopyFrom(float_model)
     if _needs_opset21(activations, params) and _opset(model) < QDQ_OPSET:
@@ -294,6 +298,24 @@ def build_qdq_model(float_model: onnx.ModelProto, activations: Mapping[str, AnyE
         builder.activation(name, enc, producers, graph_inputs, graph_outputs)
     builder.finish()
     return QdqModel(model, dict(builder.dequantized))
+
+
+_OTHER_FLOATS = {TensorProto.FLOAT16: "float16", TensorProto.BFLOAT16: "bfloat16",
+                 TensorProto.DOUBLE: "float64"}
+
+
+def _check_float32(model: onnx.ModelProto) -> None:
+    graph = model.graph
+    found = [(i.name, _OTHER_FLOATS[i.type.tensor_type.elem_type]) for i in graph.input
+             if i.type.tensor_type.elem_type in _OTHER_FLOATS]
+    found += [(t.name, _OTHER_FLOATS[t.data_type]) for t in graph.initializer
+              if t.data_type in _OTHER_FLOATS]
+    if found:
+        shown = ", ".join(f"{name} ({dtype})" for name, dtype in found[:5])
+        raise ExportError(
+            f"build_qdq_model needs a float32 model, but {len(found)} input(s)/initializer(s) are "
+            f"not float32: {shown}{' …' if len(found) > 5 else ''}. Export the float model in "
+            "float32 (model.float() and a float32 dummy input; sim.export does this itself)")
 
 
 def _needs_opset21(activations: Mapping[str, AnyEncoding], params: Mapping[str, AnyEncoding]

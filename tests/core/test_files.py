@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import pathlib
+import re
 import stat
 
 import pytest
@@ -282,7 +283,7 @@ def test_staged_update_without_overwrite_refuses_existing_names(tmp_path: pathli
     assert _tree(tmp_path) == before  # no staging folder left either
 
 
-@pytest.mark.parametrize("failing_call", range(1, 7))
+@pytest.mark.parametrize("failing_call", range(1, 4))
 def test_failed_move_restores_previous_versions(tmp_path: pathlib.Path,
                                                 monkeypatch: pytest.MonkeyPatch,
                                                 failing_call: int) -> None:
@@ -299,26 +300,73 @@ def test_failed_move_restores_previous_versions(tmp_path: pathlib.Path,
         real(src, dst)
 
     monkeypatch.setattr(files.os, "replace", flaky)
-    culprit = NAMES[(failing_call - 1) // 2]  # per name: old version aside, new one in
+    culprit = NAMES[failing_call - 1]  # per name: previous version linked aside, new one moved in
     with pytest.raises(_WriteError, match=rf"cannot move into place {tmp_path}/{culprit}: "
                                           "Input/output error") as info:
         _export(tmp_path, "v2", overwrite=True, error_cls=_WriteError)
     assert info.value.filename == str(tmp_path / culprit)
     assert _tree(tmp_path) == before  # byte-identical, no staging folder
-    assert len(calls) == failing_call + failing_call // 2  # the set-aside versions moved back
+    assert len(calls) == 2 * failing_call - 1  # the names moved in before were put back
+
+
+def test_previous_version_stays_readable_during_the_update(tmp_path: pathlib.Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The old file is linked aside, not moved: at every move each name holds a whole file."""
+    _export(tmp_path, "v1", overwrite=True)
+    real = os.replace
+    seen = []
+
+    def watching(src: str, dst: str) -> None:
+        seen.append({n: (tmp_path / n).read_text() for n in NAMES})  # raises if one is missing
+        real(src, dst)
+
+    monkeypatch.setattr(files.os, "replace", watching)
+    _export(tmp_path, "v2", overwrite=True)
+    assert seen == [{n: ("v2" if i < k else "v1") + f":{n}" for i, n in enumerate(NAMES)}
+                    for k in range(3)]
+
+
+@pytest.mark.parametrize("failing_call", range(1, 4))
+def test_without_hard_links_the_previous_versions_are_moved_aside(
+        tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, failing_call: int) -> None:
+    _export(tmp_path, "v1", overwrite=True)
+    before = _tree(tmp_path)
+
+    def no_links(src: str, dst: str, **kwargs) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(files.os, "link", no_links)
+    _export(tmp_path, "v2", overwrite=True)  # falls back: old aside, new in
+    assert _tree(tmp_path) == {n: f"v2:{n}".encode() for n in NAMES}
+    for name in NAMES:
+        (tmp_path / name).write_text(f"v1:{name}")
+    real = os.replace
+    calls = []
+
+    def flaky(src: str, dst: str) -> None:
+        calls.append(dst)
+        if len(calls) == 2 * failing_call:  # the move-in of the failing_call-th name
+            raise OSError(errno.EIO, "Input/output error")
+        real(src, dst)
+
+    monkeypatch.setattr(files.os, "replace", flaky)
+    with pytest.raises(FileWriteError, match=rf"{NAMES[failing_call - 1]}: Input/output error"):
+        _export(tmp_path, "v2", overwrite=True)
+    assert _tree(tmp_path) == before
 
 
 def test_failed_restore_keeps_the_previous_version_in_the_stage(
         tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
+    """Two faults (a move, then the restore of an earlier name) cannot be undone: the previous
+    version is kept in the staging folder and the log says where."""
     _export(tmp_path, "v1", overwrite=True)
     real = os.replace
     calls = []
 
     def flaky(src: str, dst: str) -> None:
         calls.append(dst)
-        if len(calls) == 4 or (len(calls) > 4 and str(src).endswith(os.path.join(".previous",
-                                                                                "m.onnx"))):
+        if len(calls) == 2 or str(src).endswith(os.path.join(".previous", "m.onnx")):
             raise OSError(errno.EIO, "Input/output error")
         real(src, dst)
 
@@ -329,9 +377,43 @@ def test_failed_restore_keeps_the_previous_version_in_the_stage(
     kept = [e for e in os.listdir(tmp_path) if e.startswith(".fxquant-stage-")]
     assert len(kept) == 1
     assert (tmp_path / kept[0] / ".previous" / "m.onnx").read_text() == "v1:m.onnx"
-    assert (tmp_path / "m.encodings").read_text() == "v1:m.encodings"  # restored
+    assert (tmp_path / "m.encodings").read_text() == "v1:m.encodings"  # never replaced
     assert any("could not restore the previous" in r.getMessage() and "m.onnx" in r.getMessage()
                for r in caplog.records)
+
+
+def test_failed_flush_of_a_staged_file_touches_nothing(tmp_path: pathlib.Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    _export(tmp_path, "v1", overwrite=True)
+    before = _tree(tmp_path)
+
+    def broken(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(files.os, "fsync", broken)
+    with pytest.raises(FileWriteError, match=rf"cannot move into place {tmp_path}/m.onnx: "
+                                             "Input/output error"):
+        _export(tmp_path, "v2", overwrite=True)
+    assert _tree(tmp_path) == before
+
+
+def test_failed_folder_flush_after_the_moves_only_warns(tmp_path: pathlib.Path,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.EIO, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(files.os, "fsync", fsync)
+    with caplog.at_level(logging.WARNING, logger="fxquant.core.files"):
+        _export(tmp_path, "v2", overwrite=True)
+        files.write_text(tmp_path / "r.txt", "new")
+    assert _tree(tmp_path) == {"r.txt": b"new", **{n: f"v2:{n}".encode() for n in NAMES}}
+    assert sum(f"could not flush folder {tmp_path} to disk" in r.getMessage()
+               for r in caplog.records) == 2
 
 
 def test_exception_in_the_block_touches_nothing(tmp_path: pathlib.Path) -> None:
@@ -421,3 +503,186 @@ def test_staging_folder_cannot_be_created(tmp_path: pathlib.Path,
         with files.staged_directory(tmp_path / "new", overwrite=True):
             pass
     assert os.listdir(tmp_path) == []
+
+
+# -------------------------------------------------------------------------------------------------
+# write failures: torch's RuntimeError, full disks, folders created for a failed write
+# -------------------------------------------------------------------------------------------------
+_TORCH_FULL = "[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"
+
+
+def test_write_failure_finds_the_os_error_torch_wrapped(tmp_path: pathlib.Path) -> None:
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            raise RuntimeError(_TORCH_FULL)
+    except RuntimeError as exc:
+        wrapped = exc
+    found = files.write_failure(wrapped, tmp_path)
+    assert isinstance(found, OSError) and found.errno == errno.ENOSPC
+    plain = OSError(errno.EIO, "x")
+    assert files.write_failure(plain, tmp_path) is plain
+    assert files.write_failure(RuntimeError("shapes do not match"), tmp_path) is None
+    assert files.write_failure(ValueError(_TORCH_FULL), tmp_path) is None
+
+
+@pytest.mark.parametrize("free, code, reason", [
+    (0, errno.ENOSPC, "No space left on device"),
+    (1 << 30, errno.EIO, rf"torch could not write the file \({re.escape(_TORCH_FULL)}\)"),
+])
+def test_torch_write_failure_without_an_os_error(tmp_path: pathlib.Path,
+                                                 monkeypatch: pytest.MonkeyPatch, free: int,
+                                                 code: int, reason: str) -> None:
+    real = os.statvfs
+
+    class _Stats:
+        f_bavail, f_frsize = free, 1
+
+    monkeypatch.setattr(files.os, "statvfs", lambda p: _Stats() if str(p) == str(tmp_path)
+                        else real(p))
+    target = tmp_path / "sim.ckpt"
+    target.write_bytes(b"old")
+
+    def torch_save(tmp: str) -> None:
+        pathlib.Path(tmp).write_bytes(b"partial")
+        raise RuntimeError(_TORCH_FULL)
+
+    with pytest.raises(FileWriteError, match=rf"cannot write {target}: {reason}") as info:
+        files.atomic_write(target, torch_save)
+    assert info.value.errno == code and isinstance(info.value.__cause__, RuntimeError)
+    assert _tree(tmp_path) == {"sim.ckpt": b"old"}
+
+
+def test_other_runtime_errors_pass_through(tmp_path: pathlib.Path) -> None:
+    def broken(tmp: str) -> None:
+        raise RuntimeError("model broke")
+
+    with pytest.raises(RuntimeError, match="^model broke$"):
+        files.atomic_write(tmp_path / "new" / "f", broken)
+    with pytest.raises(RuntimeError, match="^model broke$"):
+        with files.staged_directory(tmp_path / "new", overwrite=True) as stage:
+            stage.write("f", broken)
+    assert os.listdir(tmp_path) == []
+
+
+def test_failed_write_removes_the_folders_it_created(tmp_path: pathlib.Path) -> None:
+    """Issue 11: a full disk left an empty output folder behind."""
+    (tmp_path / "kept").mkdir()
+
+    def full(f) -> None:
+        f.write(b"some")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(FileWriteError, match=rf"cannot write {tmp_path}/kept/a/b/f.pth: No space "
+                                             r"left on device \(the disk \(or quota\) is full: "
+                                             "free space or choose another location"):
+        files.atomic_write_file(tmp_path / "kept" / "a" / "b" / "f.pth", full)
+    assert _tree(tmp_path) == {} and os.listdir(tmp_path) == ["kept"]
+
+
+def test_atomic_write_file_and_stage_write_file(tmp_path: pathlib.Path) -> None:
+    assert files.atomic_write_file(tmp_path / "x" / "a.bin", lambda f: f.write(b"\x00\x01")) == \
+        tmp_path / "x" / "a.bin"
+    with files.staged_directory(tmp_path / "x", overwrite=True) as stage:
+        assert stage.write_file("b.bin", lambda f: f.write(b"b")) == tmp_path / "x" / "b.bin"
+        stage.write_file("a.bin", lambda f: f.write(b"new"))
+    assert _tree(tmp_path / "x") == {"a.bin": b"new", "b.bin": b"b"}
+
+
+def test_real_full_disk(tmp_path: pathlib.Path) -> None:
+    """torch.save onto a full tmpfs: torch's RuntimeError becomes a FileWriteError naming the file;
+    the folders made for it are gone."""
+    import torch
+
+    from tests.core.faults import small_tmpfs
+
+    with small_tmpfs("64k") as disk:
+        big = {"w": torch.zeros(100_000)}
+
+        def through_python(tmp: str) -> None:
+            with open(tmp, "wb") as f:
+                torch.save(big, f)
+
+        for write in (lambda tmp: torch.save(big, tmp), through_python):
+            with pytest.raises(FileWriteError, match=rf"cannot write {disk}/new/m.pth: No space "
+                                                     r"left on device \(the disk"):
+                files.atomic_write(disk / "new" / "m.pth", write)
+            assert os.listdir(disk) == []
+        (disk / "old.pth").write_bytes(b"old")
+        with pytest.raises(FileWriteError, match=r"old.pth: No space left on device"):
+            files.atomic_write_file(disk / "old.pth", lambda f: torch.save(big, f))
+        assert _tree(disk) == {"old.pth": b"old"}
+
+
+# -------------------------------------------------------------------------------------------------
+# every step of each writer failing in turn (tests/core/faults.py)
+# -------------------------------------------------------------------------------------------------
+def test_fault_at_every_step_of_a_staged_update(tmp_path: pathlib.Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.core.faults import check_all_or_nothing
+
+    out = tmp_path / "out"
+
+    def write(tag: str) -> None:
+        with files.staged_directory(out, overwrite=True) as stage:
+            for name in NAMES:
+                stage.write_file(name, lambda f, n=name: f.write(f"{tag}:{n}".encode()))
+
+    outcome = check_all_or_nothing(out, lambda: write("v2"), setup=lambda: write("v1"),
+                                   monkeypatch=monkeypatch)
+    assert outcome.raised["os.replace"] == [1, 2, 3] and outcome.raised["file.write"] == [1, 2, 3]
+    assert outcome.raised["os.fsync"] == [1, 2, 3] and outcome.survived["os.fsync"] == [4]
+    assert outcome.survived["os.link"] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("helper", ["write_text", "write_json", "write_bytes"])
+def test_fault_at_every_step_of_an_atomic_file(tmp_path: pathlib.Path,
+                                               monkeypatch: pytest.MonkeyPatch,
+                                               helper: str) -> None:
+    from tests.core.faults import check_all_or_nothing
+
+    path = tmp_path / "out" / "new" / "f"
+    value = {"write_text": "{}", "write_json": {"a": 1}, "write_bytes": b"\x00"}[helper]
+    newer = {"write_text": "[]", "write_json": {"a": 2}, "write_bytes": b"\x01"}[helper]
+    outcome = check_all_or_nothing(tmp_path / "out",
+                                   lambda: getattr(files, helper)(path, newer),
+                                   setup=lambda: getattr(files, helper)(path, value),
+                                   monkeypatch=monkeypatch)
+    assert outcome.raised["os.replace"] == [1] and outcome.raised["file.write"] == [1]
+    first = check_all_or_nothing(tmp_path / "fresh", lambda: getattr(files, helper)(
+        tmp_path / "fresh" / "a" / "f", newer), monkeypatch=monkeypatch, watch=tmp_path)
+    assert first.raised["os.mkdir"] == [1, 2]  # and tree(fresh) stayed None each time
+
+
+def test_fault_harness_catches_a_writer_that_is_not_atomic(tmp_path: pathlib.Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The harness itself can fail: files rewritten in place are half-written when a write fails."""
+    from tests.core.faults import check_all_or_nothing
+
+    out = tmp_path / "out"
+
+    def naive(tag: str) -> None:
+        out.mkdir(exist_ok=True)
+        for name in NAMES:
+            try:
+                with open(out / name, "wb") as f:
+                    f.write(f"{tag}:{name}".encode())
+            except OSError as exc:
+                raise files.describe_os_error(out / name, exc) from exc
+
+    with pytest.raises(AssertionError, match=r"file\.write call 1 failed .* not the previous "
+                                             "version"):
+        check_all_or_nothing(out, lambda: naive("v2"), setup=lambda: naive("v1"),
+                             monkeypatch=monkeypatch, points=("file.write",))
+
+
+def test_durable_false_skips_the_flushes(tmp_path: pathlib.Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    real = os.fsync
+    calls = []
+    monkeypatch.setattr(files.os, "fsync", lambda fd: (calls.append(fd), real(fd))[1])
+    files.write_bytes(tmp_path / "a", b"x", durable=False)
+    assert calls == [] and (tmp_path / "a").read_bytes() == b"x"
+    files.write_bytes(tmp_path / "a", b"y")
+    assert len(calls) == 2 and (tmp_path / "a").read_bytes() == b"y"  # the file, then the folder

@@ -64,3 +64,64 @@ def test_export_onnx_rejects_legacy_args() -> None:
     with pytest.raises(ValueError, match="dynamo"):
         export_onnx(torchvision.models.resnet18().eval(), torch.randn(1, 3, 32, 32),
                     onnx_export_args={"dynamo": False})
+
+
+class _Gate(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 0:  # data-dependent: fxquant.trace makes this module a leaf
+            return x * 2
+        return x
+
+
+class _GatedNet(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+        self.block = torch.nn.Sequential(torch.nn.ReLU(), _Gate())
+        self.head = torch.nn.Conv2d(4, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block(self.conv(x)))
+
+
+def test_export_names_the_auto_leaf_that_blocks_it(tmp_path) -> None:
+    """Issue 11 item 12: torch's TorchExportError and graph dump; now one ExportError naming the leaf."""
+    import fxquant
+    from fxquant.export import ExportError
+
+    x = torch.randn(1, 3, 8, 8)
+    sim = _sim(_GatedNet().eval(), x)
+    assert [leaf.module_path for leaf in fxquant.auto_leaves(sim.model)] == ["block.1"]
+    message = (r"^cannot export to ONNX: block\.1 \(.*_Gate\) is a part fxquant\.trace made opaque "
+               r"\(TraceError: .*control flow at .*test_onnx_export\.py:\d+: "
+               r"if x\.sum\(\) > 0:.*?\) "
+               r"and torch\.export cannot export it either \(GuardOnDataDependentSymNode: Could "
+               r"not guard on data-dependent expression [^\n]*\)\. Make its forward\(\) traceable "
+               r"\(e\.g\. torch\.where or torch\.cond instead of Python `if` on tensor values, no "
+               r"data-dependent shapes\), or replace that module before building the sim\.$")
+    with pytest.raises(ExportError, match=message) as info:
+        sim.export(str(tmp_path / "out"), "m", x)
+    assert type(info.value.__cause__).__name__ == "TorchExportError"
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ExportError, match=r"block\.1 \(.*_Gate\) is a part fxquant\.trace"):
+        export_onnx(_GatedNet().eval(), x)
+
+
+def test_export_failure_with_leaves_torch_does_not_place(monkeypatch) -> None:
+    """torch's error names no module call: every leaf is listed as the likely cause."""
+    from fxquant.export import ExportError
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("\x1b[96mstep 1/3\x1b[0m failed\nlong graph dump …")
+
+    monkeypatch.setattr(torch.onnx, "export", failing)
+    with pytest.raises(ExportError, match=r"^cannot export to ONNX: torch\.export failed "
+                                          r"\(RuntimeError: step 1/3 failed\) on a model with 1 "
+                                          r"part\(s\) fxquant\.trace made opaque: "
+                                          r"block\.1 \(.*_Gate\)\. These are the likely "
+                                          "cause") as info:
+        export_onnx(_GatedNet().eval(), torch.randn(1, 3, 8, 8))
+    assert isinstance(info.value.__cause__, RuntimeError)
+    with pytest.raises(RuntimeError, match="step 1/3"):  # no leaves: torch's error as it is
+        export_onnx(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)).eval(), torch.randn(1, 3, 8, 8))

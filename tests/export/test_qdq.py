@@ -95,3 +95,16 @@ def test_strict_symmetric_uses_clip() -> None:
     q.set_encoding(enc)
     assert np.array_equal(got, q(x).numpy())
     assert float(got.min()) == pytest.approx(-1.27)
+
+
+@pytest.mark.parametrize("dtype, name", [(np.float16, "float16"), (np.float64, "float64")])
+def test_non_float32_model_is_refused(dtype, name) -> None:
+    from fxquant.export import ExportError
+
+    model = _identity_model([4], np.ones(4, dtype=dtype))
+    enc = QuantEncoding(scale=torch.tensor(0.1), zero_point=torch.tensor(0), bitwidth=8,
+                        signed=True, symmetric=True)
+    with pytest.raises(ExportError, match=rf"build_qdq_model needs a float32 model, but 1 "
+                                          rf"input\(s\)/initializer\(s\) are not float32: w "
+                                          rf"\({name}\)\. Export the float model in float32"):
+        build_qdq_model(model, {}, {"w": enc})
