@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Union
+from typing import Any, Union
 
 import torch
 from torch import Tensor
@@ -31,7 +31,7 @@ from fxquant.errors import ConfigError
 
 __all__ = [
     "QuantEncoding", "FloatEncoding", "AnyEncoding", "MIN_SCALE", "INT32_MIN", "INT32_MAX",
-    "quant_range", "scale_zero_point_from_min_max",
+    "quant_range", "scale_zero_point_from_min_max", "encoding_problem",
 ]
 
 #: Smallest scale any computed encoding gets (AIMET's choice: float32 machine epsilon). It keeps
@@ -119,6 +119,111 @@ def scale_zero_point_from_min_max(min_val: Tensor, max_val: Tensor, qmin: int, q
     scale = (mx / steps - mn / steps).clamp(min=MIN_SCALE, max=f32.max).to(torch.float32)
     zero_point = (qmin - torch.round(mn / scale.to(torch.float64))).clamp(qmin, qmax)
     return scale, zero_point
+
+
+def _show_values(values: Tensor, mask: Tensor) -> str:
+    bad = values[mask].reshape(-1)[:5].tolist()
+    more = " ..." if int(mask.sum()) > 5 else ""
+    return f"{[float(b) for b in bad]}{more}"
+
+
+def _cpu_float64(value: Any) -> Tensor:
+    if isinstance(value, Tensor):
+        return value.detach().to(device="cpu", dtype=torch.float64)
+    return torch.as_tensor(value, dtype=torch.float64)
+
+
+def encoding_problem(scale: Any, zero_point: Any, *, qmin: int, qmax: int, symmetric: bool,
+                     shape: tuple[int, ...] | None = None, learned_scale: bool = False,
+                     learned_zero_point: bool = False) -> tuple[str, str] | None:
+    """The first way ``(scale, zero_point)`` is not a valid encoding, or None when it is one.
+
+    The one definition of a valid encoding, applied to everything loaded (checkpoints, encodings
+    files) exactly as strictly as to what calibration computes: every scale is finite, positive,
+    finite in float32 and at least :data:`MIN_SCALE`; every zero point is an integer on the grid
+    ``[qmin, qmax]`` (0 when ``symmetric``); zero point and scale have the same shape, and that
+    shape is ``shape`` when given (``()`` per tensor, ``(C,)`` per channel). Learned ranges
+    (``learned_scale`` / ``learned_zero_point``, which the forward pass clamps and rounds) need
+    only be finite (and the scale > 0).
+
+    Args:
+        scale: a tensor, number or list of numbers.
+        zero_point: a tensor, number or list of numbers.
+        qmin: smallest grid integer; qmax: largest.
+        symmetric: the encoding is symmetric (zero point 0).
+        shape: the expected shape of the scale, or None to accept any 0-D / 1-D shape.
+        learned_scale: the scale is a trained ``nn.Parameter``.
+        learned_zero_point: the zero point is a trained ``nn.Parameter``.
+
+    Returns:
+        None, or ``(field, message)`` where ``field`` is ``"scale"`` or ``"zero_point"``; the
+        caller names the file and key and raises its own error class.
+
+    Example:
+        >>> encoding_problem(1e39, 0, qmin=0, qmax=255, symmetric=False)[1]
+        'invalid value [1e+39]; a scale must be finite in float32 (at most 3.4028234663852886e+38)'
+        >>> encoding_problem(0.1, 3.5, qmin=0, qmax=255, symmetric=False)
+        ('zero_point', 'invalid value [3.5]; zero points are integers')
+        >>> encoding_problem([0.1, 0.2], [0, 0], qmin=-128, qmax=127, symmetric=True) is None
+        True
+    """
+    try:
+        s = _cpu_float64(scale)
+    except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
+        return "scale", f"expected numbers, got {type(scale).__name__} ({exc})"
+    try:
+        z = _cpu_float64(zero_point)
+    except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
+        return "zero_point", f"expected numbers, got {type(zero_point).__name__} ({exc})"
+    if s.dim() > 1:
+        return "scale", ("expected one scale or a 1-D list of per-channel scales, got shape "
+                         f"{tuple(s.shape)}")
+    if shape is not None and tuple(s.shape) != tuple(shape):
+        if len(shape) == 0:
+            want = "one scale (per tensor)"
+        else:
+            want = f"{shape[0]} per-channel scales"
+        got_ = "one scale (per tensor)" if s.dim() == 0 else f"{s.numel()} scales"
+        return "scale", f"expected {want} for this quantizer, got {got_}"
+    f32 = torch.finfo(torch.float32)
+    bad = ~torch.isfinite(s)
+    if bool(bad.any()):
+        return "scale", f"invalid value {_show_values(s, bad)}; a scale must be a finite number"
+    bad = s <= 0
+    if bool(bad.any()):
+        return "scale", f"invalid value {_show_values(s, bad)}; a scale must be > 0"
+    bad = s > f32.max
+    if bool(bad.any()):
+        return "scale", (f"invalid value {_show_values(s, bad)}; a scale must be finite in float32 "
+                         f"(at most {f32.max})")
+    if not learned_scale:
+        bad = s.to(torch.float32) < MIN_SCALE
+        if bool(bad.any()):
+            return "scale", (f"invalid value {_show_values(s, bad)}; a scale must be at least "
+                             f"{MIN_SCALE} (float32 eps, the smallest scale calibration produces)")
+    if z.numel() == 1 and s.numel() != 1 and z.dim() == 0:
+        z = z.expand(s.shape)
+    if tuple(z.shape) != tuple(s.shape):
+        return "zero_point", (f"shape {tuple(z.shape)} does not match the scale's "
+                              f"{tuple(s.shape)}")
+    bad = ~torch.isfinite(z)
+    if bool(bad.any()):
+        return "zero_point", f"invalid value {_show_values(z, bad)}; a zero point must be finite"
+    if learned_zero_point:
+        return None
+    bad = z != torch.round(z)
+    if bool(bad.any()):
+        return "zero_point", f"invalid value {_show_values(z, bad)}; zero points are integers"
+    if symmetric:
+        bad = z != 0
+        if bool(bad.any()):
+            return "zero_point", (f"invalid value {_show_values(z, bad)}; a symmetric encoding has "
+                                  "zero point 0")
+    bad = (z < qmin) | (z > qmax)
+    if bool(bad.any()):
+        return "zero_point", (f"invalid value {_show_values(z, bad)}; zero points lie on the grid "
+                              f"[{qmin}, {qmax}]")
+    return None
 
 
 @dataclass(frozen=True, eq=False)

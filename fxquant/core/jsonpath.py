@@ -89,8 +89,17 @@ def show(value: Any) -> str:
         try:
             text = json.dumps(value)
         except (TypeError, ValueError):
-            text = repr(value)
+            text = _short_repr(value)
+        except RecursionError:
+            text = f"<{json_type(value)} nested too deeply to show>"
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _short_repr(value: Any) -> str:
+    try:
+        return repr(value)[:200]
+    except (RecursionError, ValueError):  # deep nesting; an int too long for str()
+        return f"<{type(value).__name__}>"
 
 
 def json_type(value: Any) -> str:
@@ -150,6 +159,13 @@ def suggest(word: str, candidates: Iterable[str]) -> str | None:
     return close[0] if close else None
 
 
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond the float range
+        return False
+
+
 def _type_names(types: type | tuple[type, ...]) -> str:
     names = list(dict.fromkeys(_TYPE_NAMES.get(t, t.__name__) for t in
                                (types if isinstance(types, tuple) else (types,))))
@@ -190,6 +206,12 @@ def loads(text: str, where: str, *, error_cls: type[Exception] = ConfigError,
     except json.JSONDecodeError as e:
         raise error_cls(f"{where}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}; "
                         f"the file is not valid JSON ({fix})") from e
+    except RecursionError as e:
+        raise error_cls(f"{where}: JSON nested too deeply to read (arrays/objects nested "
+                        f"deeper than Python's parser allows); no valid file nests like this "
+                        f"({fix})") from e
+    except ValueError as e:  # e.g. an integer literal longer than Python's digit limit
+        raise error_cls(f"{where}: invalid JSON: {e}; the file is not valid JSON ({fix})") from e
 
 
 # -------------------------------------------------------------------------------------------------
@@ -356,7 +378,7 @@ class JsonValidator:
         """
         note = f" ({what})" if what else ""
         if (isinstance(value, bool) or not isinstance(value, (int, float))
-                or not math.isfinite(value)):
+                or not _finite(value)):
             self.fail(path, f"invalid value {show(value)}; expected a finite number{note}")
         if integer:
             if float(value) != int(value):

@@ -73,6 +73,7 @@ def load_config(
     config: str | os.PathLike[str] | Mapping[str, Any] | QuantSimConfig | None = None,
     *,
     per_channel: bool | None = None,
+    source: str | None = None,
 ) -> QuantSimConfig:
     """Load and validate a quantsim config.
 
@@ -85,6 +86,8 @@ def load_config(
         per_channel: when not ``None``, forces per-channel (``True``) or per-tensor (``False``)
             weight quantization for every op, overriding ``defaults.per_channel_quantization``
             and the ``op_type`` entries alike.
+        source: for a dict, what it is in error messages (default ``"quantsim config (dict)"``),
+            e.g. ``"checkpoint 'sim.ckpt': config"`` for a config embedded in a file.
 
     Returns:
         The validated, frozen config.
@@ -112,7 +115,7 @@ def load_config(
     if isinstance(config, QuantSimConfig):
         cfg = config
     elif isinstance(config, Mapping):
-        cfg = _parse(config, JsonValidator("quantsim config (dict)"), "dict")
+        cfg = _parse(config, JsonValidator(source or "quantsim config (dict)"), "dict")
     elif isinstance(config, str) and config in BUILTIN_CONFIGS:
         cfg = _load_builtin(config)
     elif isinstance(config, (str, os.PathLike)):

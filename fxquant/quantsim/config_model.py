@@ -4,6 +4,12 @@
 :meth:`QuantSimConfig.settings_for_op` resolves what applies to one op type (defaults < ``params``
 < ``op_type``) and :meth:`QuantSimConfig.to_dict` writes the config back as AIMET JSON.
 
+The graph-level rules come after those, in AIMET's order, each winning over the ones before it:
+``supergroups`` (no quantizer between fused ops), ``model_input``, ``model_output`` (e.g.
+``model_output.is_output_quantized: "True"`` quantizes a model output whose op type says
+``False``); :class:`~fxquant.passes.insert_quantizers.InsertQuantizersPass` applies them with
+:class:`~fxquant.quantsim.policy.ConfigPolicy`.
+
 Example:
     >>> cfg = QuantSimConfig(defaults=OpQuantSettings(is_output_quantized=True),
     ...                      param_defaults=ParamQuantSettings(is_quantized=True))

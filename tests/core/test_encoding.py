@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from fxquant.errors import ConfigError
 from fxquant.core.encoding import (INT32_MAX, INT32_MIN, MIN_SCALE, FloatEncoding, QuantEncoding,
-                                   quant_range)
+                                   encoding_problem, quant_range)
 from fxquant.core.kernels import quantize_dequantize
 
 
@@ -162,3 +162,50 @@ def test_float_encoding_is_a_frozen_float16_record():
     with pytest.raises(AttributeError, match="bitwidth"):
         enc.bitwidth = 8                                        # frozen dataclass
 
+
+
+# -------------------------------------------------------------------------------------------------
+# encoding_problem: the one definition of a valid encoding (issue 11 item 7)
+# -------------------------------------------------------------------------------------------------
+_UINT8 = dict(qmin=0, qmax=255, symmetric=False)
+
+
+@pytest.mark.parametrize("scale,zero_point,kwargs,expected", [
+    (float("nan"), 0, _UINT8, ("scale", "a scale must be a finite number")),
+    (float("inf"), 0, _UINT8, ("scale", "a scale must be a finite number")),
+    (0.0, 0, _UINT8, ("scale", "a scale must be > 0")),
+    (-1.0, 0, _UINT8, ("scale", "a scale must be > 0")),
+    (1e39, 0, _UINT8, ("scale", "a scale must be finite in float32")),
+    (1e-45, 0, _UINT8, ("scale", "a scale must be at least 1.1920928955078125e-07")),
+    (0.1, 256, _UINT8, ("zero_point", "zero points lie on the grid [0, 255]")),
+    (0.1, -1, _UINT8, ("zero_point", "zero points lie on the grid [0, 255]")),
+    (0.1, 2.5, _UINT8, ("zero_point", "zero points are integers")),
+    (0.1, float("nan"), _UINT8, ("zero_point", "a zero point must be finite")),
+    (0.1, 1, dict(qmin=-128, qmax=127, symmetric=True), ("zero_point", "zero point 0")),
+    ([0.1] * 3, [0] * 3, dict(_UINT8, shape=(8,)),
+     ("scale", "expected 8 per-channel scales for this quantizer, got 3 scales")),
+    ([0.1] * 2, [0] * 2, dict(_UINT8, shape=()),
+     ("scale", "expected one scale (per tensor) for this quantizer, got 2 scales")),
+    ([0.1] * 2, [0] * 3, _UINT8, ("zero_point", "shape (3,) does not match the scale's (2,)")),
+    ([[0.1]], [[0]], _UINT8, ("scale", "expected one scale or a 1-D list")),
+    (0.1, 10 ** 400, _UINT8, ("zero_point", "expected numbers")),
+])
+def test_encoding_problem_names_the_field_and_rule(scale, zero_point, kwargs, expected) -> None:
+    problem = encoding_problem(scale, zero_point, **kwargs)
+    assert problem is not None and problem[0] == expected[0] and expected[1] in problem[1], problem
+
+
+def test_encoding_problem_accepts_what_calibration_computes() -> None:
+    gen = torch.Generator().manual_seed(0)
+    for symmetric in (False, True):
+        for bitwidth in (4, 8, 16, 32):
+            lo = -torch.rand(6, generator=gen) * 10.0 ** torch.randint(-8, 8, (1,), generator=gen)
+            enc = QuantEncoding.from_min_max(lo, -lo * 3, bitwidth, symmetric, axis=0)
+            assert encoding_problem(enc.scale, enc.zero_point, qmin=enc.qmin, qmax=enc.qmax,
+                                    symmetric=enc.symmetric, shape=(6,)) is None
+    zero = QuantEncoding.from_min_max(0.0, 0.0, 8, False)        # all-zero tensor: MIN_SCALE
+    assert encoding_problem(zero.scale, zero.zero_point, **_UINT8) is None
+    # learned ranges are clamped/rounded by the forward pass: only finiteness is required
+    assert encoding_problem(1e-9, 3.4, **_UINT8, learned_scale=True, learned_zero_point=True) is None
+    assert encoding_problem(1e-9, float("inf"), **_UINT8, learned_scale=True,
+                            learned_zero_point=True)[0] == "zero_point"

@@ -13,8 +13,8 @@ from fxquant.errors import ConfigError
 import fxquant.export.encodings_file as encodings_file
 from fxquant.core.encoding import QuantEncoding
 from fxquant.errors import FileWriteError
-from fxquant.export.encodings_file import (FloatEncoding, encodings_dict, read_encodings,
-                                           write_encodings)
+from fxquant.export.encodings_file import (EncodingsFileError, FloatEncoding, encodings_dict,
+                                           read_encodings, write_encodings)
 
 
 def _encodings() -> dict[str, dict]:
@@ -113,7 +113,7 @@ def test_other_errors(tmp_path) -> None:
     with pytest.raises(ConfigError, match=r"encodings\[0\]\.output_dtype"):
         read_encodings({"version": "2.0.0", "encodings": [{"name": "a", "output_dtype": "int64",
                                                            "y_scale": 1.0}]})
-    with pytest.raises(ConfigError, match=r"param_encodings\['w'\]"):
+    with pytest.raises(ConfigError, match=r"param_encodings\.w: expected a non-empty list"):
         read_encodings({"version": "0.6.1", "activation_encodings": {}, "param_encodings": {"w": []}})
 
 
@@ -160,7 +160,7 @@ def test_file_errors_name_the_file(tmp_path) -> None:
     path.write_bytes(b'{"version": "\xff"}')
     with pytest.raises(ConfigError, match=r"m.encodings: not UTF-8 text"):
         read_encodings(path)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(EncodingsFileError, match=r"missing.encodings not found; pass the path"):
         read_encodings(tmp_path / "missing.encodings")
     path.write_text("[1, 2]")
     with pytest.raises(ConfigError, match=rf"^encodings file {re.escape(str(path))}: <root>: "
@@ -174,7 +174,7 @@ def _v2(**entry) -> dict:
 
 
 @pytest.mark.parametrize("data, match", [
-    ({"version": 1}, r"version: expected a string, got 1"),
+    ({"version": 1}, r"version: expected a string, got number 1"),
     ({"version": "3.0.0"}, r"version: unsupported version '3.0.0'; supported: \['1.0.0'"),
     ({"version": "2.0.0"}, r"^encodings file: encodings: missing; expected array$"),
     ({"version": "2.0.0", "encodings": [3]}, r"encodings\[0\]: expected a JSON object, got number"),
@@ -184,7 +184,8 @@ def _v2(**entry) -> dict:
     (_v2(y_scale=[0.5, 0.25], y_zero_point=[0, 1]),
      r"encodings\[0\]\.axis: missing; expected integer"),
     (_v2(y_zero_point=300),
-     r"encodings\[0\]\.y_zero_point: zero points must lie in \[0, 255\]"),
+     r"encodings\[0\]\.y_zero_point: invalid value \[300.0\]; zero points lie on the grid "
+     r"\[0, 255\]"),
     (_v2(y_zero_point=1.5),
      r"encodings\[0\]\.y_zero_point: invalid value 1.5; expected an integer"),
     (_v2(y_scale=float("inf")),
@@ -204,12 +205,106 @@ def _v2(**entry) -> dict:
      r"param_encodings: expected a JSON object, got array"),
     ({"version": "0.6.1", "param_encodings": {"w": [
         {"bitwidth": 8, "is_symmetric": "yes", "scale": 0.1, "offset": -128}]}},
-     r"param_encodings\['w'\]\[0\]\.is_symmetric: invalid value 'yes'; expected one of 'True'"),
+     r"param_encodings\.w\[0\]\.is_symmetric: invalid value 'yes'; expected one of 'True'"),
     ({"version": "0.6.1", "param_encodings": {"w": [
         {"bitwidth": 8, "is_symmetric": "True", "scale": 0.1, "offset": -128},
         {"bitwidth": 4, "is_symmetric": "True", "scale": 0.1, "offset": -8}]}},
-     r"param_encodings\['w'\]: per-channel entries disagree on bitwidth or is_symmetric"),
+     r"param_encodings\.w: per-channel entries disagree on bitwidth or is_symmetric"),
 ])
 def test_read_errors_name_the_json_path(data, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         read_encodings(data)
+
+
+# -------------------------------------------------------------------------------------------------
+# Issue 11 items 7 and 10: loaded encodings are validated as strictly as computed ones
+# -------------------------------------------------------------------------------------------------
+def _one(version: str, scale, offset: int = -128, name: str = "w") -> dict:
+    if version == "2.0.0":
+        return {"version": "2.0.0", "encodings": [{"name": name, "output_dtype": "int8",
+                                                   "y_scale": scale}]}
+    return {"version": "1.0.0", "activation_encodings": [], "param_encodings": [
+        {"name": name, "dtype": "INT", "bw": 8, "is_sym": True, "scale": [scale],
+         "offset": [offset], "enc_type": "PER_TENSOR"}]}
+
+
+@pytest.mark.parametrize("version,path", [("1.0.0", r"param_encodings\[0\]\.scale\[0\]"),
+                                          ("2.0.0", r"encodings\[0\]\.y_scale")])
+@pytest.mark.parametrize("scale,fragment", [
+    (1e39, r"invalid value \[1e\+39\]; a scale must be finite in float32"),
+    (1e-45, r"invalid value \[1e-45\]; a scale must be at least 1.1920928955078125e-07"),
+])
+def test_scales_beyond_float32_or_below_the_minimum_are_refused(version, path, scale,
+                                                                fragment) -> None:
+    with pytest.raises(EncodingsFileError, match=rf"encodings file: {path}: {fragment}"):
+        read_encodings(_one(version, scale))
+
+
+def test_per_channel_counts_and_axes_must_fit_the_target() -> None:
+    d = encodings_dict({"activation": {}, "param": {"w": QuantEncoding(
+        scale=torch.full((3,), 0.1), zero_point=0, bitwidth=8, signed=True, symmetric=True,
+        axis=0)}})
+    with pytest.raises(EncodingsFileError, match=r"param_encodings\[0\]\.scale: expected 8 "
+                                                 r"per-channel scales for this quantizer, got 3"):
+        read_encodings(d, layouts={"w": 8})
+    assert read_encodings(d, layouts={"w": 3})["param"]["w"].scale.shape == (3,)
+    with pytest.raises(EncodingsFileError, match=r"param_encodings\[0\]: 3 per-channel scales, "
+                                                 r"but the quantizer of 'w' is per tensor"):
+        read_encodings(d, layouts={"w": None})
+    d2 = encodings_dict(read_encodings(d), version="2.0.0")
+    d2["encodings"][0]["axis"] = 3
+    assert read_encodings(d2)["param"]["w"].axis == 3     # nothing known: the file's axis is kept
+    with pytest.raises(EncodingsFileError, match=r"encodings\[0\]\.axis: the file quantizes 'w' "
+                                                 r"along axis 3, but its quantizer quantizes along "
+                                                 r"axis 0"):
+        read_encodings(d2, axes={"w": 0})
+
+
+def test_0_6_1_min_max_must_agree_with_scale_and_offset() -> None:
+    d = encodings_dict(_encodings(), version="0.6.1")
+    d = json.loads(json.dumps(d))
+    assert read_encodings(d)  # as written: consistent
+    d["activation_encodings"]["x"][0]["max"] = 10.0
+    with pytest.raises(EncodingsFileError, match=r"activation_encodings\.x\[0\]\.max: 10\.0 "
+                                                 r"contradicts the entry's scale and offset, which "
+                                                 r"give max 2\.89"):
+        read_encodings(d)
+
+
+def test_unreadable_files_are_encodings_file_errors(tmp_path) -> None:
+    (tmp_path / "latin1.encodings").write_bytes(b'{"version": "1.0.0", "x": "caf\xe9"}')
+    with pytest.raises(EncodingsFileError, match=rf"encodings file {tmp_path}/latin1.encodings: "
+                                                 r"not UTF-8 text \(invalid continuation byte"):
+        read_encodings(tmp_path / "latin1.encodings")
+    (tmp_path / "deep.encodings").write_text("[" * 100_000)
+    with pytest.raises(EncodingsFileError, match=r"deep.encodings: JSON nested too deeply"):
+        read_encodings(tmp_path / "deep.encodings")
+    (tmp_path / "big.encodings").write_text('{"version": ' + "9" * 5000 + "}")
+    with pytest.raises(EncodingsFileError, match=r"big.encodings: invalid JSON: Exceeds the limit"):
+        read_encodings(tmp_path / "big.encodings")
+    with pytest.raises(EncodingsFileError, match=rf"encodings file '{tmp_path}' cannot be read"):
+        read_encodings(tmp_path)
+    with pytest.raises(EncodingsFileError, match=r"missing.encodings not found"):
+        read_encodings(tmp_path / "missing.encodings")
+    huge = _one("2.0.0", 0.1)
+    huge["encodings"][0]["y_zero_point"] = 10 ** 400
+    with pytest.raises(EncodingsFileError, match=r"encodings\[0\]\.y_zero_point: invalid value "):
+        read_encodings(huge)
+    assert issubclass(EncodingsFileError, ConfigError)
+
+
+def test_torch_named_documents_read_with_default_names() -> None:
+    enc = QuantEncoding.from_min_max(-1.0, 3.0, bitwidth=8, symmetric=False)
+    d = {"version": "1.0.0",
+         "activation_encodings": {"conv": {"input": {"0": encodings_file._entries_0_6_1(enc)[0]},
+                                           "output": {"0": encodings_file._entries_0_6_1(enc)[0]}}},
+         "param_encodings": {}}
+    assert encodings_file.is_torch_encodings(d)
+    got = read_encodings(d)["activation"]
+    assert set(got) == {"conv", "conv.input.0"} and got["conv"] == enc
+    got = read_encodings(d, torch_names={("conv", "input", 0): "x"})["activation"]
+    assert set(got) == {"conv", "x"}
+    d["activation_encodings"]["conv"]["output"] = {"first": {}}
+    with pytest.raises(EncodingsFileError, match=r"activation_encodings\.conv\.output\.first: "
+                                                 r"expected a tensor index"):
+        read_encodings(d)

@@ -760,3 +760,39 @@ def test_keys_that_are_not_identifiers_are_quoted_in_the_json_path(caplog):
             load_config(raw)
     assert any('op_type["my op"]' in r.getMessage() and r.name == "fxquant.quantsim.config"
                for r in caplog.records)
+
+
+# Issue 11 item 10: nothing in a config file escapes as a raw Python error
+def test_deeply_nested_and_oversized_json_are_config_errors(tmp_path):
+    deep = tmp_path / "deep.json"
+    deep.write_text('{"defaults": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(ConfigError, match=rf"config file '{re.escape(str(deep))}': JSON nested "
+                                          "too deeply to read"):
+        load_config(deep)
+    big = tmp_path / "big.json"
+    big.write_text('{"defaults": ' + "7" * 5000 + "}")
+    with pytest.raises(ConfigError, match=r"big.json': invalid JSON: Exceeds the limit"):
+        load_config(big)
+    nested: object = []
+    for _ in range(5000):
+        nested = [nested]
+    raw = json.loads(SPEC_EXAMPLE)
+    raw["defaults"]["hw_version"] = nested   # shown in the message without recursing
+    with pytest.raises(ConfigError, match=r"defaults.hw_version: invalid value <array nested too "
+                                          "deeply to show>"):
+        load_config(raw)
+    raw["defaults"]["hw_version"] = "V73"
+    raw["op_type"]["Softmax"] = {"encoding_constraints": {"min": -(10 ** 400), "max": 1}}
+    with pytest.raises(ConfigError, match=r"op_type.Softmax.encoding_constraints.min: invalid "
+                                          "value"):
+        load_config(raw)
+
+
+def test_a_dict_config_can_name_where_it_came_from():
+    raw = json.loads(SPEC_EXAMPLE)
+    raw["defaults"]["ops"]["is_output_quantized"] = 1
+    with pytest.raises(ConfigError, match=r"^checkpoint 'a.ckpt': config: defaults.ops."
+                                          r"is_output_quantized: invalid value 1"):
+        load_config(raw, source="checkpoint 'a.ckpt': config")
+    with pytest.raises(ConfigError, match=r"^quantsim config \(dict\): defaults.ops"):
+        load_config(raw)
