@@ -17,10 +17,13 @@ Example:
 """
 from __future__ import annotations
 
+from fxquant.core.callbacks import CallbackFunc
 from fxquant.core.encoding import FloatEncoding, QuantEncoding
+from fxquant.core.onnx_args import OnnxExportApiArgs
 from fxquant.errors import CalibrationError
 from fxquant.quantsim.bias import Int32BiasQuantizer
 from fxquant.quantsim.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from fxquant.quantsim.checkpoint import EncodingsFileError, load_encodings_to_sim
 from fxquant.quantsim.config import QuantSimConfig, load_config
 from fxquant.quantsim.encoding_analyzer import (EncodingAnalyzer, MinMaxEncodingAnalyzer,
                                                 MseEncodingAnalyzer, PercentileEncodingAnalyzer,
@@ -34,14 +37,17 @@ from fxquant.quantsim.quantsim import QuantizationSimModel, QuantizerRef
 __all__ = [
     "AffineQuantizer",
     "CalibrationError",
+    "CallbackFunc",
     "CheckpointError",
     "ConfigPolicy",
     "EncodingAnalyzer",
+    "EncodingsFileError",
     "FloatEncoding",
     "FloatQuantizer",
     "Int32BiasQuantizer",
     "MinMaxEncodingAnalyzer",
     "MseEncodingAnalyzer",
+    "OnnxExportApiArgs",
     "PercentileEncodingAnalyzer",
     "QuantEncoding",
     "QuantScheme",
@@ -56,5 +62,6 @@ __all__ = [
     "get_encoding_analyzer",
     "load_checkpoint",
     "load_config",
+    "load_encodings_to_sim",
     "save_checkpoint",
 ]

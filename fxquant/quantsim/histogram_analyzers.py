@@ -7,6 +7,12 @@ re-binning old counts proportionally to the overlap of old and new bins. Values 
 land in the edge bins. A first range of zero width (constant or all-zero batches) fixes the limit
 only once a batch with spread arrives.
 
+Bin positions and candidate costs are computed range-relatively: each channel's values are
+multiplied by a power of two that brings them near 1 when they are extreme (beyond 2**±64 for the
+histogram, 2**±32 for the costs). That is exact in float32, so activations around 1e20 or 3e38
+calibrate exactly as the scaled-down tensor would, scaled up, and ordinary ranges compute what
+they always did.
+
 * :class:`TfEnhancedEncodingAnalyzer`: AIMET's TF-enhanced search (``SPEC.md`` §5), 512 bins.
 * :class:`PercentileEncodingAnalyzer`: the range between two percentiles (2048 bins).
 * :class:`MseEncodingAnalyzer`: the clipping range with the smallest quantization MSE (512 bins).
@@ -27,7 +33,7 @@ from torch import Tensor
 
 from fxquant.core.encoding import MIN_SCALE, scale_zero_point_from_min_max
 from fxquant.errors import ConfigError
-from fxquant.quantsim.minmax_analyzer import EncodingAnalyzer, StatsScratch
+from fxquant.quantsim.minmax_analyzer import EncodingAnalyzer, StatsScratch, _reads_back_freely
 
 __all__ = ["TfEnhancedEncodingAnalyzer", "PercentileEncodingAnalyzer", "MseEncodingAnalyzer"]
 
@@ -42,6 +48,31 @@ _CPU_HISTOGRAM_LANES = 4
 def _histogram_lanes(device: torch.device) -> int:
     """Interleaved copies of the bins a histogram counts into (see ``_CPU_HISTOGRAM_LANES``)."""
     return _CPU_HISTOGRAM_LANES if device.type == "cpu" else 1
+
+
+# Range-relative arithmetic: histogram and cost computations run on values multiplied by a
+# per-channel power of two that brings the channel's magnitude to within 2**±limit. Multiplying by
+# a power of two is exact in float32, so channels already within that band (p == 1) compute
+# exactly what they did before, and channels near float32's limits (1e20, 3e38, 1e-30) compute
+# the scaled-down (or up) case bit for bit instead of overflowing or underflowing.
+_HISTOGRAM_EXPONENT_LIMIT = 64
+_COST_EXPONENT_LIMIT = 32
+
+
+def _pow2_scale(magnitude: Tensor, limit: int) -> Tensor:
+    """Per-channel float32 powers of two ``p`` with ``magnitude * p`` within ``2**±limit`` (1 for
+    channels already inside, or with a zero or non-finite magnitude). No host sync."""
+    finite = torch.isfinite(magnitude)
+    m = torch.where(finite, magnitude.abs(), 0.0).to(torch.float32)
+    exponent = torch.frexp(m).exponent
+    shift = (exponent.clamp(-limit, limit) - exponent).clamp(-126, 126)
+    return torch.ldexp(torch.ones_like(m), shift)
+
+
+def _magnitude(lo: Tensor, hi: Tensor) -> Tensor:
+    """``max(|lo|, |hi|)`` per channel, 0 where either end is not finite (empty extents)."""
+    valid = torch.isfinite(lo) & torch.isfinite(hi)
+    return torch.where(valid, torch.maximum(lo.abs(), hi.abs()), 0.0)
 
 
 def _bincount(index: Tensor, length: int, scatter: bool | None = None) -> Tensor:
@@ -105,22 +136,41 @@ class _HistogramAnalyzer(EncodingAnalyzer):
     def _widen(self, batch_min: Tensor, batch_max: Tensor) -> tuple[Tensor, Tensor]:
         lo = torch.minimum(self._lo, batch_min)
         hi = torch.maximum(self._hi, batch_max)
-        width = hi - lo                                   # -inf while empty
+        # range-relative (see _pow2_scale): hi - lo of a channel near float32's limit overflows
+        p = _pow2_scale(_magnitude(lo, hi), _HISTOGRAM_EXPONENT_LIMIT)
+        lo_s, hi_s = lo * p, hi * p
+        width = hi_s - lo_s                               # -inf while empty
         fix = ~self._limit_fixed & (width > 0) & torch.isfinite(width)
-        centre = lo * 0.5 + hi * 0.5
+        centre = lo_s * 0.5 + hi_s * 0.5
         half = width * (self._WIDEN_LIMIT / 2)
-        self._limit_lo = torch.where(fix, centre - half, self._limit_lo)
-        self._limit_hi = torch.where(fix, centre + half, self._limit_hi)
+        # a limit beyond float32's range becomes +-inf: no limit on that side
+        self._limit_lo = torch.where(fix, (centre - half) / p, self._limit_lo)
+        self._limit_hi = torch.where(fix, (centre + half) / p, self._limit_hi)
         self._limit_fixed = self._limit_fixed | fix
         return torch.maximum(lo, self._limit_lo), torch.minimum(hi, self._limit_hi)
 
     @staticmethod
-    def _extent(lo: Tensor, hi: Tensor, bins: int) -> tuple[Tensor, Tensor]:
-        """Sanitised (start, bin width): (0, 0) for empty extents."""
+    def _extent_scaled(lo: Tensor, hi: Tensor, bins: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Range-relative (start, bin width, p): ``start * p`` and ``width * p`` with the power of
+        two ``p`` of :func:`_pow2_scale` (``hi - lo`` near float32's limit would overflow)."""
         valid = hi >= lo
         start = torch.where(valid, lo, 0.0)
-        width = torch.where(valid, (hi - lo) / bins, 0.0)
-        return start, torch.nan_to_num(width, nan=0.0, posinf=0.0)
+        p = _pow2_scale(_magnitude(start, torch.where(valid, hi, 0.0)),
+                        _HISTOGRAM_EXPONENT_LIMIT)
+        width = torch.where(valid, (hi * p - lo * p) / bins, 0.0)
+        return start * p, torch.nan_to_num(width, nan=0.0, posinf=0.0), p
+
+    @classmethod
+    def _extent(cls, lo: Tensor, hi: Tensor, bins: int) -> tuple[Tensor, Tensor]:
+        """Sanitised (start, bin width): (0, 0) for empty extents."""
+        valid = hi >= lo
+        _, width, p = cls._extent_scaled(lo, hi, bins)
+        return torch.where(valid, lo, 0.0), width / p
+
+    def _extent_end(self) -> Tensor:
+        """``start + width * num_bins`` in float64 (float32 can overflow near its limit)."""
+        start, width, p = self._extent_scaled(self._lo, self._hi, self.num_bins)
+        return (start + width * self.num_bins).double() / p.double()
 
     def _rebin(self, new_lo: Tensor, new_hi: Tensor) -> Tensor:
         """Old counts redistributed onto the (wider) new bins, proportionally to the overlap."""
@@ -151,19 +201,26 @@ class _HistogramAnalyzer(EncodingAnalyzer):
         channels, bins = x2.shape[0], self.num_bins
         slots = channels * (bins + 1)
         lanes = _histogram_lanes(x2.device)
-        start, width = self._extent(self._lo, self._hi, bins)
+        # range-relative: (x * p - start * p) / (width * p), exact for p == 1 (see _pow2_scale)
+        start, width, p = self._extent_scaled(self._lo, self._hi, bins)
         inv = 1.0 / torch.where(width > 0, width, 1.0)
         inv = torch.where((width > 0) & torch.isfinite(inv), inv, 0.0)
-        start, inv = start[:, None], inv[:, None]
+        neg_start, inv, p = -start[:, None], inv[:, None], p[:, None]
+        # CPU reads back for free: skip the (slower) scaled subtraction when no channel needs it
+        unit = _reads_back_freely(x2.device) and bool((p == 1).all())
         offsets = self._slot_offsets(channels, min(scratch.step, x2.shape[1]), lanes,
                                      scratch.index_dtype, x2.device)
         hist = torch.zeros(lanes * slots, dtype=torch.int64, device=x2.device)
         for chunk, pos, index in scratch.chunks():
-            if finite:
-                torch.sub(chunk, start, out=pos).mul_(inv).clamp_(0, bins - 1)
+            if finite and unit:
+                torch.sub(chunk, -neg_start, out=pos).mul_(inv).clamp_(0, bins - 1)
+            elif finite:
+                torch.addcmul(neg_start, chunk, p, out=pos).mul_(inv).clamp_(0, bins - 1)
             else:
                 torch.nan_to_num(chunk, nan=math.nan, posinf=math.nan, neginf=math.nan, out=pos)
-                pos.sub_(start).mul_(inv).clamp_(0, bins - 1).nan_to_num_(nan=float(bins))
+                if not unit:
+                    pos.mul_(p)
+                pos.add_(neg_start).mul_(inv).clamp_(0, bins - 1).nan_to_num_(nan=float(bins))
             index.copy_(pos)                          # truncation == floor: pos >= 0
             if offsets is not None:
                 index += offsets[:, :index.shape[1]]
@@ -194,16 +251,17 @@ class _HistogramAnalyzer(EncodingAnalyzer):
         Per-tensor analyzers return C = 1.
         """
         self._require_stats()
-        start, width = self._extent(self._lo, self._hi, self.num_bins)
+        start, width, p = self._extent_scaled(self._lo, self._hi, self.num_bins)
         index = torch.arange(self.num_bins + 1, device=start.device)
-        edges = start[:, None] + index * width[:, None]
+        edges = (start[:, None] + index * width[:, None]) / p[:, None]
         return self._counts.clone(), edges
 
     def _centres(self) -> tuple[Tensor, Tensor, Tensor]:
         """Bin centres ``[C, bins]`` (float32, ascending), histogram start and bin width ``[C]``."""
-        start, width = self._extent(self._lo, self._hi, self.num_bins)
+        start, width, p = self._extent_scaled(self._lo, self._hi, self.num_bins)
         idx = torch.arange(self.num_bins, device=start.device, dtype=torch.float32) + 0.5
-        return start[:, None] + idx * width[:, None], start, width
+        centres = (start[:, None] + idx * width[:, None]) / p[:, None]
+        return centres, start / p, width / p
 
 
 def _candidate_costs(centres: Tensor, counts: Tensor, scale: Tensor, zero_point: Tensor | int,
@@ -230,6 +288,11 @@ def _candidate_costs(centres: Tensor, counts: Tensor, scale: Tensor, zero_point:
     channels, num_cand = scale.shape
     uniform_zp = isinstance(zero_point, int)
     zp = None if uniform_zp else zero_point.to(torch.float32)
+    # Range-relative (see _pow2_scale): centres and scales of a channel are multiplied by one power
+    # of two p, exact in float32, so err^2 * count cannot overflow (values ~1e20) or underflow; the
+    # costs are divided by p^2 in float64 at the end. Channels of moderate range have p == 1.
+    p = _pow2_scale(centres.abs().amax(dim=1), _COST_EXPONENT_LIMIT)[:, None]
+    centres, scale = centres * p, scale * p
     centres, counts = _occupied_bins(centres, counts.to(torch.float32))
     used = centres.shape[1]
     key = "cpu" if centres.device.type == "cpu" else "other"
@@ -248,9 +311,10 @@ def _candidate_costs(centres: Tensor, counts: Tensor, scale: Tensor, zero_point:
             err.add_(z).clamp_(qmin, qmax).sub_(z)
         torch.addcmul(c, err, s, value=-1.0, out=err).square_()        # (c - qdq(c))^2
         torch.sum(err.mul_(counts[c0:c1, None, :]), dim=-1, out=cost[c0:c1])
+    unscale = p.double().square()
     cost = cost.to(torch.float64)
     if gamma == 1.0:
-        return cost
+        return cost / unscale
     # (gamma - 1) * clipped error, from prefix sums of counts, counts*c and counts*c^2 (float64)
     c64, n64 = centres.double(), counts.double()
     p0, p1, p2 = torch.empty(3, channels, used + 1, dtype=torch.float64, device=centres.device)
@@ -274,7 +338,7 @@ def _candidate_costs(centres: Tensor, counts: Tensor, scale: Tensor, zero_point:
     full = torch.full_like(i_hi, used)
     clipped = (range_cost(torch.zeros_like(i_lo), i_lo, v_lo)
                + range_cost(torch.maximum(i_hi, i_lo), full, v_hi))
-    return cost + (gamma - 1.0) * clipped
+    return (cost + (gamma - 1.0) * clipped) / unscale
 
 
 def _occupied_bins(centres: Tensor, counts: Tensor) -> tuple[Tensor, Tensor]:
@@ -343,7 +407,7 @@ class TfEnhancedEncodingAnalyzer(_HistogramAnalyzer):
         steps = qmax - qmin
         centres, start, width = self._centres()
         obs_lo = start.double().clamp(max=0.0)
-        end = (start + width * self.num_bins).double()
+        end = self._extent_end()
         obs_hi = torch.maximum(end.clamp(min=0.0), obs_lo + steps * MIN_SCALE)
         counts = self._counts
         if symmetric:
@@ -482,7 +546,7 @@ class MseEncodingAnalyzer(_HistogramAnalyzer):
         k = torch.arange(1, self.num_candidates + 1, device=start.device, dtype=torch.float64)
         frac = k / self.num_candidates
         cand_lo = start.double().clamp(max=0.0)[:, None] * frac
-        cand_hi = (start + width * self.num_bins).double().clamp(min=0.0)[:, None] * frac
+        cand_hi = self._extent_end().clamp(min=0.0)[:, None] * frac
         scale, zero_point = scale_zero_point_from_min_max(cand_lo, cand_hi, qmin, qmax,
                                                           symmetric=symmetric, signed=signed)
         shared_zp = 0 if symmetric else zero_point      # symmetric: zero point 0 for all candidates

@@ -84,17 +84,60 @@ class ConfigPolicy:
         return quantizer
 
     def input_quantizer(self, name: str) -> nn.Module | None:
+        """A quantizer for model input ``name``: ``model_input.is_input_quantized`` decides; when
+        unset, ``defaults.ops.is_input_quantized`` (op-type settings act on the consuming op, see
+        :meth:`layer_input_quantizer`)."""
         defaults = self.config.settings_for_op(None)
         wanted = self.config.model_input_quantized
         if wanted is False or (wanted is None and not defaults.is_input_quantized):
             return None
         return self._activation(name, defaults)
 
-    def output_quantizer(self, layer: str, module: nn.Module) -> nn.Module | None:
+    def layer_input_quantizer(self, layer: str, module: nn.Module, index: int,
+                              is_model_input: bool = False) -> nn.Module | None:
+        """A quantizer for input ``index`` of op ``layer`` (AIMET's op-level input quantizer).
+
+        ``op_type.<T>.is_input_quantized`` (else ``defaults.ops.is_input_quantized``) decides;
+        for an input that is a model input, ``model_input.is_input_quantized`` wins when set
+        (AIMET applies ``model_input`` after ``op_type``): the model input's own quantizer
+        (:meth:`input_quantizer`) then quantizes it, or nothing does.
+
+        Example:
+            >>> p = ConfigPolicy(load_config({..., "op_type": {"Add": {"is_input_quantized":
+            ...     "True"}}}), QuantSimSettings())
+            >>> p.layer_input_quantizer("add", fxquant.nn.Add(), 0) is not None
+            True
+        """
+        if is_model_input and self.config.model_input_quantized is not None:
+            return None  # model_input decides; the model input's own quantizer does it
         op = self.config.settings_for_op(self.op_type(module))
-        if not op.is_output_quantized:
+        if not op.is_input_quantized:
             return None
-        return self._activation(f"{layer}.output", op)
+        return self._activation(f"{layer}.input_{index}", op)
+
+    def output_quantizer(self, layer: str, module: nn.Module) -> nn.Module | None:
+        """A quantizer for the output of op ``layer`` as its settings say (defaults < op_type),
+        or None."""
+        op = self.config.settings_for_op(self.op_type(module))
+        return self._activation(f"{layer}.output", op) if op.is_output_quantized else None
+
+    def model_output_quantizer(self, layer: str, module: nn.Module) -> nn.Module | None:
+        """Like :meth:`output_quantizer`, for an op whose output is a model output:
+        ``model_output.is_output_quantized`` wins when set (AIMET applies it last, after
+        ``op_type`` and supergroups).
+
+        Example:
+            >>> cfg = {..., "op_type": {"Gemm": {"is_output_quantized": "False"}},
+            ...        "model_output": {"is_output_quantized": "True"}}
+            >>> ConfigPolicy(load_config(cfg), QuantSimSettings()).model_output_quantizer(
+            ...     "fc", nn.Linear(2, 2)) is not None
+            True
+        """
+        wanted = self.config.model_output_quantized
+        if wanted is None:
+            return self.output_quantizer(layer, module)
+        op = self.config.settings_for_op(self.op_type(module))
+        return self._activation(f"{layer}.output", op) if wanted else None
 
     def param_quantizers(self, layer: str, module: nn.Module) -> Mapping[str, nn.Module]:
         op_type = self.op_type(module)
@@ -102,14 +145,17 @@ class ConfigPolicy:
         s = self.settings
         result: dict[str, nn.Module] = {}
         for pname, param in module.named_parameters(recurse=False):
-            if pname == "bias" or param is None or not param.is_floating_point():
-                continue  # bias: simulated as int32 by QuantSim when asked (never a plain quantizer)
+            if param is None or not param.is_floating_point():
+                continue
             ps = op.param(pname)
             if not ps.is_quantized:
                 continue
             axis = None
             if op.per_channel and pname == "weight" and param.dim() > 1:
                 axis = PER_CHANNEL_AXIS_BY_OP_TYPE.get(op_type or "")
+            elif op.per_channel and pname == "bias" and param.dim() == 1 and (
+                    op_type or "") in PER_CHANNEL_AXIS_BY_OP_TYPE:
+                axis = 0  # AIMET: a quantized bias is per output channel when weights are
             result[pname] = create_quantizer(
                 s.default_param_bw, data_type=s.default_data_type, symmetric=ps.is_symmetric,
                 strict_symmetric=op.strict_symmetric, unsigned_symmetric=False, axis=axis,

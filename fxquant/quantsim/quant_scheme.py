@@ -36,6 +36,7 @@ _CALIBRATION = {
     "post_training_mse": "mse",
     "training_range_learning_with_tf_init": "tf",
     "training_range_learning_with_tf_enhanced_init": "tf_enhanced",
+    "training_range_learning": "tf",
 }
 
 
@@ -44,6 +45,10 @@ class QuantScheme(enum.Enum):
 
     The values are the member names, so ``QuantScheme("post_training_tf")`` works as well.
     ``post_training_mse`` is fxquant's own addition; the others are AIMET's names.
+    ``training_range_learning`` is AIMET's name for the scheme of its learned-grid quantizers
+    (``aimet_common.defs.QuantScheme.training_range_learning``); AIMET lists no initialisation for
+    it, and fxquant initialises it with min-max ("tf") calibration, exactly as
+    ``training_range_learning_with_tf_init``.
     """
 
     post_training_tf = "post_training_tf"
@@ -52,6 +57,7 @@ class QuantScheme(enum.Enum):
     training_range_learning_with_tf_init = "training_range_learning_with_tf_init"
     training_range_learning_with_tf_enhanced_init = "training_range_learning_with_tf_enhanced_init"
     post_training_mse = "post_training_mse"
+    training_range_learning = "training_range_learning"
 
     @classmethod
     def parse(cls, value: QuantScheme | str) -> QuantScheme:

@@ -14,6 +14,9 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
+import enum
 import logging
 from collections.abc import Iterator
 from typing import Any, NamedTuple
@@ -30,6 +33,7 @@ from fxquant.quantsim.quant_scheme import QuantizationDataType, QuantScheme
 __all__ = [
     "quantize_dequantize", "quantize", "dequantize", "QuantizerBase", "AffineQuantizer",
     "FloatQuantizer", "create_quantizer", "BITWIDTH_RANGES", "CalibrationError",
+    "QuantizerSnapshot",
 ]
 
 logger = logging.getLogger(__name__)
@@ -149,8 +153,70 @@ class QuantizerBase(nn.Module):
         if compute:
             self._finish_calibration()
 
+    # -- snapshots (all-or-nothing calibration) ---------------------------------------------
+    def state_snapshot(self) -> QuantizerSnapshot:
+        """Everything calibration may change: encoding tensors (by value, and which objects hold
+        them), grid and flags, and the encoding analyzer's statistics.
+
+        ``restore_snapshot`` puts it all back; an ``nn.Parameter`` scale stays the same object,
+        so optimizers that hold it keep working.
+
+        Example:
+            >>> snap = q.state_snapshot()
+            >>> q.set_encoding(other_encoding)
+            >>> q.restore_snapshot(snap)      # q quantizes exactly as before
+        """
+        plain = {k: v for k, v in vars(self).items() if _is_plain_value(v)}
+        tensors = {}
+        for kind in ("_parameters", "_buffers"):
+            tensors[kind] = [(name, t, None if t is None else t.detach().clone(),
+                              None if t is None else t.requires_grad)
+                             for name, t in getattr(self, kind).items()]
+        analyzer = getattr(self, "encoding_analyzer", None)
+        stats = (None if not isinstance(analyzer, EncodingAnalyzer)
+                 else (analyzer, copy.deepcopy(vars(analyzer))))
+        return QuantizerSnapshot(plain, tensors, set(self._non_persistent_buffers_set), stats)
+
+    def restore_snapshot(self, snapshot: QuantizerSnapshot) -> None:
+        """Put back the state recorded by :meth:`state_snapshot` (see there)."""
+        vars(self).update(snapshot.plain)
+        with torch.no_grad():
+            for kind, entries in snapshot.tensors.items():
+                table = getattr(self, kind)
+                table.clear()
+                for name, obj, value, requires_grad in entries:
+                    if obj is not None:
+                        obj.data = value
+                        if isinstance(obj, nn.Parameter):
+                            obj.requires_grad_(bool(requires_grad))
+                    table[name] = obj
+        self._non_persistent_buffers_set.clear()
+        self._non_persistent_buffers_set.update(snapshot.non_persistent)
+        if snapshot.analyzer is not None:
+            analyzer, state = snapshot.analyzer
+            vars(analyzer).clear()
+            vars(analyzer).update(state)
+            self.encoding_analyzer = analyzer
+
     def extra_repr(self) -> str:
         return f"name={self.name!r}, kind={self.kind}, enabled={self.enabled}"
+
+
+def _is_plain_value(value: Any) -> bool:
+    """Immutable attribute values a snapshot records by reference (flags, grids, names)."""
+    if value is None or isinstance(value, (bool, int, float, str, enum.Enum)):
+        return True
+    return isinstance(value, tuple) and all(_is_plain_value(v) for v in value)
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizerSnapshot:
+    """What :meth:`QuantizerBase.state_snapshot` records (opaque to callers)."""
+
+    plain: dict[str, Any]
+    tensors: dict[str, list[tuple[str, Tensor | None, Tensor | None, bool | None]]]
+    non_persistent: set[str]
+    analyzer: tuple[EncodingAnalyzer, dict[str, Any]] | None
 
 
 class AffineQuantizer(QuantizerBase):

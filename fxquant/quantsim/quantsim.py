@@ -9,6 +9,7 @@ quantizers are parametrizations of their layers (``sim.model.conv1.parametrizati
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import inspect
 import logging
@@ -24,13 +25,16 @@ from tqdm.auto import tqdm
 
 from fxquant import _meta
 from fxquant._fx_utils import as_args
+from fxquant.bn_reestimation import keep_bn_statistics
 from fxquant.core.layers import is_layer, iter_layers, param_quantizers
-from fxquant.errors import ConfigError
+from fxquant.core.onnx_args import OnnxExportApiArgs, as_export_kwargs
+from fxquant.errors import CalibrationError, ConfigError, FxQuantError, TraceError
 from fxquant.export import export_sim
-from fxquant.export.encodings_file import QuantizerArgs, read_encodings, write_encodings
+from fxquant.export.encodings_file import (QuantizerArgs, read_encodings, target_layouts,
+                                           write_encodings)
 from fxquant.model_resolution import graph_module_to_transform
 from fxquant.passes.base import Sequential
-from fxquant.passes.fold_batchnorm import FoldBatchNormPass
+from fxquant.passes.fold_batchnorm import FoldBatchNormPass, training_batch_norms
 from fxquant.passes.insert_quantizers import InsertQuantizersPass
 from fxquant.passes.prepare import PrepareModelPass
 from fxquant.quantsim.bias import Int32BiasQuantizer, find_input_quantizer
@@ -44,6 +48,16 @@ from fxquant.quantsim.quantizer import QuantizerBase
 __all__ = ["QuantizationSimModel", "QuantizerRef"]
 
 logger = logging.getLogger(__name__)
+
+
+class _NotGiven:
+    """Marks an argument the caller did not pass (``None`` is a value the caller may pass)."""
+
+    def __repr__(self) -> str:
+        return "<not given>"
+
+
+_NOT_GIVEN: Any = _NotGiven()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,12 +105,16 @@ class QuantizationSimModel:
         default_data_type: ``QuantizationDataType.int`` or ``.float`` (16-bit float only).
         fold_batch_norms: fold BNs into their conv/linear before inserting quantizers.
         quantize_bias: simulate int32 bias (scale = input scale × weight scale) as integer
-            targets do; None follows the config's ``params.bias.is_quantized``.
+            targets do, for biases the config leaves unquantized (a bias the config quantizes,
+            ``params.bias.is_quantized: "True"``, gets a parameter quantizer as in AIMET).
 
     Raises:
         TypeError: ``model`` is not an ``nn.Module``.
         ValueError: ``dummy_input`` does not fit the model's forward (the message shows it).
-        ConfigError: bad bit width, scheme or config (the message names the valid values).
+        ConfigError: bad bit width, scheme or config (the message names the valid values), or
+            the model is on the ``meta`` device (the message says how to give it real weights).
+        TraceError: the model or a submodule is a TorchScript module (pass the original
+            ``nn.Module``).
 
     Example:
         >>> sim = QuantizationSimModel(model, torch.randn(1, 3, 224, 224), quant_scheme="tf")
@@ -121,21 +139,29 @@ class QuantizationSimModel:
         self.config = load_config(config_file)
         self.fold_batch_norms = fold_batch_norms
         self.quantize_bias = quantize_bias
+        _check_model_is_real(model)
         args = as_args(dummy_input)
         self._check_signature(model, args)
         policy = ConfigPolicy(self.config, self.settings)
         policy.validate()  # bit widths and data type, before any graph work
         gm = graph_module_to_transform(model, in_place=in_place)
+        kept_bns = training_batch_norms(model) if fold_batch_norms else []
+        if kept_bns:  # QAT with batch norms: fold later with fold_all_batch_norms_to_scale(sim)
+            logger.info("keeping %d batch norm(s) unfolded (%s): the model is in training mode; "
+                        "re-estimate them with reestimate_bn_stats and fold them with "
+                        "fold_all_batch_norms_to_scale(sim) after training", len(kept_bns),
+                        ", ".join(kept_bns[:5]) + (" ..." if len(kept_bns) > 5 else ""))
+            self.fold_batch_norms = fold_batch_norms = False
         passes = [PrepareModelPass()]
         if fold_batch_norms:
             passes.append(FoldBatchNormPass())
         gm = Sequential(*passes)(gm).graph_module
-        self._propagate_shapes(model, gm, args)
+        with keep_bn_statistics(gm):  # the shape pass must not move training-mode BN statistics
+            self._propagate_shapes(model, gm, args)
         self._insert = InsertQuantizersPass(policy)(gm)
         self.model: torch.fx.GraphModule = self._insert.graph_module
-        wants_bias = (self.config.settings_for_op(None).param("bias").is_quantized
-                      if quantize_bias is None else quantize_bias)
-        self._bias_quantized = bool(wants_bias) and (
+        # (a bias the config quantizes gets a parameter quantizer, as in AIMET; int32 on request)
+        self._bias_quantized = bool(quantize_bias) and (
             self.settings.default_data_type is QuantizationDataType.int)
         if self._bias_quantized:
             self._add_bias_quantizers()
@@ -159,6 +185,8 @@ class QuantizationSimModel:
     def _propagate_shapes(model: nn.Module, gm: torch.fx.GraphModule,
                           args: tuple[Any, ...]) -> None:
         prop = _ShapeProp(gm)
+        # the model may change its input in place (x.add_(1), relu_(x)): run it on a copy
+        args = torch.utils._pytree.tree_map_only(torch.Tensor, torch.Tensor.clone, args)
         try:
             with torch.no_grad():
                 prop.propagate(*args)
@@ -180,7 +208,7 @@ class QuantizationSimModel:
         for _, node in iter_layers(self.model):
             module = modules[str(node.target)]
             pq = param_quantizers(module)
-            if "weight" not in pq or getattr(module, "bias", None) is None:
+            if "weight" not in pq or "bias" in pq or getattr(module, "bias", None) is None:
                 continue
             input_q = find_input_quantizer(self.model, node)
             if input_q is None:
@@ -256,13 +284,24 @@ class QuantizationSimModel:
 
     # -- calibration ---------------------------------------------------------------------------
     def compute_encodings(self, forward_pass_callback: Callable[..., Any],
-                          forward_pass_callback_args: Any = None) -> None:
-        """Calibrates every quantizer.
+                          forward_pass_callback_args: Any = _NOT_GIVEN) -> None:
+        """Calibrates every quantizer, all or nothing.
 
         Parameter encodings are computed from the weights first; then the callback runs the
-        model (``cb(sim.model)`` or ``cb(sim.model, args)``) with weights fake-quantized and
-        activations observed, and activation encodings are computed from what was seen.
-        A progress bar counts the forward passes.
+        model with weights fake-quantized and activations observed, and activation encodings are
+        computed from what was seen. As in AIMET, the callback is called ``cb(sim.model, args)``
+        whenever ``forward_pass_callback_args`` is passed (even ``None``) and ``cb(sim.model)``
+        when it is not. A progress bar counts the forward passes.
+
+        If anything fails (the callback raises, a quantizer sees no data, Ctrl-C), every quantizer
+        of the sim — encodings, enabled and frozen flags, analyzer statistics — is put back as it
+        was before the call, so the sim never mixes new and stale encodings.
+
+        Raises:
+            CalibrationError: the callback raised (the original exception is chained as
+                ``__cause__`` and named in the message), or the model is on the ``meta`` device.
+                Errors of fxquant itself and ``KeyboardInterrupt`` propagate unchanged (after the
+                rollback).
 
         Example:
             >>> def calibrate(model, batches):
@@ -270,6 +309,37 @@ class QuantizationSimModel:
             ...         model(x)
             >>> sim.compute_encodings(calibrate, batches)
         """
+        _check_model_is_real(self.model, when="compute_encodings")
+        args = (self.model,) if forward_pass_callback_args is _NOT_GIVEN else (
+            self.model, forward_pass_callback_args)
+        quantizers = [m for m in self.model.modules() if isinstance(m, QuantizerBase)]
+        snapshots = [(q, q.state_snapshot()) for q in quantizers]
+        computed = self._encodings_computed
+        stage = ["computing parameter encodings"]
+        try:
+            passes = self._calibrate(forward_pass_callback, args, stage)
+        except BaseException as exc:
+            for quantizer, snapshot in snapshots:
+                quantizer.restore_snapshot(snapshot)
+            self._encodings_computed = computed
+            note = ("fxquant: compute_encodings was rolled back; every quantizer of the sim is as "
+                    "it was before the call")
+            if isinstance(exc, FxQuantError) or not isinstance(exc, Exception):
+                exc.add_note(note)
+                raise
+            name = getattr(forward_pass_callback, "__qualname__", repr(forward_pass_callback))
+            raise CalibrationError(
+                f"compute_encodings failed while {stage[0]} (forward_pass_callback {name}): "
+                f"{type(exc).__name__}: {exc}. The sim's encodings were rolled back to what they "
+                "were before this call; fix the cause and call compute_encodings again") from exc
+        self._encodings_computed = True
+        logger.info("computed encodings of %d quantizers over %d forward passes",
+                    len(quantizers), passes)
+
+    def _calibrate(self, forward_pass_callback: Callable[..., Any], args: tuple[Any, ...],
+                   stage: list[str]) -> int:
+        """The calibration itself (see ``compute_encodings``); returns the number of forward
+        passes. ``stage[0]`` says what it is doing, for the error message."""
         refs = self.quantizers()
         params = [r for r in refs if r.kind == "param"]
         activations = [r for r in refs if r.kind != "param"]
@@ -289,16 +359,33 @@ class QuantizationSimModel:
                     stack.enter_context(ref.quantizer.calibration())
                 stack.enter_context(torch.no_grad())
                 stack.enter_context(parametrize.cached())
-                if forward_pass_callback_args is None:
-                    forward_pass_callback(self.model)
-                else:
-                    forward_pass_callback(self.model, forward_pass_callback_args)
+                stage[0] = "running forward_pass_callback"
+                forward_pass_callback(*args)
+                stage[0] = "computing activation encodings"
         finally:
             hook.remove()
             progress.close()
-        self._encodings_computed = True
-        logger.info("computed encodings of %d quantizers over %d forward passes", len(refs),
-                    progress.n)
+        return progress.n
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> QuantizationSimModel:
+        """A fully independent sim: its own model, quantizers and statistics (the immutable
+        config and settings are shared).
+
+        Example:
+            >>> twin = copy.deepcopy(sim)
+            >>> twin.quantizer("conv1").enabled = False    # sim is unchanged
+        """
+        twin = type(self).__new__(type(self))
+        memo[id(self)] = twin
+        shared = {"config", "settings", "_insert"}
+        for key, value in vars(self).items():
+            if key not in shared:
+                setattr(twin, key, copy.deepcopy(value, memo))
+        _meta.unshare_node_meta(twin.model)
+        twin.config, twin.settings = self.config, self.settings
+        if "_insert" in vars(self):
+            twin._insert = dataclasses.replace(self._insert, graph_module=twin.model)
+        return twin
 
     # -- persistence and export ----------------------------------------------------------------
     def quantizer_args(self) -> QuantizerArgs:
@@ -349,7 +436,8 @@ class QuantizationSimModel:
         axes = {name: r.quantizer.axis for name, r in refs.items()
                 if getattr(r.quantizer, "axis", None) is not None}
         encodings = read_encodings(path, axes=axes, param_names=[n for n, r in refs.items()
-                                                                  if r.kind == "param"])
+                                                                  if r.kind == "param"],
+                                   layouts=target_layouts(self))
         bias_names = set(self.bias_quantizers())
         loaded = []
         unknown = []
@@ -375,12 +463,20 @@ class QuantizationSimModel:
         return loaded
 
     def export(self, path: str, filename_prefix: str, dummy_input: Any,
-               onnx_export_args: dict[str, Any] | None = None,
+               onnx_export_args: OnnxExportApiArgs | dict[str, Any] | None = None,
                encoding_version: str = "1.0.0") -> dict[str, str]:
         """Writes ``<prefix>.onnx``, ``<prefix>.encodings``, ``<prefix>_qdq.onnx`` and
-        ``<prefix>.pth`` to ``path``; see :func:`fxquant.export.export_sim`."""
+        ``<prefix>.pth`` to ``path``; see :func:`fxquant.export.export_sim`.
+
+        ``onnx_export_args`` is a dict of ``torch.onnx.export`` keyword arguments or, as in
+        AIMET, an :class:`~fxquant.core.onnx_args.OnnxExportApiArgs`.
+
+        Example:
+            >>> sim.export("out", "resnet18", dummy, OnnxExportApiArgs(opset_version=21))
+        """
         return export_sim(self, path, filename_prefix, dummy_input,
-                          onnx_export_args=onnx_export_args, encoding_version=encoding_version)
+                          onnx_export_args=as_export_kwargs(onnx_export_args),
+                          encoding_version=encoding_version)
 
     def __repr__(self) -> str:
         refs = self.quantizers()
@@ -398,6 +494,28 @@ class _ShapeProp(ShapeProp):
     def run_node(self, n: torch.fx.Node) -> Any:
         self.current = n
         return super().run_node(n)
+
+
+def _check_model_is_real(model: nn.Module, when: str = "QuantizationSimModel") -> None:
+    """Refuse models that FX cannot trace (TorchScript) or that hold no data (``meta``)."""
+    if when == "QuantizationSimModel":
+        for path, module in model.named_modules():
+            if isinstance(module, torch.jit.ScriptModule):
+                where = f"submodule {path!r}" if path else "the model"
+                raise TraceError(
+                    f"{where} is a TorchScript module ({type(module).__name__}); TorchScript "
+                    "modules cannot be traced by FX: pass the original nn.Module (before "
+                    "torch.jit.script / torch.jit.trace) to QuantizationSimModel",
+                    module_path=path, module_class=type(module).__qualname__)
+    for kind, named in (("parameter", model.named_parameters()), ("buffer", model.named_buffers())):
+        for name, tensor in named:
+            if tensor.is_meta:
+                error = ConfigError if when == "QuantizationSimModel" else CalibrationError
+                raise error(
+                    f"{when}: {kind} {name!r} is on the 'meta' device (shape only, no values), so "
+                    "the model cannot be calibrated: move the model to cpu/cuda with real weights "
+                    "first, e.g. model.to_empty(device='cpu') followed by "
+                    "model.load_state_dict(state_dict)")
 
 
 def _device_of(module: nn.Module) -> torch.device:

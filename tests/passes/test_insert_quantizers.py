@@ -124,3 +124,40 @@ def test_second_run_is_a_no_op_and_tags_hold() -> None:
     again = InsertQuantizersPass(TypePolicy())(result.graph_module)
     assert not again.modified
     assert "quantized" in fxquant.passes.state_tags(again.graph_module)
+
+
+class InputsPolicy(TypePolicy):
+    """Op-level input quantizers on adds; convs' outputs off; the model output forced on."""
+
+    quantize_model_output = True
+
+    def output_quantizer(self, layer: str, module: nn.Module) -> nn.Module | None:
+        return None if isinstance(module, (nn.Conv2d, nn.Linear)) else Marker(f"out:{layer}")
+
+    def model_output_quantizer(self, layer: str, module: nn.Module) -> nn.Module | None:
+        return Marker(f"model-out:{layer}")
+
+    def layer_input_quantizer(self, layer: str, module: nn.Module, index: int,
+                              is_model_input: bool = False) -> nn.Module | None:
+        return Marker(f"in:{layer}:{index}") if isinstance(module, fxquant.nn.Add) else None
+
+
+def test_layer_input_quantizers_and_the_model_output_on_resnet18() -> None:
+    result = _quantized(torchvision.models.resnet18(), torch.randn(1, 3, 64, 64), InputsPolicy())
+    gm = result.graph_module
+    # every add's conv2 input, and the downsample outputs (the other identities are quantized)
+    assert len(result.details["layer_inputs"]) == 8 + 3
+    assert "layer1.0.module_add:0" in result.details["layer_inputs"]
+    node = next(n for n in gm.graph.nodes if n.target == "layer1.0.module_add.input_quantizers.0")
+    assert _meta.get(node, _meta.QUANTIZES) == "input"
+    assert _meta.get(node, _meta.LAYER_NAME) == "layer1.0.conv2"  # the tensor it quantizes
+    assert node.args[0].target == "layer1.0.conv2"
+    assert [u.target for u in node.users] == ["layer1.0.module_add"]
+    # the fc's output is the model output: model_output_quantizer decides, not output_quantizer
+    assert "fc" in result.details["outputs"]
+    assert gm.get_submodule("fc.output_quantizer").name == "model-out:fc"
+
+
+def test_a_policy_without_the_optional_methods_gets_no_layer_inputs() -> None:
+    result = _quantized(torchvision.models.resnet18(), torch.randn(1, 3, 64, 64))
+    assert result.details["layer_inputs"] == []

@@ -42,7 +42,13 @@ class DigitsNet(nn.Module):
 
 
 def train(model: nn.Module, epochs: int = 20, lr: float = 1e-2, seed: int = 0) -> nn.Module:
-    """Adam on the training split, batch 64; returns the model in eval mode."""
+    """Adam on the training split, batch 64, then BN statistics re-estimated over the whole
+    training split; returns the model in eval mode.
+
+    Without the re-estimate the BNs keep the running statistics of the last few batches of a
+    still-moving model: FP32 accuracy then ranges from 90.9% to 98.9% over seeds 0–5 (it depends
+    on the last steps); with it, 97.3% to 98.7%.
+    """
     x, y, _, _ = digits()
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
@@ -54,6 +60,23 @@ def train(model: nn.Module, epochs: int = 20, lr: float = 1e-2, seed: int = 0) -
             opt.zero_grad()
             nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
             opt.step()
+    return reestimate_bn(model, x)
+
+
+@torch.no_grad()
+def reestimate_bn(model: nn.Module, x: torch.Tensor, batch: int = 64) -> nn.Module:
+    """BN running statistics as the cumulative average over ``x`` (train mode, ``momentum=None``);
+    returns the model in eval mode with its BNs' momenta restored."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None
+    model.train()
+    for i in range(0, len(x), batch):
+        model(x[i:i + batch])
+    for bn, momentum in zip(bns, momenta):
+        bn.momentum = momentum
     return model.eval()
 
 

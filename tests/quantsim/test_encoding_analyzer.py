@@ -450,3 +450,71 @@ def test_update_stats_never_syncs(scheme):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert analyzer.compute_encoding(8, False).scale.device.type == "cuda"
+
+
+# -------------------------------------------------------------------------------------------------
+# Extreme magnitudes (issue 11 item 5): histograms and costs are range-relative
+# -------------------------------------------------------------------------------------------------
+def _calibrate(scheme: str, batches: list[torch.Tensor], axis: int | None = None,
+               symmetric: bool = False) -> QuantEncoding:
+    analyzer = get_encoding_analyzer(scheme, axis=axis, name="act")
+    for batch in batches:
+        analyzer.update_stats(batch)
+    return analyzer.compute_encoding(8, symmetric=symmetric)
+
+
+def _clipped_fraction(x: torch.Tensor, enc: QuantEncoding) -> float:
+    qdq = quantize_dequantize(x.double(), enc.scale.double(), enc.zero_point.double(),
+                              enc.qmin, enc.qmax, axis=enc.axis)
+    err = (qdq - x.double()).abs()
+    scale = enc.scale.double() if enc.axis is None else enc.scale.double()[:, None, None]
+    return float((err > scale / 2 * (1 + 1e-6)).double().mean())
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("factor", [2.0 ** 66, 1e20, 2.0 ** 100, 3e38 / 4.5])
+def test_extreme_magnitudes_calibrate_like_the_scaled_down_case(scheme, symmetric, factor):
+    # two batches (the second widens the histogram), values around factor; 3e38 / 4.5 puts the
+    # largest value just below float32's maximum
+    gen = torch.Generator().manual_seed(5)
+    base = [torch.randn(4000, generator=gen), torch.randn(4000, generator=gen) * 1.3 + 0.2]
+    base = [b / 4.5 * 4.0 for b in base]
+    ref = _calibrate(scheme, base, symmetric=symmetric)
+    big = [b * factor for b in base]
+    assert all(torch.isfinite(b).all() for b in big)
+    got = _calibrate(scheme, big, symmetric=symmetric)
+    ratio = float(got.scale.double() / (ref.scale.double() * factor))
+    if math.log2(factor).is_integer():      # exact power of two: bit-identical, scaled
+        assert ratio == 1.0 and int(got.zero_point) == int(ref.zero_point)
+    else:
+        assert ratio == pytest.approx(1.0, rel=1e-4)
+        assert abs(int(got.zero_point) - int(ref.zero_point)) <= 1
+    clipped_ref = max(_clipped_fraction(b, ref) for b in base)
+    clipped = max(_clipped_fraction(b, got) for b in big)
+    assert clipped <= clipped_ref + 1e-3 and clipped < 0.01
+
+
+@pytest.mark.parametrize("scheme", ["tf_enhanced", "mse", "percentile"])
+def test_extreme_magnitudes_per_channel(scheme):
+    # channel 0 near float32's maximum, channel 1 ordinary: each gets its own range-relative scale
+    gen = torch.Generator().manual_seed(6)
+    base = torch.randn(2, 3, 500, generator=gen) / 4.5
+    x = base.clone()
+    x[0] *= 2.0 ** 127
+    enc = _calibrate(scheme, [x], axis=0)
+    ref0 = _calibrate(scheme, [base[0:1]], axis=0)
+    ref1 = _calibrate(scheme, [base[1:2]], axis=0)
+    assert float(enc.scale[0]) == float(ref0.scale[0]) * 2.0 ** 127
+    assert float(enc.scale[1]) == float(ref1.scale[0])
+    assert torch.isfinite(enc.scale).all()
+
+
+def test_histogram_of_huge_values_has_finite_edges_and_all_counts():
+    a = TfEnhancedEncodingAnalyzer(name="act")
+    x = torch.linspace(-1, 1, 10001) * 3.3e38
+    a.update_stats(x)
+    counts, edges = a.histogram()
+    assert torch.isfinite(edges).all() and float(counts.sum()) == 10001
+    # uniform data: every bin holds about the same count (no pile-up in an edge bin)
+    assert float(counts.max()) <= 2.2 * 10001 / 512

@@ -25,12 +25,14 @@ from fxquant.quantsim.quantsim import QuantizationSimModel
 
 
 def config(**sections: Any) -> dict[str, Any]:
-    """A minimal AIMET config: every op output and parameter quantized, nothing else set;
+    """A minimal AIMET config: every op output and parameter but biases quantized (as AIMET's
+    configs do), nothing else set;
     ``sections`` replace top-level entries, ``ops`` / ``defaults_extra`` extend ``defaults``."""
     ops = sections.pop("ops", {"is_output_quantized": "True"})
     params = sections.pop("default_params", {"is_quantized": "True"})
     extra = sections.pop("defaults_extra", {})
-    base = {"defaults": {"ops": ops, "params": params, **extra}, "params": {}, "op_type": {},
+    base = {"defaults": {"ops": ops, "params": params, **extra},
+            "params": {"bias": {"is_quantized": "False"}}, "op_type": {},
             "supergroups": [], "model_input": {}, "model_output": {}}
     base.update(sections)
     return base
@@ -119,7 +121,7 @@ def test_builtin_default_quantizes_weights_per_output_channel(module: nn.Module,
                                                               channels: int) -> None:
     torch.manual_seed(0)
     quantizers = policy(quant_scheme="tf").param_quantizers("layer", module)
-    assert list(quantizers) == ["weight"]  # bias: never a plain quantizer
+    assert list(quantizers) == ["weight"]  # bias: not quantized by the built-in config
     q = quantizers["weight"]
     assert isinstance(q, AffineQuantizer)
     assert (q.name, q.kind, q.axis, q.bitwidth, q.symmetric) == ("layer.weight", "param", axis,
@@ -165,12 +167,15 @@ def test_param_precedence_defaults_then_params_then_op_type() -> None:
                 "scale": {"is_quantized": "False"}},
         op_type={"Gemm": {"params": {"weight": {"is_quantized": "False"}}},
                  "ConvTranspose": {"params": {"weight": {"is_symmetric": "False"}}}}))
-    assert p.param_quantizers("conv", nn.Conv2d(3, 4, 1))["weight"].symmetric is True  # params
-    assert p.param_quantizers("fc", nn.Linear(3, 4)) == {}                            # op_type
+    conv = p.param_quantizers("conv", nn.Conv2d(3, 4, 1))
+    assert conv["weight"].symmetric is True                                         # params
+    assert list(p.param_quantizers("fc", nn.Linear(3, 4))) == ["bias"]              # op_type
     assert p.param_quantizers("up", nn.ConvTranspose2d(3, 4, 2))["weight"].symmetric is False
     custom = p.param_quantizers("custom", Custom())
-    assert list(custom) == ["weight"]  # params.scale: not quantized; bias never gets one here
-    assert "bias" not in p.param_quantizers("conv", nn.Conv2d(3, 4, 1))
+    assert list(custom) == ["weight"]  # params.scale: not quantized
+    # params.bias.is_quantized: an AIMET bias quantizer (param bit width, the defaults' symmetry)
+    assert conv["bias"].bitwidth == 8 and conv["bias"].symmetric is False
+    assert conv["bias"].kind == "param" and conv["bias"].name == "conv.bias"
 
 
 def test_params_off_by_default_leave_modules_unquantized() -> None:
@@ -382,7 +387,8 @@ def test_sim_three_op_supergroup_with_unfolded_batch_norm() -> None:
     cfg = config(supergroups=[{"op_list": ["Conv", "BatchNormalization", "Relu"]}])
     names = quantized(cfg, ConvBnRelu(), fold_batch_norms=False)
     assert [n for n, kind in names if kind == "output"] == ["relu"]
-    assert ("bn.weight", "param") in names  # the BN's parameters are still quantized
+    # a BN kept right after its conv folds into it on target: its parameters stay float
+    assert [n for n, kind in names if kind == "param"] == ["conv.weight"]
 
 
 @pytest.mark.parametrize("model_input, model_output, first, last", [

@@ -225,3 +225,29 @@ def test_no_host_sync_in_forward_and_calibration():
         q(x)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def test_state_snapshot_restores_encoding_flags_and_statistics() -> None:
+    from fxquant.quantsim.quantizer import AffineQuantizer
+
+    q = AffineQuantizer(8, name="act", quant_scheme="tf_enhanced")
+    with q.calibration():
+        q(torch.linspace(-1, 1, 101))
+    x = torch.linspace(-2, 2, 57)
+    out, enc = q(x), q.encoding
+    counts = q.encoding_analyzer.histogram()[0]
+    snap = q.state_snapshot()
+    with q.calibration():                       # new stats and a new (8-bit, wider) encoding
+        q(torch.linspace(-5, 5, 11))
+    q.bitwidth = 4
+    q.enabled = False
+    q.restore_snapshot(snap)
+    assert q.enabled and q.bitwidth == 8 and torch.equal(q(x), out)
+    assert torch.equal(q.encoding.scale, enc.scale) and q.encoding.bitwidth == 8
+    assert torch.equal(q.encoding_analyzer.histogram()[0], counts)
+    # restoring onto a quantizer whose encoding was dropped brings the buffers back
+    q.bitwidth = 6
+    assert q.encoding is None
+    q.restore_snapshot(snap)
+    assert torch.equal(q(x), out) and list(q.state_dict()) == ["scale", "zero_point",
+                                                                "_extra_state"]

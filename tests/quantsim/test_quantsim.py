@@ -45,7 +45,7 @@ def test_w8a8_ptq_keeps_digits_accuracy_within_one_point(scheme) -> None:
     sim = QuantizationSimModel(model, torch.randn(1, 1, 8, 8), quant_scheme=scheme)
     sim.compute_encodings(_calibrate)
     ptq = accuracy(sim.model)
-    figures = f"digits {scheme}: FP32 {fp32:.2f}%  W8A8 {ptq:.2f}%"  # measured: 96.67 / >= 96.44
+    figures = f"digits {scheme}: FP32 {fp32:.2f}%  W8A8 {ptq:.2f}%"  # measured: 97.33 / >= 96.67
     assert fp32 > 95, figures
     assert fp32 - 1.0 <= ptq <= fp32 + 1.0, figures
     x = digits()[0][:128]
@@ -53,10 +53,12 @@ def test_w8a8_ptq_keeps_digits_accuracy_within_one_point(scheme) -> None:
         assert not torch.equal(sim.model(x), model(x))
 
 
-def test_qat_recovers_w4a8_accuracy() -> None:
+def test_qat_recovers_w3a8_accuracy() -> None:
+    # (4-bit per-tensor weights cost this well-trained net under a point: 97.3% -> 96.4%; 3 bits
+    # cost 25 points, so recovering them means something)
     model = trained_net()
     fp32 = accuracy(model)
-    sim = QuantizationSimModel(model, torch.randn(1, 1, 8, 8), default_param_bw=4,
+    sim = QuantizationSimModel(model, torch.randn(1, 1, 8, 8), default_param_bw=3,
                                config_file="per_tensor",
                                quant_scheme=QuantScheme.training_range_learning_with_tf_init)
     sim.compute_encodings(_calibrate)
@@ -66,8 +68,8 @@ def test_qat_recovers_w4a8_accuracy() -> None:
     scale_before = learned[0].detach().clone()
     train(sim.model, epochs=4, lr=1e-3, seed=1)
     qat = accuracy(sim.model)
-    figures = f"digits W4A8: FP32 {fp32:.2f}%  PTQ {ptq:.2f}%  QAT {qat:.2f}%"  # 96.7 / 78.9 / 96.9
-    assert ptq <= fp32 - 10.0, figures  # 4-bit weights really hurt, so recovery means something
+    figures = f"digits W3A8: FP32 {fp32:.2f}%  PTQ {ptq:.2f}%  QAT {qat:.2f}%"  # 97.3 / 72.0 / 96.9
+    assert ptq <= fp32 - 10.0, figures  # 3-bit weights really hurt, so recovery means something
     assert qat >= fp32 - 1.0, figures   # QAT recovers to within a point of FP32
     assert not torch.equal(scale_before, learned[0].detach())
 
@@ -190,3 +192,106 @@ def test_load_encodings_names_unknown_tensors(tmp_path) -> None:
     with pytest.raises(fxquant.ConfigError, match=r"no quantizer in this sim: \['conv7'\]"):
         sim.load_encodings(data)
     assert "conv7" not in sim.load_encodings(data, strict=False)
+
+
+# -- AIMET call shapes (issue 10 items 2 and 8) ---------------------------------------------------
+class _TinyNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.relu = nn.ReLU()
+        self.fc = nn.Linear(4 * 6 * 6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.relu(self.conv(x)), 1))
+
+
+def test_compute_encodings_passes_args_whenever_given_even_none() -> None:
+    sim = QuantizationSimModel(_TinyNet().eval(), torch.randn(1, 1, 8, 8))
+    calls = []
+
+    def two_args(model, args):           # AIMET's documented callback shape
+        calls.append(("two", args))
+        model(torch.randn(2, 1, 8, 8))
+
+    def one_arg(model):
+        calls.append(("one",))
+        model(torch.randn(2, 1, 8, 8))
+
+    sim.compute_encodings(two_args, None)
+    sim.compute_encodings(two_args, forward_pass_callback_args=None)
+    sim.compute_encodings(two_args, 7)
+    sim.compute_encodings(one_arg)
+    assert calls == [("two", None), ("two", None), ("two", 7), ("one",)]
+    # AIMET's CallbackFunc holder runs func(model, args)
+    holder = fxquant.CallbackFunc(two_args, func_callback_args=5)
+    holder(sim.model)
+    assert calls[-1] == ("two", 5) and (holder.func, holder.args) == (two_args, 5)
+    with pytest.raises(fxquant.ConfigError, match="CallbackFunc: func must be callable"):
+        fxquant.CallbackFunc(3)
+
+
+def test_training_range_learning_is_range_learning_with_min_max_init() -> None:
+    torch.manual_seed(0)
+    batches = [torch.randn(4, 1, 8, 8) for _ in range(3)]
+    torch.manual_seed(1)
+    model_state = _TinyNet().eval().state_dict()
+    sims = {scheme: QuantizationSimModel(_fresh(model_state), torch.randn(1, 1, 8, 8),
+                                         quant_scheme=scheme)
+            for scheme in (QuantScheme.training_range_learning, "tf")}
+    for sim in sims.values():
+        sim.compute_encodings(lambda m: [m(b) for b in batches])
+    learned, minmax = sims[QuantScheme.training_range_learning], sims["tf"]
+    assert QuantScheme.parse("training_range_learning") is QuantScheme.training_range_learning
+    assert isinstance(learned.quantizer("relu").scale, nn.Parameter)
+    assert not isinstance(minmax.quantizer("relu").scale, nn.Parameter)
+    for ref in minmax.quantizers():
+        assert torch.equal(learned.quantizer(ref.name).encoding.scale, ref.quantizer.encoding.scale)
+
+
+def _fresh(state: dict[str, torch.Tensor]) -> nn.Module:
+    model = _TinyNet().eval()
+    model.load_state_dict(state)
+    return model
+
+
+def test_deepcopy_gives_an_independent_sim_with_identical_outputs() -> None:
+    import copy
+
+    sim = QuantizationSimModel(_TinyNet().eval(), torch.randn(1, 1, 8, 8), quantize_bias=True)
+    sim.compute_encodings(lambda m: m(torch.randn(8, 1, 8, 8)))
+    twin = copy.deepcopy(sim)
+    x = torch.randn(5, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(twin.model(x), sim.model(x))
+    assert twin.model is not sim.model and twin.config is sim.config
+    assert [r.name for r in twin.quantizers()] == [r.name for r in sim.quantizers()]
+    for a, b in zip(twin.quantizers(), sim.quantizers()):
+        assert a.quantizer is not b.quantizer
+    # the copy's int32 bias follows the copy's quantizers, not the original's
+    bias_twin = twin.bias_quantizers()["fc.bias"]
+    assert all(any(src is r.quantizer for r in twin.quantizers()) for src in bias_twin._sources)
+    # changing the copy leaves the original alone (quantizers and node metadata)
+    with torch.no_grad():
+        before = sim.model(x)
+        twin.quantizer("relu").scale.mul_(4)
+        twin.quantizer("fc").enabled = False
+        assert torch.equal(sim.model(x), before) and not torch.equal(twin.model(x), before)
+    node = next(n for n in twin.model.graph.nodes if n.op == "call_module")
+    fxquant._meta.set(node, "probe", 1)
+    assert all(fxquant._meta.get(n, "probe") is None for n in sim.model.graph.nodes)
+
+
+def test_export_accepts_aimet_onnx_export_api_args(tmp_path) -> None:
+    import onnx
+
+    sim = QuantizationSimModel(_TinyNet().eval(), torch.randn(1, 1, 8, 8))
+    sim.compute_encodings(lambda m: m(torch.randn(8, 1, 8, 8)))
+    files = sim.export(str(tmp_path), "tiny", torch.randn(1, 1, 8, 8),
+                       onnx_export_args=fxquant.OnnxExportApiArgs(opset_version=20))
+    model = onnx.load(files["onnx"])
+    assert [i.version for i in model.opset_import if i.domain in ("", "ai.onnx")] == [20]
+    with pytest.raises(fxquant.ConfigError, match=r"OnnxExportApiArgs.input_names=\['in'\]: "
+                                                  r"fxquant names the ONNX inputs"):
+        sim.export(str(tmp_path / "b"), "tiny", torch.randn(1, 1, 8, 8),
+                   onnx_export_args=fxquant.OnnxExportApiArgs(input_names=["in"]))
