@@ -27,7 +27,7 @@ from fxquant import _meta
 from fxquant.errors import FxQuantError
 from fxquant.passes.base import Pass, PassResult, errors_at
 
-__all__ = ["FoldBatchNormPass", "BatchNormFoldError"]
+__all__ = ["FoldBatchNormPass", "BatchNormFoldError", "training_batch_norms"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,23 @@ _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 class BatchNormFoldError(FxQuantError):
     """Batch norms cannot be folded as asked (e.g. the model is in training mode)."""
+
+
+def training_batch_norms(model: nn.Module) -> list[str]:
+    """Module paths of ``model``'s batch norms that are in training mode and track statistics.
+
+    QuantSim keeps these unfolded (QAT with batch norms; fold them later into the weight
+    quantizers with ``fxquant.batch_norm_fold.fold_all_batch_norms_to_scale``).
+
+    Example:
+        >>> training_batch_norms(torchvision.models.resnet18().train())[:2]
+        ['bn1', 'layer1.0.bn1']
+        >>> training_batch_norms(torchvision.models.resnet18().eval())
+        []
+    """
+    return [name for name, m in model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
+            and m.track_running_stats]
 
 
 class FoldBatchNormPass(Pass):

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 import fxquant
+from fxquant.batch_norm_fold import FoldedPair, folded_names
 from tests.models import (Conv1d3dNet, Conv2dSameInline, ConvTransposeNet, FunctionalNet,
                           SameConvBnReLU6, randomize_batch_norms)
 
@@ -20,7 +21,7 @@ def test_backward_and_forward_folds_on_every_layer_kind(device: torch.device) ->
     with torch.no_grad():
         expected = model(x)
     gm = fxquant.prepare_model(model)
-    folded = fxquant.fold_all_batch_norms(gm, input_shapes=(4, 3, 6, 6))
+    folded = folded_names(fxquant.fold_all_batch_norms(gm, input_shapes=(4, 3, 6, 6)))
     assert set(folded) == {("conv0", "pre_bn"), ("dw", "dw_bn"), ("up", "up_bn"),
                            ("gup", "gup_bn"), ("fc", "fc_bn")}
     assert _bns(gm) == []
@@ -31,7 +32,7 @@ def test_backward_and_forward_folds_on_every_layer_kind(device: torch.device) ->
 def test_linear_bn1d_needs_known_rank() -> None:
     model = randomize_batch_norms(ConvTransposeNet()).eval()
     gm = fxquant.prepare_model(model)
-    folded = fxquant.fold_all_batch_norms(gm)  # no shapes: Linear -> BN1d is left alone
+    folded = folded_names(fxquant.fold_all_batch_norms(gm))  # no shapes: Linear -> BN1d stays
     assert ("fc", "fc_bn") not in folded and _bns(gm) == ["fc_bn"]
 
 
@@ -41,7 +42,7 @@ def test_conv1d_conv3d_and_conv_transpose1d() -> None:
     with torch.no_grad():
         expected = model(x, v)
     gm = fxquant.prepare_model(model)
-    folded = fxquant.fold_all_batch_norms(gm)
+    folded = folded_names(fxquant.fold_all_batch_norms(gm))
     assert set(folded) == {("c1", "b1"), ("t1", "tb1"), ("c3", "b3")}
     with torch.no_grad():
         torch.testing.assert_close(gm(x, v), expected, rtol=1e-5, atol=1e-5)
@@ -83,8 +84,15 @@ def test_fold_on_plain_module_is_in_place_and_keeps_numerics() -> None:
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         expected = model(x)
+    bn1, bn2 = model.bn1, model.bn2
     folded = fxquant.fold_all_batch_norms(model)
-    assert folded == [("conv1", "bn1"), ("conv2", "bn2")]
+    # AIMET's return value: (layer module, bn module) pairs; the names ride along
+    assert folded == [(model.conv1, bn1), (model.conv2, bn2)]
+    assert all(isinstance(pair, FoldedPair) for pair in folded)
+    conv, bn = folded[0]
+    assert conv is model.conv1 and bn is bn1 and folded[1][0] is model.conv2
+    assert folded_names(folded) == [("conv1", "bn1"), ("conv2", "bn2")]
+    assert folded[1].layer_name == "conv2" and folded[1].bn_name == "bn2"
     assert isinstance(model.bn1, nn.Identity) and isinstance(model.bn2, nn.Identity)
     assert model.conv2.bias is not None  # a bias was created for the bias-free conv
     with torch.no_grad():
@@ -102,13 +110,17 @@ def test_same_padding_conv_subclass_bn_is_folded(conv_class: type | None) -> Non
     gm = fxquant.prepare_model(model)
     folded = fxquant.fold_all_batch_norms(gm)
     layer = "conv.module_conv2d" if conv_class is None else "conv"
-    assert folded == [(layer, "bn")]
+    assert folded_names(folded) == [(layer, "bn")]
+    assert folded[0][0] is gm.get_submodule(layer)  # the graph module's (folded) layer
     assert _bns(gm) == []
     with torch.no_grad():
         torch.testing.assert_close(gm(x), expected, rtol=1e-5, atol=1e-6)
     # and directly on the user's module, in place
+    bn = model.bn
     folded_in_place = fxquant.fold_all_batch_norms(model)
-    assert [bn for _, bn in folded_in_place] == ["bn"] and isinstance(model.bn, nn.Identity)
+    assert [b for _, b in folded_in_place] == [bn] and isinstance(model.bn, nn.Identity)
+    # the layer returned is the user's module that owns the folded weight
+    assert folded_in_place[0][0] is model.conv
     with torch.no_grad():
         torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-6)
 
@@ -155,3 +167,17 @@ def test_second_fold_reports_nothing() -> None:
     assert first.modified and len(first.details["folded"]) == 2
     second = fxquant.FoldBatchNormPass()(gm)
     assert not second.modified and second.details["folded"] == []
+
+
+def test_folded_pairs_index_by_module_as_aimet_users_do() -> None:
+    """AIMET's example: ``{conv: bn for conv, bn in pairs}`` and ``pairs[i][0].weight``."""
+    model = randomize_batch_norms(FunctionalNet()).eval()
+    expected_weight = model.conv1.weight.detach().clone()
+    bn1 = model.bn1
+    scale = (bn1.weight / torch.sqrt(bn1.running_var + bn1.eps)).detach()
+    pairs = fxquant.fold_all_batch_norms(model)
+    by_layer = {layer: bn for layer, bn in pairs}
+    assert by_layer[model.conv1] is bn1
+    torch.testing.assert_close(pairs[0][0].weight, expected_weight * scale.view(-1, 1, 1, 1))
+    assert repr(pairs[0]) == "FoldedPair('conv1' <- 'bn1')"
+    assert pairs[0].names == ("conv1", "bn1")
