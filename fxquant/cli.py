@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
+import math
 import sys
 import time
 from typing import Sequence
@@ -57,6 +58,17 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _finite_float(text: str) -> float:
+    """argparse type: a finite number (``nan`` and ``inf`` are refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number (dB), got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number (dB), got {text!r}")
+    return value
+
+
 def _compare_outputs(args: argparse.Namespace) -> int:
     from fxquant.errors import FxQuantError, OutputExistsError
     from fxquant.layer_outputs import compare_layer_outputs
@@ -67,22 +79,36 @@ def _compare_outputs(args: argparse.Namespace) -> int:
                                        layout_b=args.layout_b)
         if args.json:
             report.to_json(args.json, overwrite=args.overwrite)
+        if args.html:
+            report.to_html(args.html, overwrite=args.overwrite)
         if args.plot:
             report.plot(args.plot, overwrite=args.overwrite)
     except OutputExistsError as exc:
         print(f"fxquant compare-outputs: error: {exc} (on the command line: --overwrite)",
               file=sys.stderr)
         return 2
-    except (FxQuantError, OSError, ValueError) as exc:
-        print(f"fxquant compare-outputs: error: {exc}", file=sys.stderr)
+    except (FxQuantError, OSError, ValueError, TypeError) as exc:
+        print(f"fxquant compare-outputs: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     print(report.format(limit=None if args.all else args.top))
     print(report.summary())
-    if args.json:
-        print(f"report: {args.json}")
-    if args.plot:
-        print(f"plot: {args.plot}")
-    return 1 if args.check and report.first_divergence is not None else 0
+    for label, path in (("report", args.json), ("html", args.html), ("plot", args.plot)):
+        if path:
+            print(f"{label}: {path}")
+    if not args.check:
+        return 0
+    failures = report.check_failures(allow_missing=args.allow_missing)
+    if failures:
+        print(f"check failed ({len(failures)}):", file=sys.stderr)
+        for line in failures[:20]:
+            print(f"  {line}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 2000 else text[:1997] + "..."
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -108,20 +134,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     cmp.add_argument("dir_a", help="reference dump directory (e.g. the QuantSim's)")
     cmp.add_argument("dir_b", help="dump directory to check (e.g. ONNX Runtime's)")
     cmp.add_argument("--encodings", help="encodings file of sim.export, for LSB differences")
-    cmp.add_argument("--threshold", type=float, default=20.0,
+    cmp.add_argument("--threshold", type=_finite_float, default=20.0,
                      help="SQNR (dB) below which a tensor has diverged (20)")
     cmp.add_argument("--layout-a", type=str.upper,
                      help="layout of dir_a's tensors when it has no manifest")
     cmp.add_argument("--layout-b", type=str.upper,
                      help="layout of dir_b's tensors when it has no manifest (e.g. NHWC)")
     cmp.add_argument("--json", help="write the report as JSON to this file")
+    cmp.add_argument("--html", help="write the report as an HTML page to this file")
     cmp.add_argument("--plot", help="write a plot of SQNR per tensor to this file (.png, .svg …)")
     cmp.add_argument("--overwrite", action="store_true",
                      help="replace existing --json / --plot files (default: refuse)")
     cmp.add_argument("--top", type=int, default=10, help="rows to print, worst first (10)")
     cmp.add_argument("--all", action="store_true", help="print every tensor in order")
     cmp.add_argument("--check", action="store_true",
-                     help="exit with status 1 when a tensor is below the threshold")
+                     help="exit with status 1 when a tensor is below the threshold, or on any "
+                          "finding: NaN/Inf values, tensors or instances on one side only, "
+                          "tensors not compared, size mismatches")
+    cmp.add_argument("--allow-missing", action="store_true",
+                     help="with --check: tensors and instances one side lacks do not fail it "
+                          "(they are still reported)")
     cmp.set_defaults(func=_compare_outputs)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,

@@ -19,10 +19,11 @@ from fxquant.layer_outputs.dump_writer import sanitize_names
 from fxquant.layer_outputs.compare import compare_layer_outputs
 from fxquant.layer_outputs.dump_reader import LayerOutputDump, TensorInfo
 from fxquant.layer_outputs.errors import (DumpExistsError, DumpFormatError, DumpWriteError,
-                                          LayerOutputError)
+                                          InputInstanceError, LayerOutputError)
 from fxquant.layer_outputs.report import DumpComparisonReport, DumpLayerComparison
 from fxquant.layer_outputs.torch_util import LayerOutputUtil, NamingScheme
 
 __all__ = ["DumpComparisonReport", "DumpExistsError", "DumpFormatError", "DumpLayerComparison",
-           "DumpWriteError", "LayerOutputDump", "LayerOutputError", "LayerOutputUtil",
-           "NamingScheme", "TensorInfo", "compare_layer_outputs", "sanitize_names"]
+           "DumpWriteError", "InputInstanceError", "LayerOutputDump", "LayerOutputError",
+           "LayerOutputUtil", "NamingScheme", "TensorInfo", "compare_layer_outputs",
+           "sanitize_names"]

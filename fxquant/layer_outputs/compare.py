@@ -13,6 +13,11 @@ by file stem, :mod:`~fxquant.layer_outputs.matching`), over every common instanc
 The first tensor (in ``dir_a``'s topological order) whose SQNR is below ``sqnr_threshold`` is
 ``first_divergence``.
 
+Findings (``report.findings``; each fails ``fxquant compare-outputs --check``): NaN or ±Inf values
+in either dump (counted per side), tensors only one dump has, tensors that no common instance has
+on both sides or that only some instances have, tensors whose sizes differ, and instances only one
+dump has. A comparison is never "no divergence" because nothing could be compared.
+
 Layouts (:mod:`~fxquant.layer_outputs.alignment`): when both dumps record their layouts
 (``manifest.json``), B is permuted into A's layout (NHWC → NCHW …). Otherwise, when the shapes
 differ only by an axis permutation, or B is a flat raw file of the same size (an AIMET or target
@@ -43,7 +48,7 @@ from fxquant.core.metrics import PairSums, pair_sums
 from fxquant.layer_outputs.alignment import align, alignment_candidates
 from fxquant.layer_outputs.dump_reader import LayerOutputDump
 from fxquant.layer_outputs.matching import match_tensor_names
-from fxquant.layer_outputs.report import DumpComparisonReport, DumpLayerComparison
+from fxquant.layer_outputs.report import DumpComparisonReport, DumpFinding, DumpLayerComparison
 from fxquant.layer_outputs.scales import scales_from_encodings
 
 __all__ = ["compare_layer_outputs", "DEFAULT_SQNR_THRESHOLD"]
@@ -66,8 +71,14 @@ class _TensorDiff:
         self.sum_abs = 0.0
         self.equal = 0
         self.max_lsb: float | None = None
+        self.bad = {"A": [0, 0], "B": [0, 0]}  # side: [NaN count, ±Inf count]
 
     def add(self, a: np.ndarray, b: np.ndarray, scale: Scale | None) -> None:
+        for side, values in (("A", a), ("B", b)):
+            if values.dtype.kind == "f":
+                nan = int(np.count_nonzero(np.isnan(values)))
+                self.bad[side][0] += nan
+                self.bad[side][1] += int(values.size - np.count_nonzero(np.isfinite(values))) - nan
         a64 = a.astype(np.float64, copy=False)
         with np.errstate(invalid="ignore"):  # inf - inf: counted as non-finite by pair_sums
             diff = a64 - b.astype(np.float64, copy=False)
@@ -77,7 +88,7 @@ class _TensorDiff:
             self.max_abs = float(np.max([self.max_abs, absdiff.max()]))  # NaN propagates
         self.sum_abs += float(absdiff.sum())
         self.equal += int(np.count_nonzero(a == b))
-        if scale is not None and absdiff.size:
+        if scale is not None and absdiff.size and np.isfinite(absdiff).all():
             values, axis = scale
             if values.size == 1:
                 lsb = float(absdiff.max()) / float(values[0])
@@ -89,6 +100,15 @@ class _TensorDiff:
                 return
             self.max_lsb = lsb if self.max_lsb is None else max(self.max_lsb, lsb)
 
+    def nonfinite_note(self) -> str:
+        """``"A: 3 NaN; B: 1 Inf"`` for the sides with non-finite values, or ""."""
+        parts = []
+        for side, (nan, inf) in self.bad.items():
+            what = [f"{n} {label}" for n, label in ((nan, "NaN"), (inf, "Inf")) if n]
+            if what:
+                parts.append(f"{side} has {' and '.join(what)}")
+        return "; ".join(parts)
+
     def fields(self) -> dict[str, Any]:
         """The :class:`DumpLayerComparison` fields these differences give."""
         n = self.sums.numel
@@ -96,9 +116,9 @@ class _TensorDiff:
             "elements": n, "sqnr_db": self.sums.sqnr_db, "max_abs_diff": self.max_abs,
             "mean_abs_diff": self.sum_abs / n if n else 0.0,
             "equal_fraction": self.equal / n if n else 1.0, "max_diff_lsb": self.max_lsb}
-        if self.sums.nonfinite:
-            out.update(status="nonfinite",
-                       note=f"{self.sums.nonfinite} differences are NaN or infinite")
+        if self.sums.nonfinite or self.nonfinite_note():
+            out.update(status="nonfinite", note=self.nonfinite_note()
+                       or f"{self.sums.nonfinite} differences are NaN or infinite")
         elif self.sums.zero_reference:
             out["note"] = "A is all zero and B is not (SQNR -inf dB)"
         return out
@@ -167,10 +187,42 @@ def compare_layer_outputs(dir_a: str | os.PathLike[str] | LayerOutputDump,
             r = dataclasses.replace(r, status="below_threshold")
             first = r.name if first is None else first
         results.append(r)
+    findings = _findings(a, b, results, only_a, only_b, common, instances is not None)
     report = DumpComparisonReport(a.dir_path, b.dir_path, results, only_a, only_b, common,
-                                  float(sqnr_threshold), first)
+                                  float(sqnr_threshold), first, findings)
     logger.info("%s", report.summary())
     return report
+
+
+def _findings(a: LayerOutputDump, b: LayerOutputDump, results: Sequence[DumpLayerComparison],
+              only_a: Sequence[str], only_b: Sequence[str], common: Sequence[int],
+              instances_given: bool) -> list[DumpFinding]:
+    """What the comparison could not vouch for: non-finite values, tensors or instances on one
+    side only, tensors not compared or compared on some instances only, size mismatches."""
+    out = []
+    for r in results:
+        if r.status == "nonfinite":
+            out.append(DumpFinding("nonfinite", r.name, r.note))
+        elif r.status == "missing":
+            out.append(DumpFinding("not_compared", r.name, r.note))
+        elif r.status == "shape_mismatch":
+            out.append(DumpFinding("shape_mismatch", r.name, r.note))
+        if r.status != "missing" and 0 < r.instances < len(common):
+            out.append(DumpFinding("not_compared", r.name,
+                                   f"compared on {r.instances} of {len(common)} instances (the "
+                                   "others lack it on one side)"))
+    for name in only_a:
+        out.append(DumpFinding("only_in_a", name, f"{b.dir_path} has no tensor {name!r}"))
+    for name in only_b:
+        out.append(DumpFinding("only_in_b", name, f"{a.dir_path} has no tensor {name!r}"))
+    if not instances_given:
+        for side, dump, other in (("A", a, b), ("B", b, a)):
+            lone = sorted(set(dump.instances) - set(other.instances))
+            if lone:
+                out.append(DumpFinding(f"instances_only_in_{side.lower()}", None,
+                                       f"instances {lone[:20]} of {dump.dir_path} are not in "
+                                       f"{other.dir_path}"))
+    return out
 
 
 def _compare_one(a: LayerOutputDump, b: LayerOutputDump, name_a: str, name_b: str,

@@ -1,5 +1,13 @@
 """Reading a layer-output dump: fxquant's (with ``manifest.json``) or AIMET's / a target tool's.
 
+A manifest is validated as strictly as the writer's own output: every field's type, shapes
+(integers, at most 2**62 elements), dtypes (an allow-list), unique names and files, and paths —
+tensor files are plain names inside their instance folder, instance and input paths stay inside the
+dump, and no file that resolves (through links) outside the dump is read. Manifest versions 1 and
+2 are read; instances found on disk but not yet in the manifest (a killed run) are read with their
+own entries (``instances/instance_<k>.json``). Every failure is a
+:class:`~fxquant.layer_outputs.DumpFormatError` naming the file and the JSON path.
+
 Example:
     >>> dump = LayerOutputDump("dumps/sim")
     >>> dump.names[:2], dump.instances
@@ -11,14 +19,16 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import re
 from typing import Any
 
 import numpy as np
 
-from fxquant.core.jsonpath import JsonValidator, index, join, loads
-from fxquant.layer_outputs.dump_writer import LAYOUTS, MANIFEST, MANIFEST_FORMAT, NAME_ORDER
+from fxquant.core.jsonpath import JsonValidator, got, index, join, loads, show
+from fxquant.layer_outputs.dump_writer import (INSTANCES, LAYOUTS, MANIFEST, MANIFEST_FORMAT,
+                                               MANIFEST_VERSIONS, NAME_ORDER, instance_entry_path)
 from fxquant.layer_outputs.errors import DumpFormatError
 
 __all__ = ["LayerOutputDump", "TensorInfo"]
@@ -26,6 +36,12 @@ __all__ = ["LayerOutputDump", "TensorInfo"]
 logger = logging.getLogger(__name__)
 
 _INSTANCE_DIR = re.compile(r"^layer_outputs_(\d+)$")
+_MAX_INDEX = 2**31 - 1
+_MAX_DIM = 2**62
+_MAX_RANK = 32
+#: dtypes a dump's tensors may be stored in.
+_DTYPES = ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16",
+           "uint32", "uint64", "bool")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,8 +78,8 @@ class LayerOutputDump:
             that writes channels last); overrides the manifest when given.
 
     Raises:
-        DumpFormatError: not a directory, no instances, or a malformed manifest (the message names
-            the file and the field).
+        DumpFormatError: not a directory, no instances, or a malformed manifest or instance entry
+            (the message names the file and the JSON path), including paths that leave the dump.
 
     Example:
         >>> LayerOutputDump("dumps/qnn", layout="NHWC").info("conv1").layout
@@ -79,6 +95,8 @@ class LayerOutputDump:
             raise ValueError(f"layout must be axis letters such as 'NCHW' or 'NHWC', got "
                              f"{layout!r}")
         self._layout = layout
+        self._inputs: list[dict[str, Any]] = []
+        self.version: int | None = None
         manifest_path = os.path.join(self.dir_path, MANIFEST)
         self.manifest: dict[str, Any] | None = None
         if os.path.exists(manifest_path):
@@ -94,35 +112,60 @@ class LayerOutputDump:
     def _from_manifest(self, path: str) -> None:
         v = JsonValidator(path, error_cls=DumpFormatError)
         m = v.object(self.manifest, "")
-        if m.get("format") != MANIFEST_FORMAT:
-            v.fail("format", f"field 'format' is {m.get('format')!r}, expected {MANIFEST_FORMAT!r} "
-                             "(not an fxquant manifest)")
+        if "format" not in m:
+            v.fail("format", f"missing; expected {MANIFEST_FORMAT!r} (not an fxquant manifest)")
+        if m["format"] != MANIFEST_FORMAT:
+            v.fail("format", f"field 'format' is {show(m['format'])}, expected "
+                             f"{MANIFEST_FORMAT!r} (not an fxquant manifest)")
+        self.version = 1 if "version" not in m else v.one_of(m["version"], "version",
+                                                              MANIFEST_VERSIONS)
         self.file_format = v.one_of(v.get(m, "file_format", "", str), "file_format",
                                     ("raw", "npy"))
+        if m.get("layout") is not None:
+            v.one_of(m["layout"], "layout", LAYOUTS)
+        if m.get("producer") is not None:
+            v.object(m["producer"], "producer")
         self.names = list(v.string_list(v.get(m, "layer_output_names", "", list),
                                         "layer_output_names", what="tensor names"))
+        seen: set[str] = set()
+        for i, name in enumerate(self.names):
+            if name in seen:
+                v.fail(index("layer_output_names", i), f"{show(name)} appears twice; tensor "
+                                                       "names are unique (re-generate the dump)")
+            seen.add(name)
         tensors = v.object(v.get(m, "tensors", "", dict), "tensors")
         self._tensors = {}
+        files_used: dict[str, str] = {}
         for name in self.names:
             where = join("tensors", name)
             if name not in tensors:
                 v.fail(where, "missing: every name of layer_output_names needs an entry; "
                               "re-generate the dump")
             t = v.object(tensors[name], where)
-            shape = None
-            if t.get("shape") is not None:
-                dims = v.array(t["shape"], join(where, "shape"), what="dimensions")
-                shape = tuple(int(v.number(d, index(join(where, "shape"), i), integer=True))
-                              for i, d in enumerate(dims))
+            file = _file_name(v, v.get(t, "file", where, str), join(where, "file"))
+            if file in files_used:
+                v.fail(join(where, "file"), f"{file!r} is also the file of "
+                                            f"{files_used[file]!r}; every tensor has its own file")
+            files_used[file] = name
             self._tensors[name] = TensorInfo(
-                name, v.get(t, "file", where, str), shape, str(t.get("dtype", "float32")),
-                t.get("source_dtype"), self._layout or t.get("layout"))
+                name, file, _shape(v, t.get("shape"), join(where, "shape")),
+                _dtype(v, t.get("dtype", "float32"), join(where, "dtype")),
+                _optional_str(v, t.get("source_dtype"), join(where, "source_dtype")),
+                self._layout or _layout(v, t.get("layout"), join(where, "layout")))
+        self._inputs = []
+        for i, item in enumerate(v.array(m.get("inputs", []), "inputs", what="input tensors")):
+            where = index("inputs", i)
+            item = v.object(item, where)
+            self._inputs.append({"shape": _shape(v, item.get("shape"), join(where, "shape")),
+                                 "dtype": _dtype(v, item.get("dtype", "float32"),
+                                                 join(where, "dtype"))})
         self._instances = {}
         for i, entry in enumerate(v.get(m, "instances", "", list)):
-            entry = v.object(entry, index("instances", i))
-            k = int(v.number(v.get(entry, "index", index("instances", i), int),
-                             join(index("instances", i), "index"), integer=True))
-            self._instances[k] = dict(entry)
+            parsed = self._entry(v, entry, index("instances", i))
+            if parsed["index"] in self._instances:
+                v.fail(join(index("instances", i), "index"),
+                       f"instance {parsed['index']} is listed twice")
+            self._instances[parsed["index"]] = parsed
         on_disk = set(self._scan_instances())
         listed = set(self._instances)
         gone = sorted(listed - on_disk)
@@ -134,10 +177,61 @@ class LayerOutputDump:
         extra = sorted(on_disk - listed)
         if extra:
             logger.warning("%s: instances %s are on disk but not in the manifest (interrupted "
-                           "run?); read with the manifest's shapes", self.dir_path, extra)
+                           "run?); read with their own entries in %s/", self.dir_path, extra,
+                           INSTANCES)
             for k in extra:
-                self._instances[k] = {"index": k, "outputs": f"outputs/layer_outputs_{k}"}
+                self._instances[k] = self._own_entry(k)
         self.instances = sorted(self._instances)
+
+    def _own_entry(self, k: int) -> dict[str, Any]:
+        """Instance ``k``'s entry from ``instances/instance_<k>.json`` (written before the
+        instance was moved into place), or the default entry when there is none (version 1)."""
+        path = instance_entry_path(self.dir_path, k)
+        if not os.path.exists(path):
+            return {"index": k, "outputs": f"outputs/layer_outputs_{k}"}
+        v = JsonValidator(path, error_cls=DumpFormatError)
+        data = v.object(_read_json(path), "")
+        if data.get("format") != MANIFEST_FORMAT + ".instance":
+            v.fail("format", f"field 'format' is {show(data.get('format'))}, expected "
+                             f"{MANIFEST_FORMAT + '.instance'!r}")
+        entry = self._entry(v, {key: val for key, val in data.items()
+                                if key not in ("format", "version")}, "")
+        if entry["index"] != k:
+            v.fail("index", f"invalid value {entry['index']}; this is the entry of instance {k}")
+        return entry
+
+    def _entry(self, v: JsonValidator, entry: Any, where: str) -> dict[str, Any]:
+        """One instance entry, validated: index, files inside the dump, per-instance shapes."""
+        entry = v.object(entry, where)
+        k = v.int_in_range(v.get(entry, "index", where, int), join(where, "index"), 0, _MAX_INDEX,
+                           what="an instance index")
+        out: dict[str, Any] = {"index": k}
+        outputs = entry.get("outputs", f"outputs/layer_outputs_{k}")
+        out["outputs"] = _relative(v, outputs, join(where, "outputs"))
+        if entry.get("inputs") is not None:
+            files = v.array(entry["inputs"], join(where, "inputs"), what="input file paths")
+            out["inputs"] = [_relative(v, f, index(join(where, "inputs"), i))
+                             for i, f in enumerate(files)]
+        if entry.get("input_shapes") is not None:
+            shapes = v.array(entry["input_shapes"], join(where, "input_shapes"),
+                             what="input shapes")
+            out["input_shapes"] = [_shape(v, s, index(join(where, "input_shapes"), i))
+                                   for i, s in enumerate(shapes)]
+            if "inputs" in out and len(out["input_shapes"]) != len(out["inputs"]):
+                v.fail(join(where, "input_shapes"), f"{len(out['input_shapes'])} shapes for "
+                                                    f"{len(out['inputs'])} input files")
+        if entry.get("shapes") is not None:
+            shapes = v.object(entry["shapes"], join(where, "shapes"))
+            out["shapes"] = {}
+            for name, dims in shapes.items():
+                if name not in self._tensors:
+                    v.fail(join(join(where, "shapes"), name),
+                           "not a tensor of layer_output_names")
+                out["shapes"][name] = _shape(v, dims, join(join(where, "shapes"), name))
+        if entry.get("missing") is not None:
+            out["missing"] = list(v.string_list(entry["missing"], join(where, "missing"),
+                                                what="tensor names"))
+        return out
 
     def _scan_instances(self) -> list[int]:
         root = os.path.join(self.dir_path, "outputs")
@@ -208,7 +302,7 @@ class LayerOutputDump:
         if instance is not None:
             override = self._instances.get(instance, {}).get("shapes", {}).get(name)
             if override is not None:
-                info = dataclasses.replace(info, shape=tuple(int(d) for d in override))
+                info = dataclasses.replace(info, shape=override)
         return info
 
     def has(self, name: str, instance: int) -> bool:
@@ -262,7 +356,7 @@ class LayerOutputDump:
         if entry is None:
             raise KeyError(f"{self.dir_path} has no instance {instance}; instances: "
                            f"{self.instances}")
-        described = (self.manifest or {}).get("inputs", [])
+        described = self._inputs
         files = entry.get("inputs")
         if files is None:
             single = os.path.join("inputs", f"input_{instance}.{self.file_format}")
@@ -272,26 +366,47 @@ class LayerOutputDump:
                          for f in sorted(os.listdir(folder), key=_numeric_key) if f[:1] != "."]
             else:
                 files = [single]
+        own = entry.get("input_shapes")
         out = []
         for i, rel in enumerate(files):
             info = described[i] if i < len(described) else {}
-            shape = tuple(info["shape"]) if info.get("shape") is not None else None
+            shape = own[i] if own is not None and i < len(own) else info.get("shape")
+            note = ("" if own is not None or not self.has_manifest else
+                    " (a version-1 manifest records the first instance's input shapes only; "
+                    "re-generate the dump to read inputs whose shapes vary)")
             out.append(self._load_file(os.path.join(self.dir_path, rel), shape,
-                                       str(info.get("dtype", "float32"))))
+                                       str(info.get("dtype", "float32")), note))
         return out
 
-    def _load_file(self, path: str, shape: tuple[int, ...] | None, dtype: str) -> np.ndarray:
-        if path.endswith(".npy"):
-            return np.load(path, allow_pickle=False)
-        array = np.fromfile(path, dtype=np.dtype(dtype))
+    def _load_file(self, path: str, shape: tuple[int, ...] | None, dtype: str,
+                   note: str = "") -> np.ndarray:
+        self._check_inside(path)
+        try:
+            if path.endswith(".npy"):
+                return np.load(path, allow_pickle=False)
+            array = np.fromfile(path, dtype=np.dtype(dtype))
+        except FileNotFoundError as exc:
+            raise DumpFormatError(f"{path} is missing; the dump is incomplete (re-generate "
+                                  "it)") from exc
+        except (OSError, ValueError, EOFError) as exc:
+            raise DumpFormatError(f"{path} cannot be read as a {dtype} tensor file: {exc}; the "
+                                  "file is not from this dump or was truncated") from exc
         if shape is None:
             return array
-        expected = int(np.prod(shape)) if shape else 1
+        expected = math.prod(shape)
         if array.size != expected:
             raise DumpFormatError(f"{path} holds {array.size} {dtype} values but the manifest's "
                                   f"shape {list(shape)} needs {expected}; the file is not from "
-                                  "this dump or was truncated")
+                                  f"this dump or was truncated{note}")
         return array.reshape(shape)
+
+    def _check_inside(self, path: str) -> None:
+        """Refuses a file that resolves (through links) to a place outside the dump."""
+        root = os.path.realpath(self.dir_path)
+        real = os.path.realpath(path)
+        if os.path.commonpath([root, real]) != root:
+            raise DumpFormatError(f"{path} resolves to {real}, outside the dump {root}; a dump "
+                                  "reads only its own files")
 
     def __repr__(self) -> str:
         kind = "manifest" if self.has_manifest else "no manifest"
@@ -310,6 +425,71 @@ def _is_layout(layout: str) -> bool:
 
 
 def _read_json(path: str) -> Any:
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    return loads(text, path, error_cls=DumpFormatError, fix="re-generate the dump", log=logger)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise DumpFormatError(f"{path}: cannot be read ({exc.strerror or exc}); re-generate the "
+                              "dump") from exc
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DumpFormatError(f"{path}: <root>: not UTF-8 text (byte {exc.start}); the file is "
+                              "damaged or not a manifest (re-generate the dump)") from exc
+    try:
+        return loads(text, path, error_cls=DumpFormatError, fix="re-generate the dump", log=logger)
+    except RecursionError as exc:
+        raise DumpFormatError(f"{path}: <root>: JSON nested too deeply to be a manifest; "
+                              "re-generate the dump") from exc
+
+
+def _shape(v: JsonValidator, value: Any, path: str) -> tuple[int, ...] | None:
+    """A shape: null (unknown) or an array of dimensions, integers in 0 .. 2**62."""
+    if value is None:
+        return None
+    dims = v.array(value, path, what="dimensions")
+    if len(dims) > _MAX_RANK:
+        v.fail(path, f"{len(dims)} dimensions; at most {_MAX_RANK}")
+    shape = tuple(v.int_in_range(d, index(path, i), 0, _MAX_DIM, what="a dimension")
+                  for i, d in enumerate(dims))
+    if math.prod(shape) > _MAX_DIM:
+        v.fail(path, f"{show(list(shape))} has more than 2**62 elements")
+    return shape
+
+
+def _dtype(v: JsonValidator, value: Any, path: str) -> str:
+    return str(v.one_of(value, path, _DTYPES))
+
+
+def _optional_str(v: JsonValidator, value: Any, path: str) -> str | None:
+    if value is not None and not isinstance(value, str):
+        v.fail(path, f"expected a string or null, {got(value)}")
+    return value
+
+
+def _layout(v: JsonValidator, value: Any, path: str) -> str | None:
+    if value is not None and not _is_layout(value):
+        v.fail(path, f"invalid value {show(value)}; expected axis letters such as 'NCHW' or "
+                     "'NHWC', or null")
+    return value
+
+
+def _file_name(v: JsonValidator, value: str, path: str) -> str:
+    """A tensor's file: a plain file name inside the instance folder."""
+    if (not value or value in (".", "..") or "/" in value or "\\" in value or "\0" in value
+            or value.startswith(".")):
+        v.fail(path, f"invalid value {show(value)}; expected a file name inside the instance "
+                     "folder (no folders, no '..', not hidden)")
+    return value
+
+
+def _relative(v: JsonValidator, value: Any, path: str) -> str:
+    """A path relative to the dump directory that stays inside it."""
+    if not isinstance(value, str) or not value:
+        v.fail(path, f"expected a path inside the dump directory, {got(value)}")
+    norm = os.path.normpath(value)
+    if (os.path.isabs(value) or "\0" in value or "\\" in value or norm == "."
+            or norm == ".." or norm.startswith(".." + os.sep) or norm.startswith(os.sep)):
+        v.fail(path, f"invalid value {show(value)}; expected a path inside the dump directory "
+                     "(relative, no '..'): a dump reads only its own files")
+    return norm

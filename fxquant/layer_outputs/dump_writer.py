@@ -6,6 +6,7 @@ Layout (AIMET-compatible, ``SPEC.md`` §2, plus ``manifest.json``)::
     <dir>/manifest.json                  original names, shapes, dtypes, layouts
     <dir>/inputs/input_<k>.raw           one model input  (or inputs/input_<k>/<i>.raw for several)
     <dir>/outputs/layer_outputs_<k>/<file stem>.raw
+    <dir>/instances/instance_<k>.json    instance k's manifest entry (per-instance shapes)
 
 ``.raw`` files hold the tensor's float32 values in C order without a header (``ndarray.tofile``);
 with ``file_format="npy"`` they are ``.npy`` files in the tensor's own dtype.
@@ -15,6 +16,15 @@ outputs are written into a hidden temporary folder (``outputs/.tmp-…``) that i
 ``layer_outputs_<k>`` when done; single files (inputs, JSON) are written to a temporary name and
 moved into place. A killed run can leave a hidden ``.tmp-*`` entry, never a partial file under a
 final name; readers ignore hidden entries.
+
+Order of an instance's writes (so that a run killed at any moment, even by SIGKILL, reads back as
+the complete instances it finished): its inputs, then its own entry
+(``instances/instance_<k>.json``: input and output shapes of this instance), then — when the
+instance brings tensors the manifest does not know yet, as the first one does — the manifest with
+their names, shapes and dtypes, and last the move of ``outputs/layer_outputs_<k>`` into place,
+which is what makes the instance exist. The manifest's list of instances is rewritten at most once
+a second and at the end; the reader takes instances found on disk but not yet listed from their
+own entries.
 """
 from __future__ import annotations
 
@@ -36,10 +46,11 @@ import torch
 from tqdm.auto import tqdm
 
 from fxquant.core import files
-from fxquant.layer_outputs.errors import DumpExistsError, DumpWriteError
+from fxquant.layer_outputs.errors import DumpExistsError, DumpWriteError, InputInstanceError
 
-__all__ = ["DumpWriter", "DumpingUtil", "FILE_FORMATS", "HostInstance", "LAYOUTS", "MANIFEST", "MANIFEST_FORMAT",
-           "NAME_ORDER", "check_dir", "default_layout", "sanitize_names"]
+__all__ = ["DumpWriter", "DumpingUtil", "FILE_FORMATS", "HostInstance", "INSTANCES", "LAYOUTS",
+           "MANIFEST", "MANIFEST_FORMAT", "MANIFEST_VERSIONS", "NAME_ORDER", "check_dir",
+           "default_layout", "describe_input", "instance_entry_path", "sanitize_names"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +60,12 @@ NAME_ORDER = "layer_output_name_order.json"
 MANIFEST = "manifest.json"
 #: Value of ``manifest["format"]``.
 MANIFEST_FORMAT = "fxquant.layer_outputs"
-MANIFEST_VERSION = 1
+#: Version written. 2: per-instance input shapes, per-instance entries in ``instances/``.
+MANIFEST_VERSION = 2
+#: Versions read (1: one input shape for all instances).
+MANIFEST_VERSIONS = (1, 2)
+#: Folder of the per-instance entries.
+INSTANCES = "instances"
 #: Supported file formats.
 FILE_FORMATS = ("raw", "npy")
 #: Supported dump layouts: as computed (channels first) or channels last.
@@ -57,7 +73,7 @@ LAYOUTS = ("NCHW", "NHWC")
 
 _CHANNELS_FIRST = {1: "N", 2: "NC", 3: "NCL", 4: "NCHW", 5: "NCDHW"}
 _CHANNELS_LAST = {3: "NLC", 4: "NHWC", 5: "NDHWC"}
-_OWN_ENTRIES = ("inputs", "outputs", NAME_ORDER, MANIFEST)
+_OWN_ENTRIES = ("inputs", "outputs", INSTANCES, NAME_ORDER, MANIFEST)
 _MAX_STEM = 180
 _WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)),
                      *(f"LPT{i}" for i in range(1, 10))}
@@ -128,6 +144,39 @@ def check_dir(dir_path: str | os.PathLike[str], overwrite: bool) -> None:
     """
     files.check_destination(dir_path, overwrite=overwrite, kind="directory", what="dump directory",
                             exists_cls=DumpExistsError, error_cls=DumpWriteError)
+
+
+def instance_entry_path(dir_path: str | os.PathLike[str], index: int) -> str:
+    """The file of instance ``index``'s own manifest entry.
+
+    Example:
+        >>> instance_entry_path("dumps/sim", 3)
+        'dumps/sim/instances/instance_3.json'
+    """
+    return os.path.join(os.fspath(dir_path), INSTANCES, f"instance_{index}.json")
+
+
+def describe_input(value: Any) -> str:
+    """A short description of one input instance for messages: shapes and dtypes.
+
+    Example:
+        >>> describe_input((torch.zeros(1, 3, 8, 8), torch.zeros(2, dtype=torch.int64)))
+        'tuple of 2: [tensor (1, 3, 8, 8) torch.float32, tensor (2,) torch.int64]'
+    """
+    def one(item: Any) -> str:
+        shape = getattr(item, "shape", None)
+        dtype = getattr(item, "dtype", None)
+        if shape is not None and dtype is not None:
+            kind = "tensor" if isinstance(item, torch.Tensor) else "array"
+            return f"{kind} {tuple(int(d) for d in shape)} {dtype}"
+        return type(item).__qualname__
+
+    if isinstance(value, Mapping):
+        return "dict: {" + ", ".join(f"{k!r}: {one(v)}" for k, v in list(value.items())[:8]) + "}"
+    if isinstance(value, (tuple, list)):
+        items = ", ".join(one(v) for v in value[:8]) + (", ..." if len(value) > 8 else "")
+        return f"{type(value).__name__} of {len(value)}: [{items}]"
+    return one(value)
 
 
 def _is_temporary(entry: str) -> bool:
@@ -221,6 +270,7 @@ class DumpWriter:
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._pending: list[concurrent.futures.Future[None]] = []
         self._lock = threading.Lock()
+        self._manifest_lock = threading.Lock()  # one manifest write at a time, newest last
         self._manifest_written = 0.0
         self._dirty = False
         if names:
@@ -241,7 +291,7 @@ class DumpWriter:
                         raise _write_error(full, exc, "remove the previous dump's") from exc
                 else:
                     logger.warning("overwrite=True: %s is not part of a dump and is kept", full)
-        for sub in ("", "inputs", "outputs"):
+        for sub in ("", "inputs", "outputs", INSTANCES):
             target = os.path.join(path, sub) if sub else path
             try:
                 os.makedirs(target, exist_ok=True)
@@ -313,11 +363,30 @@ class DumpWriter:
         try:
             for instance in tqdm(input_instances, total=total, desc=desc, unit="input",
                                  leave=False, disable=None if progress else True):
-                self.submit(make_instance(instance), wait=False)
+                self.submit(self.run_instance(make_instance, instance, count), wait=False)
                 count += 1
         finally:
             self.flush()
         return count
+
+    def run_instance(self, make_instance: Callable[[Any], HostInstance], instance: Any,
+                     position: int | None = None) -> HostInstance:
+        """``make_instance(instance)``; a failure becomes an :class:`InputInstanceError` naming the
+        instance (its position in the batch, the instance folder it was to fill, its shapes),
+        with the original error chained.
+
+        Example:
+            >>> writer.run_instance(util._instance, torch.randn(1, 3, 8, 8), 0)
+        """
+        try:
+            return make_instance(instance)
+        except Exception as exc:  # noqa: BLE001 - re-raised with the instance named, chained
+            where = "" if position is None else f" {position} of the batch"
+            raise InputInstanceError(
+                f"input instance{where} (would be layer_outputs_{self.next_index} in "
+                f"{self.dir_path}; {describe_input(instance)}) failed: "
+                f"{type(exc).__name__}: {exc}; the instances before it are written. Check this "
+                "input (shape, dtype, device) against what the model expects") from exc
 
     def close(self) -> None:
         """Flushes and stops the writer thread."""
@@ -355,11 +424,13 @@ class DumpWriter:
         return {**extra, "shape": list(array.shape), "dtype": str(array.dtype),
                 "source_dtype": source_dtype, "layout": layout}
 
-    def _write_folder(self, final_dir: str, items: Sequence[tuple[str, Any]]
-                      ) -> list[tuple[np.ndarray, str, str | None]]:
+    def _write_folder(self, final_dir: str, items: Sequence[tuple[str, Any]],
+                      before_commit: Callable[[list[tuple[np.ndarray, str, str | None]]], None]
+                      | None = None) -> list[tuple[np.ndarray, str, str | None]]:
         """Writes ``(file name, value)`` items into a hidden folder next to ``final_dir``, then
-        moves it into place in one step; returns each item's stored ``(array, source dtype,
-        layout)``. On failure nothing is left behind and the error names the file."""
+        (after ``before_commit(stored)``) moves it into place in one step; returns each item's
+        stored ``(array, source dtype, layout)``. On failure nothing is left behind and the error
+        names the file."""
         root = os.path.dirname(final_dir)
         tmp_dir = None
         path = final_dir
@@ -371,6 +442,9 @@ class DumpWriter:
                 path = os.path.join(final_dir, file_name)
                 self._save(array, os.path.join(tmp_dir, file_name))
                 stored.append((array, source_dtype, layout))
+            path = final_dir
+            if before_commit is not None:
+                before_commit(stored)
             files.move_into_place(tmp_dir, final_dir, error_cls=DumpWriteError)
             tmp_dir = None
         except OSError as exc:
@@ -385,32 +459,71 @@ class DumpWriter:
             instance.ready()
         ext = "." + self.file_format
         final_dir = os.path.join(self.dir_path, "outputs", f"layer_outputs_{index}")
-        shapes: dict[str, list[int]] = {}
         items = [(self.stems[name] + ext, value) for name, value in instance.outputs]
-        stored = self._write_folder(final_dir, items)
-        for (name, _), (file_name, _), (array, source_dtype, layout) in zip(
-                instance.outputs, items, stored):
-            info = self._describe(array, source_dtype, layout, file=file_name)
-            with self._lock:
-                known = self.tensors.setdefault(name, info)
-            if known["shape"] != info["shape"]:
-                shapes[name] = info["shape"]
-        input_files = self._write_inputs(index, instance.inputs, ext)
+        input_files, described = self._write_inputs(index, instance.inputs, ext)
         entry: dict[str, Any] = {"index": index, "inputs": input_files,
+                                 "input_shapes": [d["shape"] for d in described],
                                  "outputs": f"outputs/layer_outputs_{index}"}
-        captured = {name for name, _ in instance.outputs}
-        missing = [n for n in self.order if n not in captured]
-        if shapes:
-            entry["shapes"] = shapes
-        if missing:
-            entry["missing"] = missing
+
+        def before_commit(stored: list[tuple[np.ndarray, str, str | None]]) -> None:
+            # Everything that describes the instance is on disk before the instance exists.
+            shapes: dict[str, list[int]] = {}
+            new = False
+            for (name, _), (file_name, _), (array, source_dtype, layout) in zip(
+                    instance.outputs, items, stored):
+                info = self._describe(array, source_dtype, layout, file=file_name)
+                with self._lock:
+                    known = self.tensors.get(name)
+                    if known is None:
+                        self.tensors[name] = known = info
+                        new = True
+                if known["shape"] != info["shape"]:
+                    shapes[name] = info["shape"]
+            captured = {name for name, _ in instance.outputs}
+            with self._lock:
+                missing = [n for n in self.order if n not in captured]
+                if not self.input_tensors and described:
+                    self.input_tensors = described
+                    new = True
+            if shapes:
+                entry["shapes"] = shapes
+            if missing:
+                entry["missing"] = missing
+            _write_json(instance_entry_path(self.dir_path, index),
+                        {"format": MANIFEST_FORMAT + ".instance", "version": MANIFEST_VERSION,
+                         **entry})
+            if new:  # names, shapes and dtypes are in the manifest before the first instance
+                self._write_manifest()
+
+        try:
+            self._write_folder(final_dir, items, before_commit)
+        except BaseException:
+            self._remove_quietly([os.path.join(self.dir_path, f) for f in input_files]
+                                 + [instance_entry_path(self.dir_path, index)])
+            raise
         with self._lock:
             self.instances.append(entry)
             self._dirty = True
         if time.monotonic() - self._manifest_written > 1.0:
             self._write_manifest()
 
-    def _write_inputs(self, index: int, inputs: Sequence[tuple[str, Any]], ext: str) -> list[str]:
+    @staticmethod
+    def _remove_quietly(paths: Iterable[str]) -> None:
+        for path in paths:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        for path in paths:  # an emptied inputs/input_<k>/ folder
+            parent = os.path.dirname(path)
+            if os.path.basename(parent).startswith("input_"):
+                try:
+                    os.rmdir(parent)
+                except OSError:
+                    pass
+
+    def _write_inputs(self, index: int, inputs: Sequence[tuple[str, Any]], ext: str
+                      ) -> tuple[list[str], list[dict[str, Any]]]:
         root = os.path.join(self.dir_path, "inputs")
         described = []
         written: list[str] = []
@@ -428,10 +541,7 @@ class DumpWriter:
                     inputs, items, stored):
                 written.append(f"inputs/input_{index}/{file_name}")
                 described.append(self._describe(array, source_dtype, layout, name=name))
-        with self._lock:
-            if not self.input_tensors:
-                self.input_tensors = described
-        return written
+        return written, described
 
     def manifest(self) -> dict[str, Any]:
         """The manifest as a dict (what ``manifest.json`` holds)."""
@@ -449,10 +559,11 @@ class DumpWriter:
                                         key=lambda e: e["index"])}
 
     def _write_manifest(self) -> None:
-        data = self.manifest()
-        self._dirty = False
-        self._manifest_written = time.monotonic()
-        _write_json(os.path.join(self.dir_path, MANIFEST), data)
+        with self._manifest_lock:
+            data = self.manifest()
+            self._dirty = False
+            self._manifest_written = time.monotonic()
+            _write_json(os.path.join(self.dir_path, MANIFEST), data)
 
 
 class DumpingUtil:

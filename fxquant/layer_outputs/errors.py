@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from fxquant.errors import FileWriteError, FxQuantError, OutputExistsError
 
-__all__ = ["LayerOutputError", "DumpExistsError", "DumpWriteError", "DumpFormatError"]
+__all__ = ["LayerOutputError", "DumpExistsError", "DumpWriteError", "DumpFormatError",
+           "InputInstanceError"]
 
 
 class LayerOutputError(FxQuantError):
@@ -24,3 +25,12 @@ class DumpWriteError(LayerOutputError, FileWriteError):
 
 class DumpFormatError(LayerOutputError, ValueError):
     """A directory is not a readable layer-output dump (the message names the file and field)."""
+
+
+class InputInstanceError(LayerOutputError, ValueError):
+    """An input instance could not be run through the model (wrong shape, dtype, device …).
+
+    The message names the instance (its position in the batch and the instance folder it was to
+    fill) and its shapes; the original error is chained as ``__cause__``. The instances before it
+    are written.
+    """

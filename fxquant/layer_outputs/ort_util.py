@@ -142,6 +142,32 @@ def _load(model_or_path: Any) -> tuple[onnx.ModelProto, str]:
                     f"{type(model_or_path).__qualname__}")
 
 
+_ORT_TYPES = {"tensor(float)": np.dtype(np.float32), "tensor(double)": np.dtype(np.float64),
+              "tensor(float16)": np.dtype(np.float16), "tensor(int8)": np.dtype(np.int8),
+              "tensor(uint8)": np.dtype(np.uint8), "tensor(int16)": np.dtype(np.int16),
+              "tensor(uint16)": np.dtype(np.uint16), "tensor(int32)": np.dtype(np.int32),
+              "tensor(uint32)": np.dtype(np.uint32), "tensor(int64)": np.dtype(np.int64),
+              "tensor(uint64)": np.dtype(np.uint64), "tensor(bool)": np.dtype(np.bool_)}
+
+
+def _providers(ort: Any, providers: Sequence[Any] | None, device: int | None) -> list[Any]:
+    """The execution providers: the given ones, or CPU (CUDA on ``device`` first, as AIMET does,
+    when ``device`` is given and ONNX Runtime has CUDA)."""
+    if device is not None and (isinstance(device, bool) or not isinstance(device, int)
+                               or device < 0):
+        raise ValueError(f"device must be a CUDA device id (an integer >= 0), got {device!r}")
+    if providers is not None:
+        if isinstance(providers, str):
+            return [providers]
+        return list(providers)
+    if device is not None and "CUDAExecutionProvider" in ort.get_available_providers():
+        return [("CUDAExecutionProvider", {"device_id": device}), "CPUExecutionProvider"]
+    if device is not None:
+        logger.info("device=%d: ONNX Runtime has no CUDAExecutionProvider here; running on the "
+                    "CPU", device)
+    return ["CPUExecutionProvider"]
+
+
 def _to_numpy(value: Any) -> np.ndarray:
     try:
         import torch
@@ -156,12 +182,20 @@ def _to_numpy(value: Any) -> np.ndarray:
 class LayerOutputUtil(DumpingUtil):
     """Captures and saves every intermediate tensor of an ONNX model with ONNX Runtime.
 
+    The keyword names are AIMET's (``aimet_onnx.layer_output_utils.LayerOutputUtil(model,
+    dir_path, device=0)``); fxquant's own positional order ``(model, dir_path, providers,
+    session_options)`` works too, and an ``int`` third argument is AIMET's ``device``.
+
     Args:
-        model_or_path: an ``onnx.ModelProto`` (not modified) or the path of an ``.onnx`` file
+        model: an ``onnx.ModelProto`` (not modified) or the path of an ``.onnx`` file
             (float or QDQ, e.g. ``<prefix>.onnx`` / ``<prefix>_qdq.onnx`` of ``sim.export``).
+            ``model_or_path=`` is accepted as well.
         dir_path: directory to write to (created when missing; must be empty unless
             ``overwrite``).
-        providers: ONNX Runtime execution providers, in order of preference.
+        providers: ONNX Runtime execution providers, in order of preference (default: CPU,
+            or CUDA on ``device`` first when ``device`` is given and CUDA is available).
+        device: AIMET's CUDA device id: with ``CUDAExecutionProvider`` available the model runs
+            on that GPU (then CPU for what CUDA does not support); otherwise on the CPU.
         session_options: an ``onnxruntime.SessionOptions`` (e.g. with
             ``graph_optimization_level = ORT_DISABLE_ALL``), or None for ONNX Runtime's defaults.
         overwrite: replace a dump already in ``dir_path``.
@@ -184,13 +218,30 @@ class LayerOutputUtil(DumpingUtil):
 
     _progress_label = "layer outputs (ORT)"
 
-    def __init__(self, model_or_path: onnx.ModelProto | str | os.PathLike[str],
-                 dir_path: str | os.PathLike[str],
-                 providers: Sequence[str] = ("CPUExecutionProvider",),
-                 session_options: Any = None, *, overwrite: bool = False, file_format: str = "raw",
-                 layout: str = "NCHW", names: Iterable[str] | None = None) -> None:
+    def __init__(self, model: onnx.ModelProto | str | os.PathLike[str] | None = None,
+                 dir_path: str | os.PathLike[str] | None = None,
+                 providers: Sequence[Any] | int | None = None,
+                 session_options: Any = None, *, device: int | None = None,
+                 overwrite: bool = False, file_format: str = "raw",
+                 layout: str = "NCHW", names: Iterable[str] | None = None,
+                 model_or_path: onnx.ModelProto | str | os.PathLike[str] | None = None) -> None:
         import onnxruntime as ort
 
+        if model_or_path is not None:  # the keyword of fxquant before AIMET's name
+            if model is not None:
+                raise TypeError("pass the model once: model=... (AIMET's name) or "
+                                "model_or_path=..., not both")
+            model = model_or_path
+        if model is None:
+            raise TypeError("LayerOutputUtil needs model=: an onnx.ModelProto or the path of an "
+                            ".onnx file")
+        if isinstance(providers, int) and not isinstance(providers, bool):
+            if device is not None:  # AIMET's positional (model, dir_path, device)
+                raise TypeError("the third argument is the device id (AIMET's order) and "
+                                "device= was given too; pass one")
+            device, providers = providers, None
+        providers = _providers(ort, providers, device)
+        model_or_path = model
         if dir_path is None or (isinstance(dir_path, str) and not dir_path):
             raise ValueError("dir_path is required: the directory the dump is written to")
         check_dir(dir_path, overwrite)
@@ -214,6 +265,8 @@ class LayerOutputUtil(DumpingUtil):
                 model.graph.output.append(info)
         self.model = model
         self.session = self._session(ort, model, list(providers), session_options)
+        self._input_types = {i.name: i.type for i in self.session.get_inputs()}
+        self._cast_noted: set[str] = set()
         types = {o.name: o.type for o in self.session.get_outputs()}
         skipped = [name for name, value in tensors
                    if not types.get(value, "").startswith("tensor(")]
@@ -251,11 +304,35 @@ class LayerOutputUtil(DumpingUtil):
         if len(args) != len(self.input_names):
             raise ValueError(f"the model has {len(self.input_names)} input(s) {self.input_names}, "
                              f"got {len(args)}; pass a tuple or list in that order, or a dict")
-        return {name: _to_numpy(a) for name, a in zip(self.input_names, args)}
+        return {name: self._cast(name, _to_numpy(a)) for name, a in zip(self.input_names, args)}
+
+    def _cast(self, name: str, array: np.ndarray) -> np.ndarray:
+        """``array`` in the dtype the model declares for input ``name``: a float input of another
+        float precision is cast (noted in the log once per input); anything else is refused."""
+        want = _ORT_TYPES.get(self._input_types.get(name, ""))
+        if want is None or array.dtype == want:
+            return array
+        if array.dtype.kind == "f" and want.kind == "f" or (
+                array.dtype.kind in "iub" and want.kind in "iu"
+                and np.can_cast(array.dtype, want, casting="same_kind")
+                and np.array_equal(array.astype(want), array)):
+            if name not in self._cast_noted:
+                self._cast_noted.add(name)
+                logger.warning("input %r is %s but the model takes %s: cast to %s (pass %s to "
+                               "avoid the copy)", name, array.dtype, want, want, want)
+            return array.astype(want)
+        raise ValueError(f"input {name!r} is {array.dtype} but the model takes {want} "
+                         f"({self._input_types[name]}); convert it, e.g. x.astype(np.{want})")
 
     def _instance(self, input_instance: Any) -> HostInstance:
         feeds = self._feeds(input_instance)
-        results = self.session.run(self._values, feeds)
+        try:
+            results = self.session.run(self._values, feeds)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime's own error types
+            given = {k: (tuple(v.shape), str(v.dtype)) for k, v in feeds.items()}
+            declared = {i.name: (i.shape, i.type) for i in self.session.get_inputs()}
+            raise ValueError(f"ONNX Runtime could not run the model on inputs {given}; the model "
+                             f"takes {declared}: {' '.join(str(exc).split())}") from exc
         inputs = [(name, feeds[name]) for name in self.input_names if name in feeds]
         return HostInstance(inputs, list(zip(self.tensor_names, results)))
 
@@ -269,6 +346,7 @@ class LayerOutputUtil(DumpingUtil):
         Example:
             >>> util.generate_layer_outputs(np.random.rand(1, 3, 224, 224).astype(np.float32))
         """
-        index = self._writer.submit(self._instance(input_instance), wait=True)
+        index = self._writer.submit(self._writer.run_instance(self._instance, input_instance),
+                                    wait=True)
         logger.info("wrote tensors of input instance %d to %s", index, self.dir_path)
 

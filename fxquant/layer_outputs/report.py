@@ -14,20 +14,67 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import html
 import math
+import os
+import pathlib
 from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
+from fxquant.core import files
 from fxquant.core.report import (Column, ComparisonReport, LayerComparison, MetricInfo,
                                  format_number, json_number)
 
-__all__ = ["DumpLayerComparison", "DumpComparisonReport", "DUMP_METRICS"]
+__all__ = ["DumpLayerComparison", "DumpComparisonReport", "DumpFinding", "DUMP_METRICS",
+           "FINDING_KINDS", "MISSING_KINDS"]
 
 #: The per-tensor metrics of a dump comparison, in table order.
 DUMP_METRICS = (MetricInfo("sqnr_db", True, "dB"), MetricInfo("max_abs_diff", False),
                 MetricInfo("mean_abs_diff", False), MetricInfo("equal_fraction", True),
                 MetricInfo("max_diff_lsb", False, "LSB"))
+
+#: Kinds of :class:`DumpFinding`, and what each means.
+FINDING_KINDS = {
+    "nonfinite": "NaN or Inf values in a dump",
+    "only_in_a": "tensor only in dump A",
+    "only_in_b": "tensor only in dump B",
+    "not_compared": "tensor not on both sides in every common instance",
+    "shape_mismatch": "tensor sizes differ",
+    "instances_only_in_a": "instances only in dump A",
+    "instances_only_in_b": "instances only in dump B",
+}
+#: The kinds about something one side lacks (``--allow-missing`` accepts them).
+MISSING_KINDS = frozenset({"only_in_a", "only_in_b", "not_compared", "instances_only_in_a",
+                           "instances_only_in_b"})
+
+
+@dataclasses.dataclass(frozen=True)
+class DumpFinding:
+    """Something a comparison could not vouch for (each fails ``compare-outputs --check``).
+
+    Attributes:
+        kind: one of :data:`FINDING_KINDS` (``"nonfinite"``, ``"only_in_b"`` …).
+        name: the tensor (as in ``dir_a``; for ``only_in_b`` as in ``dir_b``), or None for
+            instance findings.
+        detail: what was found (``"A has 24 NaN; B has 24 NaN"``).
+
+    Example:
+        >>> report.findings[0]
+        DumpFinding(kind='nonfinite', name='conv', detail='B has 1 Inf')
+    """
+
+    kind: str
+    name: str | None
+    detail: str
+
+    def __str__(self) -> str:
+        subject = f"{self.name}: " if self.name is not None else ""
+        return f"{FINDING_KINDS.get(self.kind, self.kind)}: {subject}{self.detail}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"kind", "name", "detail"}``."""
+        return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +143,8 @@ class DumpComparisonReport(ComparisonReport):
         instances: the instances compared.
         sqnr_threshold: the threshold (dB) of ``first_divergence``.
         first_divergence: the first tensor (in ``dir_a``'s order) below the threshold, or None.
+        findings: :class:`DumpFinding` s: NaN/Inf values, tensors or instances on one side only,
+            tensors not compared, size mismatches.
 
     Example:
         >>> report.name_match
@@ -108,8 +157,10 @@ class DumpComparisonReport(ComparisonReport):
 
     def __init__(self, dir_a: str, dir_b: str, layers: Sequence[DumpLayerComparison],
                  only_in_a: Sequence[str], only_in_b: Sequence[str], instances: Sequence[int],
-                 sqnr_threshold: float, first_divergence: str | None) -> None:
+                 sqnr_threshold: float, first_divergence: str | None,
+                 findings: Sequence[DumpFinding] = ()) -> None:
         super().__init__(layers, DUMP_METRICS)
+        self.findings = list(findings)
         self.dir_a = dir_a
         self.dir_b = dir_b
         self.only_in_a = list(only_in_a)
@@ -163,7 +214,28 @@ class DumpComparisonReport(ComparisonReport):
                 "name_match": self.name_match,
                 "min_sqnr": None if worst is None else {"name": worst[0], "sqnr_db": worst[1]},
                 "only_in_a": list(self.only_in_a), "only_in_b": list(self.only_in_b),
+                "findings": [f.to_dict() for f in self.findings],
+                "check_failures": self.check_failures(),
                 "layers": [layer.to_dict() for layer in self.layers]}
+
+    def check_failures(self, *, allow_missing: bool = False) -> list[str]:
+        """Why ``compare-outputs --check`` fails: the first divergence and every finding (those
+        about a missing side left out with ``allow_missing``); empty when the check passes.
+
+        Example:
+            >>> report.check_failures()
+            ['first divergence (SQNR < 20 dB): conv2 (3.1 dB)', 'NaN or Inf values in a dump: ...']
+        """
+        out = []
+        if self.first_divergence is not None:
+            r = self[self.first_divergence]
+            out.append(f"first divergence (SQNR < {self.sqnr_threshold:g} dB): "
+                       f"{self.first_divergence} ({format_number(r.sqnr_db, '.1f')} dB)")
+        out.extend(str(f) for f in self.findings
+                   if not (allow_missing and f.kind in MISSING_KINDS))
+        if not any(r.instances for r in self.layers):
+            out.append("no tensor was compared on both sides")
+        return out
 
     def format(self, limit: int | None = None) -> str:
         """A text table: every tensor in ``dir_a``'s order, or the ``limit`` worst by SQNR.
@@ -209,7 +281,63 @@ class DumpComparisonReport(ComparisonReport):
             lsb = "" if r.max_diff_lsb is None else f", max {r.max_diff_lsb:.0f} LSB"
             lines.append(f"first divergence (SQNR < {self.sqnr_threshold:g} dB): "
                          f"{self.first_divergence} ({format_number(r.sqnr_db, '.1f')} dB{lsb})")
+        if self.findings:
+            lines.append(f"findings: {len(self.findings)}")
+            shown = self.findings[:20]
+            lines.extend(f"  {f}" for f in shown)
+            if len(self.findings) > len(shown):
+                lines.append(f"  ... and {len(self.findings) - len(shown)} more (see the JSON "
+                             "report)")
+        else:
+            lines.append("findings: none (no NaN/Inf, nothing missing on either side)")
         return "\n".join(lines)
+
+    def html_text(self) -> str:
+        """The report as one self-contained HTML page: summary, findings, every tensor's row.
+
+        Example:
+            >>> "<table" in report.html_text()
+            True
+        """
+        esc = html.escape
+
+        def cell(value: Any, spec: str) -> str:
+            return esc(format_number(value, spec, missing=""))
+
+        failures = self.check_failures()
+        rows = []
+        for r in self.layers:
+            mark = ' class="bad"' if r.status != "ok" else ""
+            rows.append(f"<tr{mark}><td>{esc(r.name)}</td><td>{cell(r.sqnr_db, '.1f')}</td>"
+                        f"<td>{cell(r.max_abs_diff, '.4g')}</td>"
+                        f"<td>{cell(r.max_diff_lsb, '.0f')}</td><td>{esc(r.status)}</td>"
+                        f"<td>{esc(r.note or (r.permutation or ''))}</td></tr>")
+        findings = "".join(f"<li><b>{esc(f.kind)}</b> {esc(f.name or '')}: {esc(f.detail)}</li>"
+                           for f in self.findings) or "<li>none</li>"
+        verdict = ("<p class=\"bad\">check fails: " + "; ".join(esc(x) for x in failures[:5])
+                   + "</p>") if failures else "<p>check passes</p>"
+        title = esc(f"{self.dir_b} vs {self.dir_a}")
+        return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>" + title +
+                "</title><style>body{font-family:sans-serif}td,th{padding:2px 8px;text-align:"
+                "right}td:first-child{text-align:left}.bad{color:#b00}</style></head><body>"
+                f"<h1>{title}</h1><pre>{esc(self.summary())}</pre>{verdict}"
+                f"<h2>Findings ({len(self.findings)})</h2><ul>{findings}</ul>"
+                "<h2>Tensors</h2><table><tr><th>tensor</th><th>SQNR dB</th><th>max|diff|</th>"
+                "<th>max LSB</th><th>status</th><th>note</th></tr>" + "".join(rows) +
+                "</table></body></html>\n")
+
+    def to_html(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> pathlib.Path:
+        """Writes :meth:`html_text` to ``path`` (atomically).
+
+        Raises:
+            OutputExistsError: ``path`` exists and ``overwrite`` is False.
+            FileWriteError: ``path`` cannot be written.
+
+        Example:
+            >>> report.to_html("report.html")
+            PosixPath('report.html')
+        """
+        return files.write_text(path, self.html_text(), overwrite=overwrite)
 
     def __str__(self) -> str:
         return self.summary()

@@ -39,6 +39,7 @@ from torch.fx.passes.shape_prop import TensorMetadata
 
 from fxquant import _meta
 from fxquant.core.layers import has_quantizers, is_layer, layer_name, output_quantizer_node
+from fxquant.core.onnx_args import OnnxExportApiArgs, as_export_kwargs
 from fxquant.export import export_onnx
 from fxquant.export.qdq import QDQ_OPSET
 from fxquant.model_resolution import private_copy, resolve_model
@@ -163,8 +164,9 @@ def _float_module(gm: torch.fx.GraphModule, quantized: bool) -> torch.fx.GraphMo
 
 
 def _onnx_names(gm: torch.fx.GraphModule, quantized: bool, dummy_input: Any,
-                onnx_export_args: Mapping[str, Any] | None) -> tuple[dict[str, str], Any]:
-    args = dict(onnx_export_args or {})
+                onnx_export_args: OnnxExportApiArgs | Mapping[str, Any] | None
+                ) -> tuple[dict[str, str], Any]:
+    args = as_export_kwargs(onnx_export_args)  # a dict or AIMET's OnnxExportApiArgs
     if quantized:  # what sim.export passes to export_onnx
         args.setdefault("opset_version", QDQ_OPSET)
     exported = export_onnx(gm, dummy_input, onnx_export_args=args)
@@ -321,7 +323,8 @@ class LayerOutputUtil(DumpingUtil):
         naming_scheme: a :class:`NamingScheme` (or its name): PYTORCH (canonical names), ONNX
             (tensor names of the exported model) or TORCHSCRIPT.
         dummy_input: the input the model is exported with (needed by ONNX and TORCHSCRIPT).
-        onnx_export_args: the ``onnx_export_args`` given to ``sim.export`` / ``export_onnx``.
+        onnx_export_args: the ``onnx_export_args`` given to ``sim.export`` / ``export_onnx``: a
+            dict or AIMET's :class:`~fxquant.OnnxExportApiArgs`.
         overwrite: replace a dump already in ``dir_path``.
         file_format: "raw" (float32, AIMET's format) or "npy" (the tensor's own dtype).
         layout: "NCHW" (as computed) or "NHWC" (3- to 5-D tensors written channels last, as
@@ -343,7 +346,8 @@ class LayerOutputUtil(DumpingUtil):
     def __init__(self, model: nn.Module | Any, dir_path: str | os.PathLike[str],
                  naming_scheme: NamingScheme | str | int = NamingScheme.PYTORCH,
                  dummy_input: torch.Tensor | tuple[Any, ...] | list[Any] | None = None,
-                 onnx_export_args: Mapping[str, Any] | None = None, *, overwrite: bool = False,
+                 onnx_export_args: OnnxExportApiArgs | Mapping[str, Any] | None = None, *,
+                 overwrite: bool = False,
                  file_format: str = "raw", layout: str = "NCHW") -> None:
         self.naming_scheme = NamingScheme.parse(naming_scheme)
         if self.naming_scheme is not NamingScheme.PYTORCH:
@@ -414,7 +418,8 @@ class LayerOutputUtil(DumpingUtil):
             >>> sorted(os.listdir("dumps/sim/outputs"))
             ['layer_outputs_0']
         """
-        index = self._writer.submit(self._instance(input_instance), wait=True)
+        index = self._writer.submit(self._writer.run_instance(self._instance, input_instance),
+                                    wait=True)
         logger.info("wrote layer outputs of input instance %d to %s", index, self.dir_path)
 
     def __del__(self) -> None:

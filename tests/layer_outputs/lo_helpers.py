@@ -106,3 +106,29 @@ def sample_instance(k: int = 0) -> HostInstance:
                         [("conv.1", rng.standard_normal((1, 2, 4, 5)).astype(np.float32)),
                          ("conv_1", rng.standard_normal((1, 2)).astype(np.float32)),
                          ("idx", np.arange(6, dtype=np.int64).reshape(2, 3))])
+
+
+def varying_instance(k: int) -> HostInstance:
+    """Instance ``k`` of a dump whose input and output shapes change from instance to instance."""
+    rng = np.random.default_rng(100 + k)
+    h, w = 4 + 2 * k, 5 + k
+    return HostInstance([("x", rng.standard_normal((1, 3, h, w)).astype(np.float32))],
+                        [("conv.1", rng.standard_normal((1, 2, h, w)).astype(np.float32)),
+                         ("fc", rng.standard_normal((1, 3)).astype(np.float32))])
+
+
+def assert_instances_as_written(root: Any, make: Any = varying_instance) -> list[int]:
+    """Every instance the dump at ``root`` lists reads back complete and exactly as ``make(k)``
+    wrote it; returns the instances."""
+    from fxquant.layer_outputs import LayerOutputDump
+
+    dump = LayerOutputDump(root)
+    for k in dump.instances:
+        want = make(k)
+        for name, value in want.outputs:
+            np.testing.assert_array_equal(dump.load(name, k), value)
+        loaded = dump.load_inputs(k)
+        assert len(loaded) == len(want.inputs)
+        for got, (_, value) in zip(loaded, want.inputs):
+            np.testing.assert_array_equal(got, value)
+    return dump.instances

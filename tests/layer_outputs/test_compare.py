@@ -143,3 +143,44 @@ def test_cli_reports_errors(tmp_path: os.PathLike[str], float_dump: str,
     assert report.read_bytes() == first
     assert main(["compare-outputs", float_dump, float_dump, "--json", str(report),
                  "--overwrite"]) == 0
+
+
+def _one(root: os.PathLike[str], instances: dict[int, dict[str, np.ndarray]]) -> None:
+    writer = DumpWriter(root)
+    x = np.zeros((1, 2), np.float32)
+    for k in sorted(instances):
+        while writer.next_index < k:  # leave a gap: instance k only
+            writer.next_index += 1
+        writer.submit(HostInstance([("x", x)], list(instances[k].items())))
+    writer.close()
+
+
+def test_findings_nonfinite_missing_and_partial(tmp_path: os.PathLike[str]) -> None:
+    """Issue 11 item 4: NaN/Inf counted per side; tensors and instances on one side only; a
+    tensor compared on some instances only; none of them is a silent pass."""
+    t = np.linspace(-1, 1, 6, dtype=np.float32).reshape(1, 6)
+    bad = t.copy()
+    bad[0, 1], bad[0, 2] = np.nan, -np.inf
+    _one(tmp_path / "a", {0: {"t": t, "u": t, "v": t}, 1: {"t": t, "u": t, "v": t},
+                          2: {"t": t, "u": t, "v": t}})
+    _one(tmp_path / "b", {0: {"t": bad, "u": t, "w": t}, 1: {"t": t, "w": t}})
+    report = compare_layer_outputs(tmp_path / "a", tmp_path / "b")
+    kinds = {(f.kind, f.name): f.detail for f in report.findings}
+    assert kinds[("nonfinite", "t")] == "B has 1 NaN and 1 Inf"
+    assert report["t"].status == "nonfinite" and report.first_divergence is None
+    assert kinds[("not_compared", "u")] == ("compared on 1 of 2 instances (the others lack it "
+                                            "on one side)")
+    assert ("only_in_a", "v") in kinds and ("only_in_b", "w") in kinds
+    assert "instances [2] of" in kinds[("instances_only_in_a", None)]
+    failures = report.check_failures()
+    assert len(failures) == len(report.findings) == 5
+    assert report.check_failures(allow_missing=True) == [
+        "NaN or Inf values in a dump: t: B has 1 NaN and 1 Inf"]
+    assert "findings: 5" in report.summary()
+    data = json.loads(report.json_text())
+    assert data["findings"][0] == {"kind": "nonfinite", "name": "t",
+                                   "detail": "B has 1 NaN and 1 Inf"}
+    assert "B has 1 NaN and 1 Inf" in report.html_text()
+    same = compare_layer_outputs(tmp_path / "a", tmp_path / "a")
+    assert same.findings == [] and same.check_failures() == []
+    assert "findings: none" in same.summary()

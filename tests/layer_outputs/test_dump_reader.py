@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
 
 from fxquant.layer_outputs import DumpFormatError, LayerOutputDump
 from fxquant.layer_outputs.dump_writer import DumpWriter
-from tests.layer_outputs.lo_helpers import sample_instance
+from tests.layer_outputs.lo_helpers import (assert_instances_as_written, sample_instance,
+                                            varying_instance)
 
 
 def test_interrupted_run_is_readable(tmp_path: os.PathLike[str]) -> None:
@@ -71,7 +73,7 @@ def test_bad_dumps_are_reported(tmp_path: os.PathLike[str]) -> None:
     (lambda m: m["instances"][0].pop("index"), r"instances\[0\].index: missing; expected integer"),
     (lambda m: m.update(layer_output_names=["conv.1", 7]),
      r"layer_output_names\[1\]: invalid value 7; expected a non-empty string"),
-    (lambda m: m.pop("format"), r"manifest.json: format: field 'format' is None, expected "
+    (lambda m: m.pop("format"), r"manifest.json: format: missing; expected "
                                 r"'fxquant.layer_outputs'"),
 ])
 def test_malformed_manifest_names_file_and_field(tmp_path: os.PathLike[str], mutate,
@@ -95,3 +97,231 @@ def test_manifest_not_json(tmp_path: os.PathLike[str]) -> None:
     with pytest.raises(DumpFormatError, match=r"manifest.json: invalid JSON at line 1, column 12: "
                                               r".*not valid JSON \(re-generate the dump\)"):
         LayerOutputDump(tmp_path / "d")
+
+
+# ------------------------------------------------------------------------------------------------
+# Hostile manifests (issue 11 item 13; acceptance: fuzzing)
+# ------------------------------------------------------------------------------------------------
+
+
+def _dump(root: os.PathLike[str]) -> os.PathLike[str]:
+    writer = DumpWriter(root)
+    writer.submit_all(range(2), varying_instance, desc="t", progress=False)
+    writer.close()
+    return root
+
+
+@pytest.mark.parametrize("mutate, match", [
+    (lambda m: [m], r"manifest.json: <root>: expected a JSON object, got array"),
+    (lambda m: m["instances"][0].update(shapes=[1, 2]) or m,
+     r"manifest.json: instances\[0\].shapes: expected a JSON object, got array"),
+    (lambda m: m["instances"][1].update(shapes={"nope": [1]}) or m,
+     r"instances\[1\].shapes.nope: not a tensor of layer_output_names"),
+    (lambda m: m["tensors"]["fc"].update(file="../../../../etc/hostname") or m,
+     r"tensors.fc.file: invalid value '../../../../etc/hostname'; expected a file name inside"),
+    (lambda m: m["tensors"]["fc"].update(file="/etc/hostname") or m, r"tensors.fc.file: invalid"),
+    (lambda m: m["instances"][0].update(outputs="../../etc") or m,
+     r"instances\[0\].outputs: invalid value '../../etc'; expected a path inside the dump"),
+    (lambda m: m["instances"][0].update(inputs=["/etc/hostname"]) or m,
+     r"instances\[0\].inputs\[0\]: invalid value '/etc/hostname'"),
+    (lambda m: m["tensors"]["fc"].update(shape=[2**70]) or m,
+     r"tensors.fc.shape\[0\]: invalid value 1180591620717411303424; expected an integer in"),
+    (lambda m: m["tensors"]["fc"].update(dtype="object") or m,
+     r"tensors.fc.dtype: invalid value 'object'; expected one of 'float16'"),
+    (lambda m: m.update(version=3) or m, r"manifest.json: version: invalid value 3; expected one "
+                                         r"of 1, 2"),
+    (lambda m: m.update(layer_output_names=["fc", "fc"]) or m,
+     r"layer_output_names\[1\]: 'fc' appears twice"),
+    (lambda m: m["instances"][1].update(index=0) or m,
+     r"instances\[1\].index: instance 0 is listed twice"),
+    (lambda m: m["instances"][0].update(input_shapes=[[1], [2]]) or m,
+     r"instances\[0\].input_shapes: 2 shapes for 1 input files"),
+])
+def test_hostile_manifest_is_refused_naming_the_json_path(tmp_path: os.PathLike[str], mutate,
+                                                          match: str) -> None:
+    root = _dump(tmp_path / "d")
+    path = root / "manifest.json"
+    path.write_text(json.dumps(mutate(json.loads(path.read_text()))))
+    with pytest.raises(DumpFormatError, match=match):
+        LayerOutputDump(root)
+
+
+def test_non_utf8_and_deep_manifests(tmp_path: os.PathLike[str]) -> None:
+    root = _dump(tmp_path / "d")
+    (root / "manifest.json").write_bytes(b'{"format": "\xff\xfe"}')
+    with pytest.raises(DumpFormatError, match=r"manifest.json: <root>: not UTF-8 text \(byte 12\)"):
+        LayerOutputDump(root)
+    (root / "manifest.json").write_text("[" * 100000 + "]" * 100000)
+    with pytest.raises(DumpFormatError, match=r"manifest.json: (<root>: )?JSON nested too deeply"):
+        LayerOutputDump(root)
+
+
+def test_a_link_out_of_the_dump_is_not_followed(tmp_path: os.PathLike[str]) -> None:
+    root = _dump(tmp_path / "d")
+    secret = tmp_path / "secret.raw"
+    np.zeros(3, dtype=np.float32).tofile(secret)
+    target = root / "outputs" / "layer_outputs_0" / "fc.raw"
+    target.unlink()
+    target.symlink_to(secret)
+    with pytest.raises(DumpFormatError, match=r"fc.raw resolves to .*secret.raw, outside the dump"):
+        LayerOutputDump(root).load("fc", 0)
+
+
+def test_instance_on_disk_but_not_in_the_manifest_uses_its_own_entry(
+        tmp_path: os.PathLike[str]) -> None:
+    root = _dump(tmp_path / "d")
+    path = root / "manifest.json"
+    manifest = json.loads(path.read_text())
+    del manifest["instances"][1]  # what a run killed before its periodic manifest write leaves
+    path.write_text(json.dumps(manifest))
+    assert assert_instances_as_written(root) == [0, 1]
+    entry = root / "instances" / "instance_1.json"
+    data = json.loads(entry.read_text())
+    data["shapes"] = "wide"
+    entry.write_text(json.dumps(data))
+    with pytest.raises(DumpFormatError, match=r"instance_1.json: shapes: expected a JSON object"):
+        LayerOutputDump(root)
+
+
+# -- fuzzing -------------------------------------------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from fxquant.errors import FxQuantError  # noqa: E402
+
+_HOSTILE_STRINGS = ["../../etc/hostname", "/etc/hostname", "..", ".", "", "a/../../b", "\x00",
+                    "outputs/../../x", "C:\\x", "fc.raw", "layer_outputs_0", "NHWC", "float32",
+                    "fxquant.layer_outputs", "raw", "npy", "é\udcff"[:1]]
+_JSON_LEAVES = st.one_of(
+    st.none(), st.booleans(), st.integers(-2**70, 2**70), st.sampled_from([2**64, 10**30, -1]),
+    st.floats(allow_nan=True, allow_infinity=True), st.sampled_from(_HOSTILE_STRINGS),
+    st.text(max_size=8))
+_JSON = st.recursive(_JSON_LEAVES, lambda inner: st.one_of(
+    st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=6), inner, max_size=4)),
+    max_leaves=8)
+
+
+def _paths(value, prefix=()):
+    yield prefix
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _paths(item, prefix + (key,))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _paths(item, prefix + (i,))
+
+
+def _mutated(document, path, how, value):
+    doc = json.loads(json.dumps(document))
+    if not path:
+        return value if how != "wrap" else [doc]
+    parent = doc
+    for key in path[:-1]:
+        parent = parent[key]
+    key = path[-1]
+    if how == "delete":
+        del parent[key]
+    elif how == "wrap":
+        parent[key] = [parent[key]]
+    elif how == "as_dict":
+        parent[key] = {"0": parent[key]}
+    else:
+        parent[key] = value
+    return doc
+
+
+def _read_everything(root) -> None:
+    dump = LayerOutputDump(root)
+    for k in dump.instances:
+        for name in dump.names:
+            if dump.has(name, k):
+                dump.load(name, k)
+        dump.load_inputs(k)
+
+
+def _check_error(exc: FxQuantError, root, files) -> None:
+    """The error names a file of the dump and, for a JSON file, the JSON path (``file: path:``)."""
+    message = str(exc)
+    assert isinstance(exc, DumpFormatError), (type(exc), message)
+    assert message.startswith(str(root)), message
+    if message.startswith(files):
+        assert re.match(r"^\S+\.json: (<root>|invalid JSON|JSON nested|cannot be read|"
+                        r"[^\s:]+(\[|\.|:))", message), message
+
+
+@pytest.fixture(scope="module")
+def fuzz_dump(tmp_path_factory: pytest.TempPathFactory):
+    root = _dump(tmp_path_factory.mktemp("fuzz") / "d")
+    manifest = json.loads((root / "manifest.json").read_text())
+    entry = json.loads((root / "instances" / "instance_1.json").read_text())
+    return root, manifest, entry
+
+
+_FUZZ = settings(max_examples=900, deadline=None, database=None,
+                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+@_FUZZ
+@given(data=st.data())
+def test_fuzz_manifest_values(fuzz_dump, data) -> None:
+    """Any JSON value at any JSON path of the manifest, a key deleted, a value wrapped in a list
+    or an object: only DumpFormatError escapes, naming the file and the JSON path."""
+    root, manifest, _ = fuzz_dump
+    paths = list(_paths(manifest))
+    path = data.draw(st.sampled_from(paths))
+    how = data.draw(st.sampled_from(["replace", "replace", "delete", "wrap", "as_dict"]))
+    if how == "delete" and not path:
+        how = "replace"
+    value = data.draw(_JSON)
+    text = json.dumps(_mutated(manifest, path, how, value))
+    (root / "manifest.json").write_text(text)
+    try:
+        _read_everything(root)
+    except FxQuantError as exc:
+        _check_error(exc, root, str(root / "manifest.json"))
+
+
+@_FUZZ
+@given(data=st.data())
+def test_fuzz_manifest_bytes(fuzz_dump, data) -> None:
+    """Truncated JSON, inserted or replaced bytes (non-UTF-8 included), an empty file."""
+    root, manifest, _ = fuzz_dump
+    raw = json.dumps(manifest).encode()
+    cut = data.draw(st.integers(0, len(raw)))
+    kind = data.draw(st.sampled_from(["truncate", "insert", "overwrite"]))
+    junk = data.draw(st.binary(min_size=1, max_size=6))
+    if kind == "truncate":
+        raw = raw[:cut]
+    elif kind == "insert":
+        raw = raw[:cut] + junk + raw[cut:]
+    else:
+        raw = raw[:cut] + junk + raw[cut + len(junk):]
+    (root / "manifest.json").write_bytes(raw)
+    try:
+        _read_everything(root)
+    except FxQuantError as exc:
+        _check_error(exc, root, str(root / "manifest.json"))
+
+
+@settings(max_examples=400, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(data=st.data())
+def test_fuzz_instance_entry(fuzz_dump, data) -> None:
+    """The own entry of an instance the manifest does not list yet (a killed run): malformed in
+    any way, only DumpFormatError escapes, naming instances/instance_1.json and the JSON path."""
+    root, manifest, entry = fuzz_dump
+    listed = dict(manifest, instances=manifest["instances"][:1])
+    (root / "manifest.json").write_text(json.dumps(listed))
+    path = data.draw(st.sampled_from(list(_paths(entry))))
+    how = data.draw(st.sampled_from(["replace", "delete", "wrap"]))
+    if how == "delete" and not path:
+        how = "replace"
+    (root / "instances" / "instance_1.json").write_text(
+        json.dumps(_mutated(entry, path, how, data.draw(_JSON))))
+    try:
+        _read_everything(root)
+    except FxQuantError as exc:
+        _check_error(exc, root, str(root / "instances"))
+    finally:
+        (root / "instances" / "instance_1.json").write_text(json.dumps(entry))

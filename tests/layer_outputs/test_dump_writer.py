@@ -8,10 +8,11 @@ import os
 import numpy as np
 import pytest
 
-from fxquant.layer_outputs import (DumpExistsError, DumpWriteError, LayerOutputDump,
-                                   sanitize_names)
+from fxquant.layer_outputs import (DumpExistsError, DumpFormatError, DumpWriteError,
+                                   LayerOutputDump, sanitize_names)
 from fxquant.layer_outputs.dump_writer import DumpWriter, HostInstance
-from tests.layer_outputs.lo_helpers import sample_instance
+from tests.layer_outputs.lo_helpers import (assert_instances_as_written, sample_instance,
+                                            varying_instance)
 
 
 def test_sanitize_names_never_collide() -> None:
@@ -31,8 +32,9 @@ def test_layout_on_disk_and_manifest(tmp_path: os.PathLike[str]) -> None:
         assert writer.submit(sample_instance(k)) == k
     writer.close()
     root = tmp_path / "d"
-    assert sorted(os.listdir(root)) == ["inputs", "layer_output_name_order.json", "manifest.json",
-                                        "outputs"]
+    assert sorted(os.listdir(root)) == ["inputs", "instances", "layer_output_name_order.json",
+                                        "manifest.json", "outputs"]
+    assert sorted(os.listdir(root / "instances")) == ["instance_0.json", "instance_1.json"]
     order = json.loads((root / "layer_output_name_order.json").read_text())["layer_output_names"]
     assert order == ["conv_1", "conv_1__1", "idx"]
     assert sorted(os.listdir(root / "inputs")) == ["input_0.raw", "input_1.raw"]
@@ -223,5 +225,197 @@ def test_overwrite_removes_what_a_killed_run_left(tmp_path: os.PathLike[str],
     (tmp_path / "d" / ".tmp-abc").mkdir()
     with caplog.at_level("WARNING", logger="fxquant.layer_outputs.dump_writer"):
         DumpWriter(tmp_path / "d", overwrite=True).close()
-    assert sorted(os.listdir(tmp_path / "d")) == ["inputs", "manifest.json", "outputs"]
+    assert sorted(os.listdir(tmp_path / "d")) == ["inputs", "instances", "manifest.json", "outputs"]
     assert not caplog.records  # nothing reported as "not part of a dump"
+
+
+# ------------------------------------------------------------------------------------------------
+# Killed runs, per-instance shapes, fault injection (issue 11, items 2 and 3; acceptance)
+# ------------------------------------------------------------------------------------------------
+
+
+def test_input_shapes_vary_between_instances(tmp_path: os.PathLike[str]) -> None:
+    """Issue 11 item 3: load_inputs(k) of every instance, not only the first."""
+    writer = DumpWriter(tmp_path / "d")
+    writer.submit_all(range(3), varying_instance, desc="t", progress=False)
+    writer.close()
+    assert assert_instances_as_written(tmp_path / "d") == [0, 1, 2]
+    manifest = json.loads((tmp_path / "d" / "manifest.json").read_text())
+    assert manifest["version"] == 2
+    assert [e["input_shapes"] for e in manifest["instances"]] == [
+        [[1, 3, 4, 5]], [[1, 3, 6, 6]], [[1, 3, 8, 7]]]
+    assert manifest["instances"][2]["shapes"] == {"conv.1": [1, 2, 8, 7]}
+
+
+def test_version_1_manifest_is_still_read(tmp_path: os.PathLike[str]) -> None:
+    """A dump written before per-instance input shapes reads as before; where its one input shape
+    cannot fit, the error says why and what to do."""
+    writer = DumpWriter(tmp_path / "d")
+    writer.submit_all(range(2), varying_instance, desc="t", progress=False)
+    writer.close()
+    path = tmp_path / "d" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["version"] = 1
+    for entry in manifest["instances"]:
+        del entry["input_shapes"]
+    path.write_text(json.dumps(manifest))
+    import shutil
+    shutil.rmtree(tmp_path / "d" / "instances")
+    dump = LayerOutputDump(tmp_path / "d")
+    np.testing.assert_array_equal(dump.load_inputs(0)[0], varying_instance(0).inputs[0][1])
+    np.testing.assert_array_equal(dump.load("conv.1", 1), varying_instance(1).outputs[0][1])
+    with pytest.raises(DumpFormatError, match=r"input_1.raw holds 108 float32 values but the "
+                                              r"manifest's shape \[1, 3, 4, 5\] needs 60.*"
+                                              r"version-1 manifest records the first instance's "
+                                              r"input"):
+        dump.load_inputs(1)
+
+
+_KILLED_WRITER = r'''
+import os, sys, time
+from fxquant.layer_outputs.dump_writer import DumpWriter
+from tests.layer_outputs.lo_helpers import varying_instance
+
+target, marker, when = sys.argv[1:4]
+if when == "after":  # instance 1 is complete: say so, then hang until killed
+    real = DumpWriter._write_instance
+
+    def write_instance(self, index, instance):
+        real(self, index, instance)
+        if index == 1:
+            open(marker, "w").close()
+            time.sleep(600)
+    DumpWriter._write_instance = write_instance
+else:  # half-way through instance 1's files
+    real_save = DumpWriter._save
+    calls = []
+
+    def save(self, array, path):
+        calls.append(path)
+        if "layer_outputs_1" in path and len([c for c in calls if "layer_outputs_1" in c]) == 2:
+            open(marker, "w").close()
+            time.sleep(600)
+        real_save(self, array, path)
+    DumpWriter._save = save
+writer = DumpWriter(target)
+writer.submit_all(range(5), varying_instance, desc="killed", progress=False)
+'''
+
+
+@pytest.mark.parametrize("when, complete", [("after", [0, 1]), ("during", [0])])
+def test_dump_killed_by_sigkill_reads_back_its_complete_instances(
+        tmp_path: os.PathLike[str], when: str, complete: list[int]) -> None:
+    """Issue 11 item 2: a dump killed (SIGKILL) within its first second, before the manifest's
+    periodic rewrite, reads back as the complete instances it finished, shapes and all."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    marker = tmp_path / "marker"
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(tmp_path / "d"),
+                             str(marker), when], cwd=root, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "the writer never reached the marker"
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    manifest = json.loads((tmp_path / "d" / "manifest.json").read_text())
+    assert manifest["tensors"]["conv.1"]["shape"] == [1, 2, 4, 5]  # written with instance 0
+    assert assert_instances_as_written(tmp_path / "d") == complete
+    dump = LayerOutputDump(tmp_path / "d")
+    last = complete[-1]
+    assert dump.info("conv.1", last).shape == varying_instance(last).outputs[0][1].shape
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_a_failure_at_any_step_leaves_a_readable_prefix(
+        tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch, which: int) -> None:
+    """Acceptance: each step of writing instance ``which`` fails in turn (os.replace, mkdir, open,
+    write (ENOSPC), fsync, unlink …); the dump then lists only complete instances, before and
+    after the writer is closed, and every error is fxquant's, naming a path (at most 6 calls per
+    step, first and last included)."""
+    from fxquant.errors import FxQuantError
+    from tests.core.faults import POINTS, FaultPlan, inject
+
+    def attempt(root: str, plan: FaultPlan | None) -> BaseException | None:
+        writer = DumpWriter(root)
+        for k in range(which):
+            writer.submit(varying_instance(k))
+        error = None
+        try:
+            if plan is None:
+                writer.submit(varying_instance(which))
+            else:
+                with inject(monkeypatch, plan):
+                    writer.submit(varying_instance(which))
+        except FxQuantError as exc:
+            error = exc
+        if os.listdir(os.path.join(root, "outputs")) or which:
+            listed = assert_instances_as_written(root)  # as a killed run would leave it
+            assert listed in ([*range(which)], [*range(which + 1)])
+        writer.close()
+        if os.listdir(os.path.join(root, "outputs")) or which:
+            listed = assert_instances_as_written(root)
+            assert listed in ([*range(which)], [*range(which + 1)])
+        return error
+
+    clean = FaultPlan(os.path.abspath(tmp_path / "clean"))
+    attempt(str(tmp_path / "clean"), None)
+    counting = FaultPlan(os.path.abspath(tmp_path / "count"))
+    writer = DumpWriter(tmp_path / "count")
+    for k in range(which):
+        writer.submit(varying_instance(k))
+    with inject(monkeypatch, counting):
+        writer.submit(varying_instance(which))
+    writer.close()
+    assert clean.counts == {}
+    assert counting.counts.get("os.replace", 0) >= 3 and counting.counts.get("file.write", 0) >= 4
+    tried = raised = 0
+    for point in POINTS:
+        count = counting.counts.get(point, 0)
+        spread = sorted({1 + round(i * (count - 1) / 5) for i in range(6)}) if count > 6 else \
+            range(1, count + 1)  # first, last and evenly between: at most 6 per step
+        for n in spread:
+            root = os.path.abspath(tmp_path / f"{point}-{n}")
+            plan = FaultPlan(root, point, n)
+            error = attempt(root, plan)
+            tried += 1
+            if error is not None:
+                raised += 1
+                assert plan.fired
+                assert isinstance(error, DumpWriteError) and str(tmp_path) in str(error), error
+    assert tried >= 10 and raised >= 5
+
+
+def test_disk_full_on_a_real_small_disk(tmp_path: os.PathLike[str]) -> None:
+    """A real full disk (tmpfs, when root): the error names the path and says the disk is full;
+    what was written reads back complete."""
+    from tests.core.faults import small_tmpfs
+
+    def big(k: int) -> HostInstance:
+        rng = np.random.default_rng(k)
+        return HostInstance([("x", rng.standard_normal((1, 8)).astype(np.float32))],
+                            [("y", rng.standard_normal((64, 64)).astype(np.float32))])
+
+    with small_tmpfs("256k") as disk:
+        writer = DumpWriter(disk / "d")
+        with pytest.raises(DumpWriteError, match=r"disk .*full") as info:
+            for k in range(100):
+                writer.submit(big(k))
+        assert info.value.errno == errno.ENOSPC and str(disk) in str(info.value)
+        try:
+            writer.close()  # the final manifest may not fit either
+        except DumpWriteError as exc:
+            assert exc.errno == errno.ENOSPC
+        listed = assert_instances_as_written(disk / "d", big)
+        assert len(listed) >= 3

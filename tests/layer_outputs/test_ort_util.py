@@ -105,3 +105,88 @@ def test_input_and_name_errors(tmp_path: os.PathLike[str]) -> None:
         fxquant.onnx.LayerOutputUtil(tmp_path / "nope.onnx", tmp_path / "e")
     with pytest.raises(TypeError, match="expects an onnx.ModelProto or the path"):
         fxquant.onnx.LayerOutputUtil(42, tmp_path / "e")
+
+
+def test_import_fxquant_alone_makes_fxquant_onnx_usable(tmp_path: os.PathLike[str]) -> None:
+    """Issue 10 item 8: the README's `import fxquant` then `fxquant.onnx.LayerOutputUtil`; inside
+    the package `onnx` still is the onnx package."""
+    import subprocess
+    import sys
+
+    code = ("import fxquant, onnx, fxquant.export.qdq as q\n"
+            "assert fxquant.onnx.LayerOutputUtil.__module__ == 'fxquant.layer_outputs.ort_util'\n"
+            "import fxquant.layer_outputs.ort_util as u\n"
+            "assert u.onnx is onnx and q.onnx is onnx, (u.onnx, q.onnx)\n"
+            "print('ok')\n")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_aimet_keyword_names_and_positional_device(tmp_path: os.PathLike[str],
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """AIMET: LayerOutputUtil(model=..., dir_path=..., device=0); fxquant's positional
+    (model, dir_path, providers) and the older model_or_path= keep working."""
+    import onnxruntime as ort
+
+    x = np.array([[-1.0, 0.04, 0.26, 3.0]], dtype=np.float32)
+    cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    util = fxquant.onnx.LayerOutputUtil(model=_third_party_qdq(), dir_path=tmp_path / "a",
+                                        device=0)
+    assert util.session.get_providers()[0] == ("CUDAExecutionProvider" if cuda
+                                               else "CPUExecutionProvider")
+    util.generate_layer_outputs(x)
+    positional = fxquant.onnx.LayerOutputUtil(_third_party_qdq(), tmp_path / "b", 0)
+    positional.generate_layer_outputs(x)
+    old = fxquant.onnx.LayerOutputUtil(_third_party_qdq(), tmp_path / "c",
+                                       ["CPUExecutionProvider"], disable_all())
+    assert old.session.get_providers() == ["CPUExecutionProvider"]
+    old.generate_layer_outputs(x)
+    fxquant.onnx.LayerOutputUtil(model_or_path=_third_party_qdq(),
+                                 dir_path=tmp_path / "d").generate_layer_outputs(x)
+    for d in "bcd":
+        assert compare_layer_outputs(tmp_path / "a", tmp_path / d).min_sqnr[1] == float("inf")
+    with pytest.raises(TypeError, match=r"pass the model once: model=\.\.\. \(AIMET's name\) or "
+                                        r"model_or_path="):
+        fxquant.onnx.LayerOutputUtil(_third_party_qdq(), tmp_path / "e",
+                                     model_or_path=_third_party_qdq())
+    with pytest.raises(TypeError, match=r"the third argument is the device id .*device= was given"):
+        fxquant.onnx.LayerOutputUtil(_third_party_qdq(), tmp_path / "e", 0, device=1)
+    with pytest.raises(ValueError, match=r"device must be a CUDA device id \(an integer >= 0\), "
+                                         r"got -1"):
+        fxquant.onnx.LayerOutputUtil(_third_party_qdq(), tmp_path / "e", device=-1)
+    with pytest.raises(TypeError, match=r"LayerOutputUtil needs model="):
+        fxquant.onnx.LayerOutputUtil(dir_path=tmp_path / "e")
+
+
+def test_float64_input_is_cast_to_the_models_dtype(tmp_path: os.PathLike[str],
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 11 item 14: a float64 array for a float32 input is cast, with a note in the log; an
+    input that cannot be cast without loss is refused naming the input and the dtypes; a wrong
+    shape names the instance, the shapes given and the ones the model takes."""
+    from fxquant.layer_outputs import InputInstanceError
+
+    util = fxquant.onnx.LayerOutputUtil(_third_party_qdq(), tmp_path / "d")
+    x = np.array([[-1.0, 0.04, 0.26, 3.0]])
+    with caplog.at_level("WARNING", logger="fxquant.layer_outputs.ort_util"):
+        util.generate_layer_outputs(x)
+        util.generate_layer_outputs(x)
+    notes = [r.getMessage() for r in caplog.records if "cast to float32" in r.getMessage()]
+    assert notes == ["input 'x' is float64 but the model takes float32: cast to float32 (pass "
+                     "float32 to avoid the copy)"]  # once per input
+    dump = LayerOutputDump(tmp_path / "d")
+    np.testing.assert_allclose(dump.load("y", 1), [[0.0, 0.0, 0.3, 3.0]], atol=1e-6)
+    np.testing.assert_array_equal(dump.load_inputs(1)[0], x.astype(np.float32))
+    with pytest.raises(InputInstanceError, match=r"input instance 1 of the batch \(would be "
+                                                 r"layer_outputs_3 .*array \(1, 5\) float32\) "
+                                                 r"failed: ValueError: ONNX Runtime could not run "
+                                                 r"the model on inputs \{'x': \(\(1, 5\), "
+                                                 r"'float32'\)\}; the model takes \{'x': \(\[1, 4\]"
+                                  ) as info:
+        util.generate_layer_outputs_batch([x, np.zeros((1, 5), np.float32), x], progress=False)
+    assert info.value.__cause__ is not None
+    assert LayerOutputDump(tmp_path / "d").instances == [0, 1, 2]  # the one before it is written
+    with pytest.raises(InputInstanceError, match=r"input 'x' is complex128 but the model takes "
+                                                 r"float32 \(tensor\(float\)\); convert it"):
+        util.generate_layer_outputs(x.astype(np.complex128))

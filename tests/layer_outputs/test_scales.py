@@ -128,7 +128,7 @@ def test_uncalibrated_sim_names_the_quantizer() -> None:
 
 
 def test_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="nope.encodings"):
+    with pytest.raises(ConfigError, match=r"encodings file .*nope.encodings not found"):
         scales_from_encodings(tmp_path / "nope.encodings")
 
 
@@ -147,7 +147,7 @@ def test_file_that_is_not_json_names_the_file(tmp_path: Path) -> None:
          "enc_type": "PER_TENSOR"}]},
      r"activation_encodings\[0\]\.scale\[0\]: invalid value -0.1; expected a number > 0"),
     ({"version": "1.0.0", "activation_encodings": {"a": []}},
-     r"activation_encodings: expected a list in version 1.0.0, got dict"),
+     r"activation_encodings: expected a list in version 1.0.0, got (dict|object)"),
     ({"version": "2.0.0", "encodings": [{"name": "a", "output_dtype": "int4x"}]},
      r"encodings\[0\]\.output_dtype: expected int<b>, uint<b> \(b in 2-32\) or float16, "
      r"got 'int4x'"),
@@ -155,3 +155,31 @@ def test_file_that_is_not_json_names_the_file(tmp_path: Path) -> None:
 def test_invalid_encodings_dict_names_the_json_path(data: dict[str, Any], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         scales_from_encodings(data)
+
+
+@pytest.mark.parametrize("mapping, match", [
+    ({"fc": "abc"}, r"encodings \{name: scale\} mapping: fc: invalid value 'abc'; expected a "
+                    r"scale > 0 or a list of scales"),
+    ({"fc": [0.1, "x"]}, r"mapping: fc\[1\]: invalid value 'x'; expected a scale > 0"),
+    ({"conv 1": -0.5}, r'mapping: \["conv 1"\]: invalid scale -0.5; scales are finite numbers > 0'),
+    ({"fc": float("nan")}, r"mapping: fc: invalid scale nan"),
+    ({"fc": []}, r"mapping: fc: an empty list"),
+    ({"fc": {"scale": 0.1}}, r"mapping: fc: invalid value \{\"scale\": 0.1\}"),
+    ({"fc": np.array(["a"])}, r"mapping: fc: invalid array of dtype <U1"),
+])
+def test_bad_name_to_scale_mapping_names_the_key(mapping: dict[str, Any], match: str) -> None:
+    """A bare numpy ValueError before; now the key and what a scale must be."""
+    with pytest.raises(ConfigError, match=match):
+        scales_from_encodings(mapping)
+
+
+def test_a_0_6_1_dict_with_param_encodings_only_is_an_encodings_dict(
+        sim: QuantizationSimModel) -> None:
+    """Misread as a {name: scale} mapping before (a numpy error on the nested entries)."""
+    data = encodings_dict(sim.quantizers(), version="0.6.1")
+    only_params = {"param_encodings": data["param_encodings"]}
+    assert only_params["param_encodings"]  # the weight encodings are there
+    assert scales_from_encodings(only_params) == {}  # no activation steps, no error
+    only_params["param_encodings"] = {"0.weight": "abc"}
+    with pytest.raises(ConfigError, match=r"param_encodings(\.0\.weight|\[\"0\.weight\"\])"):
+        scales_from_encodings(only_params)

@@ -181,3 +181,48 @@ def test_prepared_graph_module_is_used_as_is(tmp_path: os.PathLike[str]) -> None
     names = LayerOutputDump(tmp_path / "d").names
     assert [n.split("#")[0] for n in names] == [
         layer for layer in layers for _ in range(2 if layer == "module_split" else 1)]
+
+
+def test_a_bad_input_in_the_middle_of_a_batch_names_the_instance(
+        tmp_path: os.PathLike[str]) -> None:
+    """Issue 11 item 14: the conv's RuntimeError comes wrapped, naming the instance's position,
+    its folder and its shape, chained; the instances before it are on disk."""
+    from fxquant.layer_outputs import InputInstanceError, LayerOutputError
+
+    xs = inputs(4)
+    xs[2] = torch.randn(1, 5, 16, 16)  # 5 channels for a 3-channel conv
+    util = LayerOutputUtil(tiny(), tmp_path / "d")
+    with pytest.raises(InputInstanceError, match=r"input instance 2 of the batch \(would be "
+                                                 r"layer_outputs_2 in .*d; tensor \(1, 5, 16, 16\) "
+                                                 r"torch.float32\) failed: RuntimeError: .*channels"
+                       ) as info:
+        util.generate_layer_outputs_batch(xs, progress=False)
+    assert isinstance(info.value, LayerOutputError)
+    assert isinstance(info.value.__cause__, RuntimeError)
+    assert LayerOutputDump(tmp_path / "d").instances == [0, 1]
+    with pytest.raises(InputInstanceError, match=r"input instance \(would be layer_outputs_2 .*"
+                                                 r"tuple of 2: \[tensor \(1, 3, 16, 16\) "
+                                                 r"torch.float32, tensor \(1,\) torch.int64\]"):
+        util.generate_layer_outputs((xs[0], torch.zeros(1, dtype=torch.int64)))
+
+
+def test_keyword_names_are_aimets(tmp_path: os.PathLike[str]) -> None:
+    """Issue 10 item 8: aimet_torch's LayerOutputUtil(model, dir_path, naming_scheme, dummy_input,
+    onnx_export_args), in that order, with AIMET's OnnxExportApiArgs; aimet_onnx's (model,
+    dir_path, device)."""
+    import inspect
+
+    import fxquant.onnx
+    from fxquant import OnnxExportApiArgs
+
+    params = list(inspect.signature(LayerOutputUtil).parameters)
+    assert params[:5] == ["model", "dir_path", "naming_scheme", "dummy_input", "onnx_export_args"]
+    ort_params = inspect.signature(fxquant.onnx.LayerOutputUtil).parameters
+    assert list(ort_params)[:2] == ["model", "dir_path"] and "device" in ort_params
+    x = inputs(1)[0]
+    util = LayerOutputUtil(model=tiny(), dir_path=tmp_path / "d", naming_scheme=NamingScheme.ONNX,
+                           dummy_input=x, onnx_export_args=OnnxExportApiArgs(opset_version=18))
+    util.generate_layer_outputs(x)
+    assert util.onnx_export.model.opset_import[0].version == 18
+    dump = LayerOutputDump(tmp_path / "d")
+    assert {"conv", "fc"} <= set(dump.names) and dump.load("fc", 0).shape == (1, 5)
