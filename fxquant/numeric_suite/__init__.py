@@ -14,8 +14,12 @@ vs a torch.ao-quantized or a user's own fake-quant model). Also importable as ``
 * :func:`compare` — all of it in one call, as a :class:`NumericSuiteReport` (table, JSON, plot;
   a :class:`fxquant.ComparisonReport`, like the layer-dump diff's report).
 
-Loggers stream by default (running sums, no tensors kept), so comparing over thousands of
-batches needs memory proportional to the number of layers.
+As torch's, the loggers of :func:`add_loggers` / :func:`add_shadow_loggers` keep every logged
+tensor (``values``) by default; ``save_activations=False`` — and :func:`compare`, always — stream
+instead (running sums, no tensors kept), so comparing over thousands of batches needs memory
+proportional to the number of layers. The two models' calls are paired by index: call ``i`` of
+model A is compared with call ``i`` of model B, and calls that do not pair up (different inputs,
+a skipped call, a forward that stopped half-way) raise :class:`PairingError`.
 
 Example:
     >>> import fxquant
@@ -28,6 +32,7 @@ from fxquant.numeric_suite._matching import UnmatchedLayer
 from fxquant.numeric_suite.api import (add_loggers, add_shadow_loggers, extract_logger_info,
                                        extract_shadow_logger_info, extract_weights)
 from fxquant.numeric_suite.compare import compare
+from fxquant.numeric_suite.errors import NoMatchingLayersError, NumericSuiteError, PairingError
 from fxquant.numeric_suite.loggers import (OutputLogger, loggers_reset, loggers_set_enabled,
                                            loggers_set_save_activations)
 from fxquant.numeric_suite.metrics import (METRICS, Metric, compute_cosine_similarity,
@@ -39,9 +44,12 @@ __all__ = [
     "METRICS",
     "Metric",
     "NSResults",
+    "NoMatchingLayersError",
+    "NumericSuiteError",
     "NumericSuiteLayerComparison",
     "NumericSuiteReport",
     "OutputLogger",
+    "PairingError",
     "UnmatchedLayer",
     "add_loggers",
     "add_shadow_loggers",

@@ -14,9 +14,10 @@ from fxquant.numeric_suite._matching import LayerPair, Matching, UnmatchedLayer
 from fxquant.core.layers import is_layer
 from fxquant.numeric_suite.compared_models import (TORCH_QUANTIZED, PreparedModel,
                                                    is_torch_quantized_module)
-from fxquant.numeric_suite.loggers import OutputLogger
-from fxquant.numeric_suite.stats import Comparison
-from fxquant.passes.insert_loggers import InsertLoggersPass, LogSite, logged_output_node
+from fxquant.numeric_suite.loggers import CallClock, OutputLogger
+from fxquant.numeric_suite.stats import CallPairing, Comparison
+from fxquant.passes.insert_loggers import (LOGGER_ROOT, InsertLoggersPass, LogSite,
+                                           add_input_observer, logged_output_node)
 from fxquant.passes.insert_shadows import InsertShadowsPass, ShadowSite
 from fxquant.quantsim.quantizer import QuantizerBase
 
@@ -115,6 +116,8 @@ class Instrumented:
         shadowed: site key -> comparison of A's logger and the shadow's.
         loggers_a / loggers_b / loggers_shadow: site key -> logger.
         unmatched: layers not compared, with reasons (including unshadowable ones).
+        pairing: checks that the two models' calls pair up (None for a shadowed model alone,
+            whose two sides run in one forward).
     """
 
     a: torch.fx.GraphModule | None
@@ -126,6 +129,7 @@ class Instrumented:
     loggers_b: dict[_SiteKey, OutputLogger]
     loggers_shadow: dict[_SiteKey, OutputLogger]
     unmatched: list[UnmatchedLayer]
+    pairing: CallPairing | None = None
 
 
 def _link(first: dict[_SiteKey, OutputLogger], second: dict[_SiteKey, OutputLogger],
@@ -140,6 +144,14 @@ def _link(first: dict[_SiteKey, OutputLogger], second: dict[_SiteKey, OutputLogg
         logger_b.link(comparison, 1)
         comparisons[key] = comparison
     return comparisons
+
+
+def _warn_unshadowable(name_a: str, name_b: str, unshadowable: list[tuple[str, str]]) -> None:
+    logger.warning(
+        "%d layer(s) of model %r cannot shadow model %r's and are left out of the shadow "
+        "results (listed in results.unmatched): %s", len(unshadowable), name_b, name_a,
+        "; ".join(f"{key} ({reason})" for key, reason in unshadowable[:5])
+        + (" …" if len(unshadowable) > 5 else ""))
 
 
 def _remember(gm: torch.fx.GraphModule, unmatched: list[UnmatchedLayer]) -> None:
@@ -181,15 +193,32 @@ def instrument(a: PreparedModel, b: PreparedModel, matching: Matching, pairs: li
             log_inputs=log_inputs, **point)(a.gm)
         for key, reason in result.details["unshadowable"]:
             unmatched.append(UnmatchedLayer(key, b.name, f"not shadowed: {reason}"))
+        if result.details["unshadowable"]:
+            _warn_unshadowable(a.name, b.name, result.details["unshadowable"])
+        if not unshadowed:
+            # a layer without its shadow would have model A's results only: log it in neither
+            shadowed_keys = set(result.details["shadowed"])
+            fa.wanted = {k: p for k, p in want_a.items() if p.key_a in shadowed_keys}
+            layers_a = sorted({name for name, _ in fa.wanted})
         gm_s = InsertLoggersPass(fa, layers_a, log_inputs=log_inputs)(result).graph_module
     elif unshadowed:
         gm_a = InsertLoggersPass(fa, layers_a, log_inputs=log_inputs)(a.gm).graph_module
     if unshadowed:
         gm_b = InsertLoggersPass(fb, layers_b, log_inputs=log_inputs)(b.gm).graph_module
     logger.debug("instrumented %d layer pairs of %r and %r", len(pairs), a.name, b.name)
+    pairing = CallPairing(names) if unshadowed else None
+    first = gm_s if gm_s is not None else gm_a
+    for gm, side in ((first, 0), (gm_b, 1)):
+        if gm is not None:
+            clock = CallClock(names[side], side, pairing)
+            add_input_observer(gm, f"{LOGGER_ROOT}.call_clock", clock)
+            gm.recompile()
+            for module in gm.modules():
+                if isinstance(module, OutputLogger):
+                    module.clock = clock.state
     out = Instrumented(gm_a, gm_b, gm_s, _link(fa.created, fb.created, names) if unshadowed
                        else {}, _link(fa.created, fs.created, names) if shadowed else {},
-                       fa.created, fb.created, fs.created, unmatched)
+                       fa.created, fb.created, fs.created, unmatched, pairing)
     for gm in (gm_a, gm_b, gm_s):
         if gm is not None:
             _remember(gm, unmatched)

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from fxquant import nn as fxnn
-from fxquant.numeric_suite.compared_models import (TORCH_QUANTIZED, PreparedModel,
+from fxquant.numeric_suite.compared_models import (TORCH_QUANTIZED, PreparedModel, fused_head,
                                                    is_torch_quantized_module)
 
 __all__ = ["UnmatchedLayer", "LayerPair", "WeightPair", "Matching", "match_layers",
@@ -166,10 +166,20 @@ def _fused_table() -> dict[type, tuple[type, tuple[type, ...]]]:
     return _FUSED
 
 
+def _fused_float_class(module: nn.Module) -> type | None:
+    """The torch.ao intrinsic float class (e.g. ``nni.ConvReLU2d``) a fused quantized module
+    was converted from, or None."""
+    if type(module) not in _fused_table():
+        return None
+    floats = getattr(type(module), "_FLOAT_MODULE", None)
+    return floats if isinstance(floats, type) else None
+
+
 def _float_classes(module: nn.Module) -> tuple[type, ...]:
     fused = _fused_table().get(type(module))
     if fused is not None:
-        return (fused[0],)
+        fused_float = _fused_float_class(module)
+        return (fused[0],) + ((fused_float,) if fused_float is not None else ())
     floats = getattr(type(module), "_FLOAT_MODULE", None)
     if isinstance(floats, type):
         return (floats,)
@@ -186,6 +196,7 @@ def _compatible(ma: nn.Module, mb: nn.Module) -> bool:
 
 
 def _has_weight(module: nn.Module) -> bool:
+    module = fused_head(module)
     if parametrize.is_parametrized(module) and "weight" in module.parametrizations:
         return True
     weight = getattr(module, "weight", None)
@@ -208,6 +219,11 @@ def _fusions(q: PreparedModel, f: PreparedModel
         cls_name = type(q.gm.get_submodule(name)).__name__
         head, trailing = spec
         current = f_ops.get(name)
+        fused_float = _fused_float_class(q.gm.get_submodule(name))
+        if current is not None and fused_float is not None and \
+                isinstance(f.gm.get_submodule(name), fused_float):
+            value_map[name] = name  # f holds the fused float module itself (torch.ao prepare_fx)
+            continue
         if current is None or not isinstance(f.gm.get_submodule(name), head):
             failures[name] = (f"model {q.name!r}'s fused {cls_name} {name!r} has no "
                               f"{head.__name__} named {name!r} in model {f.name!r}")

@@ -4,12 +4,17 @@ Models can be float ``nn.Module``s, fxquant sims (``QuantizationSimModel`` or it
 prepared GraphModules, or torch.ao-quantized models (``convert_fx`` output). Each function works on
 private prepared copies: the caller's models are never changed. Layers are matched by canonical
 name (see :mod:`fxquant.numeric_suite._matching`); what cannot be matched is listed in the
-results' ``unmatched`` and logged.
+results' ``unmatched`` and logged; two models with no layer in common raise
+:class:`~fxquant.numeric_suite.NoMatchingLayersError` at once.
 
 By default (``layers=None``) a comparison involving a quantized model covers its quantized layers:
-for a sim, the layers with an enabled output quantizer (activations) or weight quantizer
-(weights), with the activation taken after the output quantizer; for a torch.ao model every
-layer, as torch reports. ``layers="all"`` compares every matched layer, a list compares those.
+for a sim, the layers with an output quantizer (activations) or weight quantizer (weights) —
+enabled or disabled: a layer whose quantizers were turned off is still reported — with the
+activation taken after the output quantizer; for a torch.ao model every layer, as torch reports.
+``layers="all"`` compares every matched layer, a list compares those.
+
+Entries report, as torch does, the type of the layer that computed the value
+(``prev_node_target_type``, e.g. ``"torch.nn.modules.conv.Conv2d"``), never the quantizer.
 
 Example:
     >>> a_ns, b_ns = fxquant.ns.add_loggers("float", model, "int8", sim)
@@ -36,7 +41,8 @@ from fxquant.numeric_suite.compared_models import (FLOAT, PreparedModel,
                                                    prepare_for_comparison, weight_of)
 from fxquant.numeric_suite.loggers import OutputLogger
 from fxquant.numeric_suite.results import NSResults, collect_logger_results
-from fxquant.core.layers import param_quantizers
+from fxquant.core.layers import param_quantizers, type_name
+from fxquant.numeric_suite.errors import NoMatchingLayersError
 
 __all__ = ["extract_weights", "add_loggers", "add_shadow_loggers", "extract_logger_info",
            "extract_shadow_logger_info", "prepare_pair", "weight_results",
@@ -83,8 +89,30 @@ def prepare_pair(name_a: str, model_a: Any, name_b: str, model_b: Any
     b = prepare_for_comparison(model_b, name_b)
     align_batch_norm_folding(a, b)
     matching = match_layers(a, b)
+    if not matching.activations:
+        raise NoMatchingLayersError(_nothing_matched(a, b, matching))
     _log_unmatched(matching.unmatched)
     return a, b, matching
+
+
+def _layer_list(p: PreparedModel, limit: int = 6) -> str:
+    layers = p.layers()
+    shown = [f"{name} ({type_name(p.gm, node).rsplit('.', 1)[-1]})"
+             for name, node in list(layers.items())[:limit]]
+    more = f", … ({len(layers)} in all)" if len(layers) > limit else ""
+    return (", ".join(shown) + more) if shown else "none"
+
+
+def _nothing_matched(a: PreparedModel, b: PreparedModel, matching: Matching) -> str:
+    """Why no layer of ``a`` matched one of ``b``, and what to do."""
+    why = [u for u in matching.unmatched if "has a" in u.reason]
+    detail = f"; e.g. {why[0].layer!r}: {why[0].reason}" if why else ""
+    return (f"no layer of model {a.name!r} matches a layer of model {b.name!r}: layers are "
+            f"matched by canonical name (module path after fxquant.prepare_model) and type, "
+            f"and model {a.name!r} has [{_layer_list(a)}] while model {b.name!r} has "
+            f"[{_layer_list(b)}]{detail}. Compare two versions of the same architecture "
+            f"(e.g. a model and fxquant.QuantizationSimModel(model, ...)), with the same "
+            f"module names")
 
 
 def _log_unmatched(unmatched: Iterable[UnmatchedLayer]) -> None:
@@ -182,13 +210,18 @@ def add_loggers(name_a: str, model_a: Any, name_b: str, model_b: Any,
                 base_name_to_sets_of_related_ops: Any = None,
                 unmatchable_types_map: Any = None, *,
                 layers: Iterable[str] | str | None = None,
-                save_activations: bool = False
+                save_activations: bool = True
                 ) -> tuple[torch.fx.GraphModule, torch.fx.GraphModule]:
     """Copies of both models with a logger after each matched layer (unshadowed comparison).
 
-    Run both returned models on the same inputs, alternately per batch (A then B, or B then A):
-    each layer's loggers compare on the fly, so memory stays constant over any number of batches.
-    The difference at a layer includes the error propagated from earlier layers; see
+    Run both returned models on the same inputs in the same order (alternately per batch, or
+    all of A's batches then all of B's): call ``i`` of model A is compared with call ``i`` of
+    model B, and a call whose inputs differ from the other model's call of the same index raises
+    :class:`~fxquant.numeric_suite.PairingError` (at once on the CPU; when results are extracted
+    on an accelerator). As torch's loggers do, every logged tensor is kept (``values``); pass
+    ``save_activations=False`` to stream instead (running sums compared on the fly, memory
+    constant over any number of batches; :func:`fxquant.compare` always streams). The
+    difference at a layer includes the error propagated from earlier layers; see
     :func:`add_shadow_loggers` to separate a layer's own error.
 
     Args:
@@ -201,10 +234,14 @@ def add_loggers(name_a: str, model_a: Any, name_b: str, model_b: Any,
         base_name_to_sets_of_related_ops: torch option, not used (must be None).
         unmatchable_types_map: torch option, not used (must be None).
         layers: None (quantized layers when a model is quantized, else all), "all", or names.
-        save_activations: keep every logged tensor as well (memory grows with batches).
+        save_activations: keep every logged tensor in ``values`` (torch's semantics, the
+            default; memory grows with batches); False streams (statistics only).
 
     Returns:
         ``(model_a_with_loggers, model_b_with_loggers)``, GraphModules.
+
+    Raises:
+        NoMatchingLayersError: the two models have no layer in common, or none is selected.
 
     Example:
         >>> a_ns, b_ns = add_loggers("float", model, "int8", sim)
@@ -228,7 +265,7 @@ def add_shadow_loggers(name_a: str, model_a: Any, name_b: str, model_b: Any,
                        node_type_to_io_type_map: Any = None,
                        unmatchable_types_map: Any = None, *,
                        layers: Iterable[str] | str | None = None,
-                       save_activations: bool = False) -> torch.fx.GraphModule:
+                       save_activations: bool = True) -> torch.fx.GraphModule:
     """One model that runs model A and, beside each matched layer, model B's version of it fed
     model A's values (a *shadow*), with loggers on both.
 
@@ -251,10 +288,14 @@ def add_shadow_loggers(name_a: str, model_a: Any, name_b: str, model_b: Any,
         node_type_to_io_type_map: torch option, not used (must be None).
         unmatchable_types_map: torch option, not used (must be None).
         layers: None (quantized layers when a model is quantized, else all), "all", or names.
-        save_activations: keep every logged tensor as well.
+        save_activations: keep every logged tensor in ``values`` (torch's semantics, the
+            default); False streams (statistics only).
 
     Returns:
         The shadowed GraphModule; its outputs are model A's.
+
+    Raises:
+        NoMatchingLayersError: the two models have no layer in common, or none is selected.
 
     Example:
         >>> shadow = add_shadow_loggers("float", model, "int8", sim)
@@ -280,6 +321,12 @@ def _instrumented(models: tuple[str, Any, str, Any], logger_cls: Any,
     logger_cls = _check_logger_cls(logger_cls)
     a, b, matching = prepare_pair(*models)
     pairs, _ = matching.select(layers, quantized_layers_by_default(a, b))
+    if not pairs:
+        raise NoMatchingLayersError(
+            f"no layer of model {a.name!r} and model {b.name!r} is selected for logging: "
+            f"layers={layers!r} selects the layers that a model quantizes, and neither model "
+            f"has a quantizer on a matched layer's output; pass layers='all' to log every "
+            f"matched layer ({len(matching.activations)})")
     return instrument(a, b, matching, pairs, logger_cls=logger_cls, log_inputs=log_inputs,
                       save_activations=save_activations, unshadowed=not shadowed,
                       shadowed=shadowed)

@@ -155,6 +155,8 @@ def compare(model_a: Any, model_b: Any, data: Any,
         bar.close()
     if count == 0:
         raise ValueError("compare: data yielded no batches")
+    if inst.pairing is not None:
+        inst.pairing.check()  # both models ran each batch once, on the same inputs
     logger.info("compared %r with %r over %d batch(es)", name_b, name_a, count)
     rows = _rows(a.layers(), matching, act_pairs, inst, weight_res, wanted, name_a, name_b)
     results = {"weight": weight_res,

@@ -8,6 +8,7 @@ for like.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 from typing import Any
@@ -18,13 +19,15 @@ from torch import Tensor, nn
 
 from fxquant import _meta
 from fxquant.core.layers import layer_nodes, output_quantizer_node, param_quantizers
-from fxquant.model_resolution import (FLOAT, SIM, TORCH_QUANTIZED, is_torch_quantized_module,
-                                      resolve_model)
+from fxquant.model_preparer import prepare_model
+from fxquant.model_resolution import (FLOAT, SIM, TORCH_QUANTIZED, is_prepared, is_sim,
+                                      is_torch_quantized_module, model_kind, resolve_model)
 from fxquant.passes.base import state_tags
 from fxquant.passes.fold_batchnorm import FoldBatchNormPass
 from fxquant.quantsim.quantizer import QuantizerBase
 
 __all__ = ["PreparedModel", "prepare_for_comparison", "align_batch_norm_folding", "weight_of",
+           "fused_head",
            "is_torch_quantized_module", "SIM", "TORCH_QUANTIZED", "FLOAT"]
 
 logger = logging.getLogger(__name__)
@@ -53,24 +56,62 @@ class PreparedModel:
         return self._layers
 
     def output_quantized(self, layer: str) -> bool:
-        """Whether ``layer``'s output is quantized (an enabled output quantizer, or a torch.ao
-        quantized model, where every layer is reported as torch's suite does)."""
+        """Whether ``layer``'s output has a quantizer — enabled or disabled: a layer whose
+        quantizer the user turned off is still reported — or the model is torch.ao quantized
+        (every layer is reported, as torch's suite does). Layers fused into a supergroup have
+        no output quantizer."""
         if self.kind == TORCH_QUANTIZED:
             return True
         node = self.layers().get(layer)
-        quantizer = None if node is None else output_quantizer_node(node)
-        if quantizer is None:
-            return False
-        return bool(getattr(self.gm.get_submodule(str(quantizer.target)), "enabled", True))
+        return node is not None and output_quantizer_node(node) is not None
 
     def weight_quantized(self, layer: str) -> bool:
-        """Whether ``layer``'s weight is quantized (an enabled weight quantizer, or a torch.ao
-        quantized module)."""
-        module = self.gm.get_submodule(layer)
+        """Whether ``layer``'s weight has a quantizer (enabled or disabled), or the model is
+        torch.ao quantized (every weight is reported, quantized or left float by its qconfig,
+        as torch's suite does)."""
         if self.kind == TORCH_QUANTIZED:
-            return is_torch_quantized_module(module)
-        quantizer = param_quantizers(module).get("weight")
-        return quantizer is not None and bool(getattr(quantizer, "enabled", True))
+            return True
+        return param_quantizers(self.gm.get_submodule(layer)).get("weight") is not None
+
+
+def _torch_ao_classes() -> tuple[tuple[type, ...], type]:
+    from torch.ao.nn.intrinsic import _FusedModule
+    from torch.ao.quantization.fake_quantize import FakeQuantizeBase
+    from torch.ao.quantization.observer import ObserverBase
+
+    return (ObserverBase, FakeQuantizeBase), _FusedModule
+
+
+def fused_head(module: nn.Module) -> nn.Module:
+    """The first module (the conv or linear holding the weight) of a torch.ao intrinsic fused
+    float module (``nni.ConvReLU2d`` …); ``module`` itself otherwise."""
+    _, fused = _torch_ao_classes()
+    if isinstance(module, fused) and len(module) and isinstance(module[0], nn.Module):
+        return module[0]
+    return module
+
+
+def _torch_ao_prepared(model: Any) -> torch.fx.GraphModule | None:
+    """A torch.ao ``prepare_fx`` / ``prepare_qat_fx`` model (observers or fake-quants in its
+    graph), or a model holding torch.ao intrinsic fused float modules (``convert_fx`` keeps them
+    for layers whose qconfig is None): prepared on a copy with the observers removed (identities
+    in inference) and each fused module kept as one layer under its own name, as torch's suite
+    compares it. None for any other model."""
+    if not isinstance(model, nn.Module) or is_sim(model) or is_prepared(model):
+        return None
+    observers, fused = _torch_ao_classes()
+    if not any(isinstance(m, (*observers, fused)) for m in model.modules()):
+        return None
+    model = copy.deepcopy(model)
+    if isinstance(model, torch.fx.GraphModule):
+        for node in list(model.graph.nodes):
+            if node.op == "call_module" and isinstance(model.get_submodule(str(node.target)),
+                                                       observers) and node.args:
+                node.replace_all_uses_with(node.args[0])
+                model.graph.erase_node(node)
+        model.recompile()
+    logger.debug("torch.ao model: observers removed, fused modules kept whole")
+    return prepare_model(model, module_classes_to_exclude=[fused])
 
 
 def prepare_for_comparison(model: Any, name: str) -> PreparedModel:
@@ -80,6 +121,9 @@ def prepare_for_comparison(model: Any, name: str) -> PreparedModel:
         TypeError: ``model`` is neither a module nor a QuantizationSimModel.
         ValueError: a sim's enabled quantizers have no encodings yet.
     """
+    torch_ao = _torch_ao_prepared(model)
+    if torch_ao is not None:
+        return PreparedModel(torch_ao, model_kind(torch_ao), name)
     resolved = resolve_model(model, what=f"model {name!r}")
     _check_calibrated(resolved.gm, name)
     return PreparedModel(resolved.gm, resolved.kind, name)
@@ -117,6 +161,7 @@ def weight_of(module: nn.Module) -> Tensor | None:
     """The weight a layer computes with, detached: through its parametrization (a sim's
     fake-quantized weight), dequantized for torch.ao quantized modules (``module.weight()``);
     None when the module has no tensor weight."""
+    module = fused_head(module)
     weight = getattr(module, "weight", None)
     if callable(weight) and not isinstance(weight, Tensor):
         try:

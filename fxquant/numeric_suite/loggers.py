@@ -4,8 +4,15 @@
 (``stats`` holds saved activations, ``enabled``, ``save_activations``, ``ref_node_name`` …), but by
 default it keeps running sums (:class:`~fxquant.numeric_suite.stats.RunningStats`) instead of
 tensors, and compares on the fly with the logger of the other model at the same layer
-(:class:`~fxquant.numeric_suite.stats.Comparison`), so memory stays proportional to the number
-of layers however many batches run.
+(:class:`~fxquant.numeric_suite.stats.Comparison`). The numeric suite's torch-shaped functions
+create loggers with ``save_activations=True`` (torch's semantics: ``values`` holds every logged
+tensor); :func:`fxquant.compare` and ``save_activations=False`` stream (running sums only, memory
+proportional to the number of layers however many batches run).
+
+:class:`CallClock` numbers the calls of an instrumented model: every logger tags its value with
+the index of the call in progress, so that call ``i`` of model A is compared with call ``i`` of
+model B, and the inputs of the two calls are checked to be the same
+(:class:`~fxquant.numeric_suite.stats.CallPairing`).
 """
 from __future__ import annotations
 
@@ -14,9 +21,10 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from fxquant.numeric_suite.stats import Comparison, RunningStats
+from fxquant.numeric_suite.stats import CallPairing, Comparison, RunningStats
 
-__all__ = ["OutputLogger", "loggers_set_enabled", "loggers_set_save_activations", "loggers_reset"]
+__all__ = ["OutputLogger", "CallClock", "CallState", "loggers_set_enabled",
+           "loggers_set_save_activations", "loggers_reset"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +85,7 @@ class OutputLogger(nn.Module):
         self.running = RunningStats()
         self.layer_names: dict[str, str] = {model_name: ref_name}
         self.links: list[tuple[Comparison, int]] = []
+        self.clock: CallState | None = None  # the model's call counter (set by the suite)
 
     def link(self, comparison: Comparison, side: int) -> None:
         """Feeds every recorded value to ``comparison`` as ``side`` (0: reference, 1: other)."""
@@ -103,8 +112,9 @@ class OutputLogger(nn.Module):
 
         if self.save_activations:
             self.stats.append(keep())
+        call = None if self.clock is None else self.clock.current
         for comparison, side in self.links:
-            comparison.offer(side, value, keep, sum_sq)
+            comparison.offer(side, value, keep, sum_sq, call)
         return x
 
     def reset(self) -> None:
@@ -117,6 +127,80 @@ class OutputLogger(nn.Module):
     def extra_repr(self) -> str:
         return (f"model={self.model_name!r}, layer={self.ref_name!r}, type={self.results_type}, "
                 f"save_activations={self.save_activations}")
+
+
+class CallState:
+    """The call counter of one instrumented model, shared by its clock and its loggers (a plain
+    object, so that it is not a submodule of every logger).
+
+    Attributes:
+        count: calls made so far.
+        current: index of the call in progress (the last one started), -1 before the first.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.current = -1
+
+    def reset(self) -> None:
+        """Back to no calls."""
+        self.count, self.current = 0, -1
+
+
+class CallClock(nn.Module):
+    """Counts the calls of an instrumented model; runs first in its forward, on all its inputs.
+
+    Args:
+        model_name: the model's name.
+        side: 0 for model A, 1 for model B (its side in ``pairing``).
+        pairing: checks call ``i`` of both models got the same inputs; None for a model that
+            is compared with itself in one forward (the shadowed model).
+
+    Attributes:
+        state: the :class:`CallState` its loggers read.
+        enabled: when False, calls are not counted (as loggers record nothing).
+
+    Example:
+        >>> a_ns, b_ns = fxquant.ns.add_loggers("float", model, "int8", sim)
+        >>> a_ns(x); a_ns.ns_loggers.call_clock.state.count
+        1
+    """
+
+    _is_impure = True
+
+    def __init__(self, model_name: str, side: int = 0, pairing: CallPairing | None = None
+                 ) -> None:
+        super().__init__()
+        self.model_name = model_name
+        self.side = side
+        self.pairing = pairing
+        self.enabled = True
+        self.state = CallState()
+        if pairing is not None:
+            pairing.states[side] = self.state
+
+    def forward(self, *inputs: Any) -> None:
+        """Starts the next call (checking its inputs against the other model's call)."""
+        if not self.enabled:
+            return None
+        call = self.state.count
+        if self.pairing is not None:
+            self.pairing.offer(self.side, call, inputs)
+        self.state.count, self.state.current = call + 1, call
+        return None
+
+    def reset(self) -> None:
+        """Forgets the calls (of both models, when paired: their indices restart together)."""
+        self.state.reset()
+        if self.pairing is not None:
+            self.pairing.reset()
+
+    def extra_repr(self) -> str:
+        return f"model={self.model_name!r}, calls={self.state.count}"
+
+
+def _clocks(model: nn.Module) -> list[CallClock]:
+    return [m for m in model.modules() if isinstance(m, CallClock)]
 
 
 def _loggers(model: nn.Module) -> list[OutputLogger]:
@@ -134,6 +218,8 @@ def loggers_set_enabled(model: nn.Module, enabled: bool) -> None:
     """
     for module in _loggers(model):
         module.enabled = bool(enabled)
+    for clock in _clocks(model):
+        clock.enabled = bool(enabled)
 
 
 def loggers_set_save_activations(model: nn.Module, save_activations: bool) -> None:
@@ -155,3 +241,5 @@ def loggers_reset(model: nn.Module) -> None:
     """
     for module in _loggers(model):
         module.reset()
+    for clock in _clocks(model):
+        clock.reset()

@@ -16,7 +16,11 @@ Each entry has torch's keys (``type``, ``values``, ``prev_node_name``, ``prev_no
   ``noise`` = ``Σ(x − y)²``, ``dot`` = ``Σxy``, ``nonfinite`` = elements where either value was
   NaN or inf); :class:`fxquant.core.metrics.PairSums` reads it back (``PairSums.from_dict``).
 
-``values`` holds tensors only for loggers with ``save_activations=True`` (and for weights).
+``values`` holds every logged tensor, in call order (torch's semantics, the default of
+:func:`~fxquant.numeric_suite.add_loggers` and :func:`~fxquant.numeric_suite.add_shadow_loggers`);
+streaming loggers (``save_activations=False``, :func:`fxquant.compare`) keep it empty and report
+through ``stats`` and ``comparison_stats``. A layer only one model logged never appears: it is
+listed in ``unmatched``.
 The dict is an :class:`NSResults`, whose ``unmatched`` lists the layers that were not compared.
 """
 from __future__ import annotations
@@ -29,7 +33,8 @@ from torch import nn
 
 from fxquant import _meta
 from fxquant.numeric_suite._matching import UnmatchedLayer
-from fxquant.numeric_suite.loggers import OutputLogger
+from fxquant.numeric_suite.errors import PairingError
+from fxquant.numeric_suite.loggers import CallClock, OutputLogger
 from fxquant.numeric_suite.metrics import get_metric
 from fxquant.numeric_suite.stats import Comparison
 
@@ -131,16 +136,63 @@ def collect_logger_results(models: Sequence[nn.Module], logger_cls: type,
     elif use not in names:
         raise ValueError(f"model_name_to_use_for_layer_names={use!r} is not one of the compared "
                          f"models {names}")
+    _check_pairing(models, loggers)
     results = NSResults(unmatched=_unmatched_of(models))
     for log in loggers:
         key = log.layer_names.get(use, log.ref_name)
         by_model = results.setdefault(key, {}).setdefault(log.results_type, {})
         by_model.setdefault(log.model_name, []).append(logger_entry(log))
+    _drop_one_sided(results, names)
     for by_type in results.values():
         for by_model in by_type.values():
             for entries in by_model.values():
                 entries.sort(key=lambda e: (e["index_of_arg"], e["index_within_arg"]))
     return results
+
+
+def _check_pairing(models: Sequence[nn.Module], loggers: Sequence[OutputLogger]) -> None:
+    """Raises PairingError when the compared models' calls do not pair up."""
+    pairings = {id(m.pairing): m.pairing for model in models for m in model.modules()
+                if isinstance(m, CallClock) and m.pairing is not None}
+    for pairing in pairings.values():
+        pairing.check()
+    for log in loggers:
+        for comparison, side in log.links:
+            if side == 0 and comparison.pending:
+                for s in (0, 1):
+                    waiting = comparison.pending_calls(s)
+                    if waiting:
+                        a, b = comparison.model_names[s], comparison.model_names[1 - s]
+                        raise PairingError(
+                            f"layer {comparison.key!r}: model {a!r} logged call(s) {waiting[:5]} "
+                            f"here but model {b!r}'s same call(s) never reached this layer (did "
+                            "its forward raise?); reset both models' loggers "
+                            "(fxquant.ns.loggers_reset) and run them again",
+                            layer=comparison.key, call=waiting[0])
+
+
+def _drop_one_sided(results: NSResults, names: Sequence[str]) -> None:
+    """Moves layers that only one model logged from ``results`` to ``results.unmatched``
+    (torch-style code indexes both models at every layer)."""
+    if len(names) < 2:
+        return
+    dropped: list[UnmatchedLayer] = []
+    for layer in list(results):
+        for results_type in list(results[layer]):
+            by_model = results[layer][results_type]
+            if len(by_model) < len(names):
+                present = sorted(by_model)
+                missing = [n for n in names if n not in by_model]
+                dropped.append(UnmatchedLayer(layer, present[0], (
+                    f"{results_type} logged by model(s) {present} only, not by {missing}")))
+                del results[layer][results_type]
+        if not results[layer]:
+            del results[layer]
+    if dropped:
+        results.unmatched = results.unmatched + tuple(dropped)
+        logger.warning("%d layer(s) have results of one model only and are listed in "
+                       "results.unmatched instead: %s", len(dropped),
+                       ", ".join(u.layer for u in dropped[:10]))
 
 
 def extend_logger_results_with_comparison(results: dict[str, Any], model_name_1: str,

@@ -15,6 +15,11 @@ their nodes carry ``role="logger"``, ``layer_name`` and ``logs`` ("output"/"inpu
 ``node.meta["fxquant"]``. Logger nodes have no users; the pass marks each logger module
 ``_is_impure`` so that ``graph.eliminate_dead_code()`` keeps them.
 
+A site reports the value as its producer's (:func:`value_producer`: the layer, never the
+quantizer after it), as torch.ao.ns's ``prev_node_name`` / ``prev_node_target_type`` do.
+:func:`add_input_observer` adds a module that sees every model input before anything runs (the
+numeric suite's call counter).
+
 The module also holds the small graph helpers shared with
 :mod:`fxquant.passes.insert_shadows` (logged values, tensor arguments, in-place ops); which nodes
 are layers is :mod:`fxquant.core.layers`'s.
@@ -36,7 +41,8 @@ from fxquant.core.layers import layer_nodes, output_quantizer_node, type_name
 from fxquant.passes.base import Pass, PassResult, errors_at
 
 __all__ = ["InsertLoggersPass", "LogSite", "LOGGER_ROOT", "logged_output_node",
-           "may_mutate_input", "tensor_args", "logger_nodes"]
+           "may_mutate_input", "tensor_args", "logger_nodes", "value_producer",
+           "add_input_observer"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,10 +64,12 @@ class LogSite:
         layer: canonical name of the layer (the op node's module path).
         results_type: "node_output" or "node_input".
         op_node: name of the layer's op node.
-        value_node: name of the node whose value is recorded (the op, its output quantizer, or
-            the producer of an input).
+        value_node: name of the node that computed the recorded value, looking through
+            quantizers (:func:`value_producer`): the layer's op for an output (also when the
+            value is taken after its output quantizer), the producing layer for an input.
         op_type: qualified class name of the layer's module.
-        value_type: qualified class name (or function name) of what produces the value.
+        value_type: qualified class name (or function name) of ``value_node``'s module (e.g.
+            ``torch.nn.modules.conv.Conv2d``), as torch.ao.ns reports it; never a quantizer.
         index_of_arg: position of the input among the op's arguments (0 for outputs).
         index_within_arg: position inside a list argument, e.g. ``cat([a, b])`` (0 otherwise).
     """
@@ -82,6 +90,44 @@ def logged_output_node(node: torch.fx.Node, after_output_quantizer: bool = True)
         quantizer = output_quantizer_node(node)
         if quantizer is not None:
             return quantizer
+    return node
+
+
+def value_producer(node: torch.fx.Node) -> torch.fx.Node:
+    """The node that computed the value ``node`` holds, looking through quantizer nodes (a
+    layer's output quantizer, an input quantizer): what a logger reports as the value's
+    producer (torch.ao.ns's ``prev_node_name`` / ``prev_node_target_type``).
+
+    Example:
+        >>> value_producer(output_quantizer_node(layer_nodes(sim.model)["conv1"])).target
+        'conv1'
+    """
+    seen = 0
+    while _meta.get(node, _meta.ROLE) == _meta.ROLE_QUANTIZER and node.args \
+            and isinstance(node.args[0], torch.fx.Node) and seen < 64:
+        node, seen = node.args[0], seen + 1
+    return node
+
+
+def add_input_observer(gm: torch.fx.GraphModule, path: str, module: nn.Module
+                       ) -> torch.fx.Node:
+    """Registers ``module`` at ``path`` and calls it with every input of ``gm`` (its placeholders,
+    in order) before anything else runs; tagged as a logger (``logs="calls"``), kept by
+    dead-code elimination. The numeric suite's call counter is such a module.
+
+    Example:
+        >>> add_input_observer(gm, "ns_loggers.call_clock", CallClock("float"))
+    """
+    if not getattr(module, "_is_impure", False):
+        module._is_impure = True  # type: ignore[attr-defined]
+    gm.add_submodule(path, module)
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    first = next(n for n in gm.graph.nodes if n.op != "placeholder")
+    with gm.graph.inserting_before(first):
+        node = gm.graph.call_module(path, tuple(placeholders))
+    _meta.node_meta(node).update({_meta.MODULE_PATH: path, _meta.ROLE: _meta.ROLE_LOGGER,
+                                  _meta.LOGS: "calls"})
+    _meta.assign_handles(gm.graph, [node])
     return node
 
 
@@ -228,8 +274,9 @@ class InsertLoggersPass(Pass):
                     value = logged_output_node(op, self.after_output_quantizer)
                     path = f"{LOGGER_ROOT}.{name}.output_logger"
                     if (name, path) not in existing:
-                        site = LogSite(name, "node_output", op.name, value.name, op_type,
-                                       type_name(gm, value))
+                        producer = value_producer(value)
+                        site = LogSite(name, "node_output", op.name, producer.name, op_type,
+                                       type_name(gm, producer))
                         module = self.make_logger(site)
                         if module is not None:
                             add_logger_node(gm, path, module, value, layer=name, logs="output")
@@ -239,8 +286,9 @@ class InsertLoggersPass(Pass):
                         path = f"{LOGGER_ROOT}.{name}.input_logger_{i}_{j}"
                         if (name, path) in existing:
                             continue
-                        site = LogSite(name, "node_input", op.name, arg.name, op_type,
-                                       type_name(gm, arg), i, j)
+                        producer = value_producer(arg)
+                        site = LogSite(name, "node_input", op.name, producer.name, op_type,
+                                       type_name(gm, producer), i, j)
                         module = self.make_logger(site)
                         if module is not None:
                             add_logger_node(gm, path, module, arg, layer=name, logs="input",

@@ -47,7 +47,7 @@ from fxquant import _meta
 from fxquant.passes.base import Pass, PassResult, at_node, errors_at
 from fxquant.core.layers import is_layer, layer_name, layer_nodes, output_quantizer_node, type_name
 from fxquant.passes.insert_loggers import (LOGGER_ROOT, LogSite, add_logger_node,
-                                           may_mutate_input, tensor_args)
+                                           may_mutate_input, tensor_args, value_producer)
 
 __all__ = ["InsertShadowsPass", "ShadowSite", "QuantizationPoint", "SHADOW_ROOT",
            "quantizer_node_point", "shadow_nodes"]
@@ -355,17 +355,24 @@ class InsertShadowsPass(Pass):
         op_new = env[plan.op]
         value = env[plan.nodes[-1]]
         op_type = type_name(b, plan.op)
-        site = ShadowSite(plan.layer, "node_output", op_new.name, value.name, op_type,
-                          type_name(b, plan.nodes[-1]), key=plan.key)
+        producer = value_producer(plan.nodes[-1])
+        site = ShadowSite(plan.layer, "node_output", op_new.name,
+                          env[producer].name if producer in env else value.name, op_type,
+                          type_name(b, producer), key=plan.key)
         module = self.make_logger(site)
         if module is not None:
             log = add_logger_node(gm, f"{LOGGER_ROOT}.{plan.key}.shadow_output_logger", module,
                                   value, layer=plan.key, logs="output")
             _meta.set(log, _meta.SHADOW_OF, plan.layer)
         if self.log_inputs:
+            b_args = {(i, j): arg for i, j, arg in tensor_args(plan.op)}
             for i, j, arg in list(tensor_args(op_new)):
+                source = b_args.get((i, j))
+                producer = value_producer(source) if source is not None else None
+                value_type = (type_name(b, producer) if producer is not None
+                              and producer.op != "placeholder" else type_name(gm, arg))
                 site = ShadowSite(plan.layer, "node_input", op_new.name, arg.name,
-                                  op_type, type_name(gm, arg), i, j, key=plan.key)
+                                  op_type, value_type, i, j, key=plan.key)
                 module = self.make_logger(site)
                 if module is not None:
                     log = add_logger_node(

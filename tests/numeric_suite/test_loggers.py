@@ -107,3 +107,82 @@ def test_switches_over_all_loggers() -> None:
                if isinstance(m, OutputLogger))
     with pytest.raises(TypeError, match="instrumented by add_loggers"):
         loggers_set_enabled("model", True)  # type: ignore[arg-type]
+
+
+def test_comparison_pairs_by_call_index() -> None:
+    from fxquant.numeric_suite.errors import PairingError
+
+    comparison = Comparison("conv2", ("float", "int8"))
+    xs = [torch.full((3,), float(i + 1)) for i in range(3)]
+    for i, x in enumerate(xs):  # all of model A first
+        comparison.offer(0, x, x.clone, call=i)
+    assert comparison.pending_calls(0) == [0, 1, 2]
+    comparison.offer(1, xs[0], xs[0].clone, call=0)
+    comparison.offer(1, xs[1] + 1, (xs[1] + 1).clone, call=1)
+    assert comparison.pending_calls(0) == [2]
+    stats = comparison.stats.as_dict()
+    assert stats["count"] == 2 and stats["noise"] == 3.0  # call 1 differs by 1 on 3 elements
+    with pytest.raises(PairingError, match="model 'float' logged call 2 here, but model "
+                                           "'int8''s call 2 never reached this layer"):
+        comparison.offer(1, xs[2], xs[2].clone, call=3)  # B's call 2 skipped this layer
+    again = Comparison("conv2", ("float", "int8"))
+    again.offer(1, xs[0], xs[0].clone, call=5)
+    with pytest.raises(PairingError, match="model 'int8' logged call 5 twice"):
+        again.offer(1, xs[0], xs[0].clone, call=5)
+
+
+def test_call_pairing_checks_inputs_and_counts() -> None:
+    from fxquant.numeric_suite.errors import PairingError
+    from fxquant.numeric_suite.stats import CallPairing
+
+    pairing = CallPairing(("float", "int8"))
+    x, y = torch.randn(2, 3), torch.randn(2, 3)
+    pairing.offer(0, 0, (x, 4))
+    pairing.offer(1, 0, (x.clone(), 4))  # same values: fine
+    pairing.offer(0, 1, (x,))
+    with pytest.raises(PairingError, match="call 1 of model 'float' and call 1 of model 'int8' "
+                                           "got different inputs") as info:
+        pairing.offer(1, 1, (y,))
+    assert info.value.call == 1
+    pairing.offer(0, 2, (x, None))
+    with pytest.raises(PairingError, match="call 2 of model 'float'"):
+        pairing.offer(1, 2, (x, 1))  # a non-tensor input differs
+    pairing.offer(0, 3, (x,))
+    with pytest.raises(PairingError, match="model 'float' ran 4 time\\(s\\) but model 'int8' 3"):
+        pairing.check()
+    pairing.reset()
+    pairing.check()
+    assert pairing.calls == [0, 0]
+
+
+def test_call_clock_counts_calls_and_resets_both_models() -> None:
+    from fxquant.numeric_suite.loggers import CallClock
+    from fxquant.numeric_suite.stats import CallPairing
+
+    pairing = CallPairing(("a", "b"))
+    clock_a, clock_b = CallClock("a", 0, pairing), CallClock("b", 1, pairing)
+    log = _logger("a")
+    log.clock = clock_a.state
+    comparison = Comparison("layer", ("a", "b"))
+    log.link(comparison, 0)
+    x = torch.ones(2)
+    for _ in range(2):
+        clock_a(x)
+        log(x)
+    assert clock_a.state.count == 2 and comparison.pending_calls(0) == [0, 1]
+    clock_b(x)
+    clock_a.reset()  # restarts both models' numbering together
+    assert clock_a.state.count == 0 and clock_b.state.count == 0 and pairing.calls == [0, 0]
+    clock_a.enabled = False
+    clock_a(x)
+    assert clock_a.state.count == 0
+
+
+def test_call_pairing_accepts_equal_inputs_with_nan() -> None:
+    from fxquant.numeric_suite.stats import CallPairing
+
+    pairing = CallPairing(("a", "b"))
+    x = torch.tensor([1.0, float("nan")])
+    pairing.offer(0, 0, (x,))
+    pairing.offer(1, 0, (x.clone(),))  # NaN inputs are the same inputs
+    pairing.check()

@@ -51,3 +51,29 @@ def test_float_vs_w8a8_sim(name: str, device: torch.device) -> None:
     assert any(t.endswith("module_add") for t in shadowed_ops)  # residual adds are shadowed
     if name == "mobilenet_v2":  # its adds are not fused with a ReLU: quantized layers of their own
         assert any(layer.endswith("module_add") for layer in quantized)
+
+
+@pytest.mark.slow
+def test_efficientnet_b0_shadow_results_hold_both_models_at_every_layer() -> None:
+    """torchvision's EfficientNet-B0 (SiLU activations, squeeze-excitation muls, residual adds):
+    every layer of the shadow results has both models' entries, so torch's
+    extend_logger_results_with_comparison runs; ~30 s on 2 CPU cores."""
+    import torch.ao.ns._numeric_suite_fx as tns
+    from torch.ao.ns.fx.utils import compute_sqnr
+
+    torch.manual_seed(0)
+    model = reestimate_batch_norms(torchvision.models.efficientnet_b0(weights=None),
+                                   (4, 3, 64, 64), batches=2)
+    sim = calibrated_sim(model, (1, 3, 64, 64), batches=1)
+    shadow = ns.add_shadow_loggers("float", model, "int8", sim)
+    with torch.no_grad():
+        shadow(torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1)))
+    results = ns.extract_shadow_logger_info(shadow, ns.OutputLogger, "int8")
+    assert set(results) == quantized_layer_names(sim) and not results.unmatched
+    assert all(set(v["node_output"]) == {"float", "int8"} for v in results.values())
+    tns.extend_logger_results_with_comparison(results, "float", "int8", compute_sqnr, "sqnr")
+    sqnr = [float(v["node_output"]["int8"][0]["sqnr"][0]) for v in results.values()]
+    assert all(not math.isnan(s) for s in sqnr) and statistics.median(sqnr) > 20
+    types = {v["node_output"]["int8"][0]["prev_node_target_type"] for v in results.values()}
+    assert "torch.nn.modules.activation.SiLU" in types and not any("Quantizer" in t
+                                                                    for t in types)

@@ -64,9 +64,16 @@ def test_outputs_are_logged_after_the_output_quantizer() -> None:
 
     InsertLoggersPass(make, ["relu", "conv1", "module_cat"], log_inputs=True)(gm)
     out = {s.layer: s for s in sites if s.results_type == "node_output"}
-    assert out["relu"].value_node == "relu_output_quantizer" and out["relu"].op_node == "relu"
+    # the value is taken after the output quantizer, but reported as the layer's (torch.ao.ns's
+    # prev_node_name / prev_node_target_type: what computed it, never the quantizer)
+    assert out["relu"].value_node == "relu" and out["relu"].op_node == "relu"
     assert out["conv1"].value_node == "conv1"  # fused into conv1 -> relu: no quantizer
-    assert out["relu"].value_type.endswith("AffineQuantizer")
+    assert out["relu"].value_type == "torch.nn.modules.activation.ReLU"
+    inputs = {(s.layer, s.index_of_arg, s.index_within_arg): s for s in sites
+              if s.results_type == "node_input"}
+    # relu's input is conv1's output; cat's second input is conv3's (through its quantizer)
+    assert inputs[("relu", 0, 0)].value_type == "torch.nn.modules.conv.Conv2d"
+    assert inputs[("module_cat", 0, 1)].value_node == "conv3"
     cat_inputs = [(s.index_of_arg, s.index_within_arg) for s in sites
                   if s.layer == "module_cat" and s.results_type == "node_input"]
     assert cat_inputs == [(0, 0), (0, 1)]
@@ -104,3 +111,36 @@ def test_errors_name_the_culprit() -> None:
         InsertLoggersPass(Recorder, "conv1")
     assert repr(InsertLoggersPass(Recorder, ["a"], log_inputs=True)) == \
         "InsertLoggersPass(layers=[1 names], log_inputs=True)"
+
+
+class _SeesInputs(nn.Module):
+    _is_impure = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple] = []
+
+    def forward(self, *inputs):
+        self.seen.append(tuple(i.clone() if isinstance(i, torch.Tensor) else i for i in inputs))
+
+
+class _TwoInputs(nn.Module):
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x + 1.0) * y
+
+
+def test_an_input_observer_sees_every_input_before_anything_runs() -> None:
+    from fxquant.passes.insert_loggers import add_input_observer
+
+    gm = fxquant.prepare_model(_TwoInputs())
+    observer = _SeesInputs()
+    node = add_input_observer(gm, "ns_loggers.call_clock", observer)
+    gm.graph.eliminate_dead_code()
+    gm.recompile()
+    assert node in logger_nodes(gm) and _meta.get(node, _meta.LOGS) == "calls"
+    assert [n.op for n in gm.graph.nodes][:3] == ["placeholder", "placeholder", "call_module"]
+    x, y = torch.zeros(3), torch.full((3,), 2.0)
+    out = gm(x.clone(), y)
+    assert torch.equal(out, torch.full((3,), 2.0))
+    (seen,) = observer.seen
+    assert torch.equal(seen[0], x) and torch.equal(seen[1], y)
