@@ -8,7 +8,10 @@ Example:
 """
 from __future__ import annotations
 
-from fxquant.batch_norm_fold import fold_all_batch_norms
+from fxquant.batch_norm_fold import fold_all_batch_norms, fold_all_batch_norms_to_scale
+from fxquant.bn_reestimation import reestimate_bn_stats
+from fxquant.core.callbacks import CallbackFunc
+from fxquant.core.onnx_args import OnnxExportApiArgs
 from fxquant.errors import (CalibrationError, ConfigError, DataDependentError, FileWriteError,
                             FxQuantError, OutputExistsError, PassError, TraceError)
 from fxquant.export import export_onnx
@@ -16,17 +19,20 @@ from fxquant.export.errors import ExportError
 from fxquant.layer_outputs import (LayerOutputDump, LayerOutputUtil, NamingScheme,
                                    compare_layer_outputs)
 from fxquant.layer_outputs.errors import (DumpExistsError, DumpFormatError, DumpWriteError,
-                                          LayerOutputError)
+                                          InputInstanceError, LayerOutputError)
+from fxquant import onnx  # fxquant.onnx; elsewhere `import onnx` is the onnx package
 from fxquant import numeric_suite
 from fxquant import ns
 from fxquant.model_preparer import prepare_model
 from fxquant.core.report import ComparisonReport
 from fxquant.numeric_suite import compare
+from fxquant.numeric_suite.errors import NoMatchingLayersError, NumericSuiteError, PairingError
 from fxquant.passes import (FoldBatchNormPass, InsertLoggersPass, InsertQuantizersPass,
                             InsertShadowsPass, Pass, PassResult, PrepareModelPass,
                             RemoveQuantizersPass, Sequential)
 from fxquant.passes.fold_batchnorm import BatchNormFoldError
 from fxquant.quantsim.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from fxquant.quantsim.checkpoint import EncodingsFileError, load_encodings_to_sim
 from fxquant.quantsim.quant_scheme import QuantizationDataType, QuantScheme
 from fxquant.quantsim.quantsim import QuantizationSimModel
 from fxquant.tracing import PH, AutoLeaf, Specialization, auto_leaves, specializations, trace
@@ -37,6 +43,7 @@ __all__ = [
     "AutoLeaf",
     "BatchNormFoldError",
     "CalibrationError",
+    "CallbackFunc",
     "CheckpointError",
     "ComparisonReport",
     "ConfigError",
@@ -44,10 +51,15 @@ __all__ = [
     "DumpExistsError",
     "DumpFormatError",
     "DumpWriteError",
+    "EncodingsFileError",
     "ExportError",
     "FileWriteError",
     "FoldBatchNormPass",
     "FxQuantError",
+    "NoMatchingLayersError",
+    "NumericSuiteError",
+    "PairingError",
+    "InputInstanceError",
     "InsertLoggersPass",
     "InsertQuantizersPass",
     "InsertShadowsPass",
@@ -55,6 +67,7 @@ __all__ = [
     "LayerOutputError",
     "LayerOutputUtil",
     "NamingScheme",
+    "OnnxExportApiArgs",
     "OutputExistsError",
     "PH",
     "Pass",
@@ -73,10 +86,13 @@ __all__ = [
     "compare_layer_outputs",
     "export_onnx",
     "fold_all_batch_norms",
+    "fold_all_batch_norms_to_scale",
     "load_checkpoint",
+    "load_encodings_to_sim",
     "ns",
     "numeric_suite",
     "prepare_model",
+    "reestimate_bn_stats",
     "save_checkpoint",
     "specializations",
     "trace",

@@ -17,7 +17,10 @@ PUBLIC = {
     "DataDependentError", "Specialization", "specializations", "OutputExistsError",
     "FileWriteError", "LayerOutputError", "DumpExistsError", "DumpWriteError", "DumpFormatError",
     "ComparisonReport", "compare", "ns", "numeric_suite", "LayerOutputDump", "LayerOutputUtil",
-    "NamingScheme", "compare_layer_outputs",
+    "NamingScheme", "compare_layer_outputs", "CallbackFunc", "OnnxExportApiArgs",
+    "NumericSuiteError", "NoMatchingLayersError", "PairingError", "EncodingsFileError",
+    "load_encodings_to_sim", "InputInstanceError", "reestimate_bn_stats",
+    "fold_all_batch_norms_to_scale",
 }
 
 
