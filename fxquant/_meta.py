@@ -32,6 +32,11 @@ HANDLE = "handle"
 SOURCE = "source"
 ROLE = "role"
 LAYER_NAME = "layer_name"
+#: The name AIMET's ``prepare_model`` gives the same layer when it differs from ours (a module
+#: made from a functional: ``<scope>.module_<fx node name>``, e.g. ``layer4.0.module_add_6``; a
+#: split call of a reused module: ``<parent>.module_<child>_<k>``), written by the preparer so that
+#: files keyed by AIMET's layer names (``<prefix>_torch.encodings``) load.
+AIMET_NAME = "aimet_name"
 
 QUANTIZES = "quantizes"
 LOGS = "logs"

@@ -19,13 +19,15 @@ from torch.fx.passes.shape_prop import ShapeProp
 from fxquant import _meta
 from fxquant.core.encoding import QuantEncoding, quant_range
 from fxquant.core.layers import is_layer, layer_name, output_quantizer_node, param_quantizers
+from fxquant.model_resolution import private_copy
 from fxquant.passes.fold_batchnorm import BatchNormFoldError, FoldBatchNormPass
 from fxquant.quantsim.encoding_analyzer import get_encoding_analyzer
 from fxquant.quantsim.quantizer import AffineQuantizer, QuantizerBase
 from fxquant.passes.prepare import PrepareModelPass
 from fxquant.tracing import trace
 
-__all__ = ["FoldedPair", "fold_all_batch_norms", "fold_all_batch_norms_to_scale", "folded_names"]
+__all__ = ["FoldedPair", "fold_all_batch_norms", "fold_all_batch_norms_to_scale",
+           "fold_given_batch_norms", "folded_names"]
 
 logger = logging.getLogger(__name__)
 
@@ -109,18 +111,77 @@ def fold_all_batch_norms(model: nn.Module,
         >>> conv is model.conv1, pairs[0].names
         (True, ('conv1', 'bn1'))
     """
+    return _fold(model, input_shapes, dummy_input, "fold_all_batch_norms")
+
+
+def fold_given_batch_norms(model: nn.Module, layer_pairs: Sequence[tuple[nn.Module, nn.Module]],
+                           input_shapes: Sequence[int] | Sequence[Sequence[int]] | None = None,
+                           dummy_input: Any = None) -> list[FoldedPair]:
+    """Folds the given ``(layer, bn)`` (or ``(bn, layer)``) pairs of ``model``, in place (AIMET's
+    ``batch_norm_fold.fold_given_batch_norms``).
+
+    The pairs are checked against the model's graph first: each BN must directly follow its
+    layer (or, for ``(bn, layer)``, directly precede a layer it can be folded forward into). If
+    any pair cannot be folded, nothing is changed and the error names every such pair.
+
+    Args:
+        model: an ``nn.Module`` or ``torch.fx.GraphModule`` in eval mode.
+        layer_pairs: ``[(conv_or_linear, bn), ...]`` modules of ``model``, as AIMET takes them.
+        input_shapes: as in :func:`fold_all_batch_norms`.
+        dummy_input: as in :func:`fold_all_batch_norms`.
+
+    Returns:
+        The folds made (:class:`FoldedPair`), in the model's order.
+
+    Raises:
+        BatchNormFoldError: the model is in training mode, a module of a pair is not part of
+            ``model``, a pair holds no BatchNorm, or a pair cannot be folded (named).
+
+    Example:
+        >>> layer_list = [(model.conv1, model.bn1), (model.layer1[0].conv1, model.layer1[0].bn1)]
+        >>> fold_given_batch_norms(model, layer_list)[0].names
+        ('conv1', 'bn1')
+    """
+    names = {id(m): n for n, m in model.named_modules()}
+    wanted: list[tuple[str, str]] = []
+    for i, pair in enumerate(layer_pairs):
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise BatchNormFoldError(f"layer_pairs[{i}] must be a (layer, bn) pair of modules, "
+                                     f"got {type(pair).__qualname__}")
+        missing = [type(m).__name__ for m in pair if id(m) not in names]
+        if missing:
+            raise BatchNormFoldError(f"layer_pairs[{i}]: {missing} is not a submodule of "
+                                     f"{type(model).__name__}; pass modules of the model itself")
+        first, second = pair
+        if isinstance(first, _BN) == isinstance(second, _BN):
+            raise BatchNormFoldError(
+                f"layer_pairs[{i}] ({names[id(first)]!r}, {names[id(second)]!r}) must hold one "
+                "BatchNorm and one Conv/ConvTranspose/Linear")
+        bn, layer = (first, second) if isinstance(first, _BN) else (second, first)
+        wanted.append((names[id(layer)], names[id(bn)]))
+    return _fold(model, input_shapes, dummy_input, "fold_given_batch_norms", only=wanted)
+
+
+def _fold(model: nn.Module, input_shapes: Any, dummy_input: Any, api: str,
+          only: list[tuple[str, str]] | None = None) -> list[FoldedPair]:
+    """The fold behind both APIs; ``only`` limits it to these (layer path, bn path) pairs and
+    refuses (before any change) when one of them cannot fold."""
     if not isinstance(model, nn.Module):
-        raise TypeError(f"fold_all_batch_norms expects a torch.nn.Module, "
-                        f"got {type(model).__qualname__}")
+        raise TypeError(f"{api} expects a torch.nn.Module, got {type(model).__qualname__}")
     if model.training:
         raise BatchNormFoldError(
             f"{type(model).__name__} is in training mode; folding needs eval-mode batch-norm "
-            "statistics. Call model.eval() before fold_all_batch_norms.")
+            f"statistics. Call model.eval() before {api}.")
+    wanted_bns = None if only is None else {bn for _, bn in only}
     if isinstance(model, torch.fx.GraphModule):
         _shape_prop(model, input_shapes, dummy_input)
         bns = {str(n.target): model.get_submodule(str(n.target))
                for n in model.graph.nodes if n.op == "call_module"}
-        folded = FoldBatchNormPass()(model).details["folded"]
+        skip = frozenset() if wanted_bns is None else frozenset(set(bns) - wanted_bns)
+        if only is not None:  # dry run on a copy: refuse before changing anything
+            trial = FoldBatchNormPass(skip=skip)(private_copy(model)).details["folded"]
+            _check_folded(only, trial, api)
+        folded = FoldBatchNormPass(skip=skip)(model).details["folded"]
         return [FoldedPair(model.get_submodule(layer), bns[bn], layer, bn)
                 for layer, bn in folded]
     gm = trace(model)
@@ -129,13 +190,31 @@ def fold_all_batch_norms(model: nn.Module,
     _shape_prop(gm, input_shapes, dummy_input)
     before = {str(n.target): gm.get_submodule(str(n.target))
               for n in gm.graph.nodes if n.op == "call_module"}
-    folded = list(FoldBatchNormPass(skip=frozenset(split_bns))(gm).details["folded"])
+    skip = set(split_bns)
+    if wanted_bns is not None:
+        skip |= {name for name, m in before.items() if isinstance(m, _BN)} - wanted_bns
+    folded = list(FoldBatchNormPass(skip=frozenset(skip))(gm).details["folded"])
+    if only is not None:  # the pass works on copies of the layers: the model is still unchanged
+        _check_folded(only, folded, api)
     owners = {id(p): m for m in model.modules() for p in m.parameters(recurse=False)}
     _write_back(model, gm, before, folded)
     # the layer AIMET returns is the user's module that owns the folded weight (a prepared
     # wrapper of a functional conv shares it)
     return [FoldedPair(owners.get(id(before[layer].weight), before[layer]), before[bn], layer, bn)
             for layer, bn in folded]
+
+
+def _check_folded(wanted: list[tuple[str, str]], folded: Sequence[tuple[str, str]],
+                  api: str) -> None:
+    done = {(layer, bn) for layer, bn in folded}
+    failed = [pair for pair in wanted if pair not in done]
+    if failed:
+        raise BatchNormFoldError(
+            f"{api}: cannot fold {len(failed)} pair(s): {failed[:10]}; a BN folds into the "
+            "Conv/ConvTranspose/Linear whose output it alone consumes (or, forward, into a "
+            "layer without padding and groups=1 that alone consumes the BN's output). Nothing "
+            "was changed; pass only pairs that are adjacent in the model's forward, or use "
+            "fold_all_batch_norms")
 
 
 def _shape_prop(gm: torch.fx.GraphModule, input_shapes: Any, dummy_input: Any) -> None:
@@ -193,7 +272,8 @@ _CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 _LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, *_CONV_T, nn.Linear)
 
 
-def fold_all_batch_norms_to_scale(sim: Any) -> list[FoldedPair]:
+def fold_all_batch_norms_to_scale(sim: Any, input_shapes: Any = None,
+                                  dummy_input: Any = None) -> list[FoldedPair]:
     """Folds the batch norms a sim kept into the preceding layers and their weight quantizers.
 
     AIMET's QAT-with-BN flow: a sim built on a training-mode model keeps its BNs; after training
@@ -211,6 +291,10 @@ def fold_all_batch_norms_to_scale(sim: Any) -> list[FoldedPair]:
 
     Args:
         sim: a ``QuantizationSimModel`` (``sim.model`` is changed in place).
+        input_shapes: accepted for AIMET 1.x code (``fold_all_batch_norms_to_scale(sim,
+            input_shapes=(1, 3, 224, 224))``) and not needed: the sim's graph already knows its
+            shapes. Ignored.
+        dummy_input: likewise accepted and ignored.
 
     Returns:
         ``[(layer module, bn module), ...]`` of the folds made (:class:`FoldedPair`).
@@ -227,6 +311,7 @@ def fold_all_batch_norms_to_scale(sim: Any) -> list[FoldedPair]:
         >>> pairs[0].names
         ('conv1', 'bn1')
     """
+    del input_shapes, dummy_input  # AIMET 1.x arguments; the sim's graph has its shapes
     gm = getattr(sim, "model", None)
     if not isinstance(gm, torch.fx.GraphModule):
         raise TypeError(f"fold_all_batch_norms_to_scale expects a QuantizationSimModel (with a "

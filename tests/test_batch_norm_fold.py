@@ -179,3 +179,44 @@ def test_aimet_qat_with_bn_flow_then_export_names(tmp_path) -> None:
     assert {"conv1.weight", "conv2.weight", "fc.weight", "fc", "x"} <= names
     assert not any(n.startswith("bn") for n in names)
     assert fxquant.fold_all_batch_norms(sim.model) == []  # no BN left for the float fold
+
+
+# -- fold_given_batch_norms (AIMET's manual fold) -------------------------------------------------
+def test_fold_given_batch_norms_folds_the_pairs_given_in_either_order() -> None:
+    from fxquant.batch_norm_fold import fold_given_batch_norms
+
+    model = randomize_batch_norms(Net()).eval()
+    reference = randomize_batch_norms(Net()).eval()
+    reference.load_state_dict(model.state_dict())
+    pairs = fold_given_batch_norms(model, [(model.bn1, model.conv1)])   # (bn, layer) accepted
+    assert [p.names for p in pairs] == [("conv1", "bn1")]
+    assert isinstance(model.bn1, nn.Identity) and isinstance(model.bn2, nn.BatchNorm2d)
+    x = torch.randn(2, 3, 10, 10)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x), rtol=1e-5, atol=1e-5)
+
+
+def test_fold_given_batch_norms_refuses_bad_pairs_and_changes_nothing() -> None:
+    from fxquant.batch_norm_fold import fold_given_batch_norms
+
+    model = randomize_batch_norms(Net()).eval()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(fxquant.BatchNormFoldError,
+                       match=r"cannot fold 1 pair\(s\): \[\('conv1', 'bn2'\)\].*Nothing was changed"):
+        fold_given_batch_norms(model, [(model.conv2, model.bn2), (model.conv1, model.bn2)])
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert isinstance(model.bn2, nn.BatchNorm2d)
+    with pytest.raises(fxquant.BatchNormFoldError, match=r"is not a submodule of Net"):
+        fold_given_batch_norms(model, [(nn.Conv2d(1, 1, 1), model.bn1)])
+    with pytest.raises(fxquant.BatchNormFoldError, match=r"must hold one BatchNorm and one Conv"):
+        fold_given_batch_norms(model, [(model.conv1, model.conv2)])
+    with pytest.raises(fxquant.BatchNormFoldError, match=r"must be a \(layer, bn\) pair"):
+        fold_given_batch_norms(model, [model.conv1])
+    with pytest.raises(fxquant.BatchNormFoldError, match=r"training mode.*fold_given_batch_norms"):
+        fold_given_batch_norms(model.train(), [(model.conv1, model.bn1)])
+
+
+def test_fold_to_scale_accepts_aimet_1x_input_shapes() -> None:
+    sim, x = _sim()
+    pairs = fold_all_batch_norms_to_scale(sim, input_shapes=(1, 3, 224, 224))
+    assert pairs and not any(isinstance(m, nn.BatchNorm2d) for m in sim.model.modules())

@@ -23,7 +23,7 @@ from fxquant import _meta
 
 __all__ = ["is_layer", "layer_name", "layer_nodes", "iter_layers", "output_quantizer_node",
            "input_quantizer_nodes", "quantizer_nodes", "param_quantizers", "has_quantizers",
-           "type_name"]
+           "type_name", "aimet_layer_names"]
 
 
 def is_layer(node: torch.fx.Node) -> bool:
@@ -65,6 +65,23 @@ def layer_nodes(gm: torch.fx.GraphModule) -> dict[str, torch.fx.Node]:
     out: dict[str, torch.fx.Node] = {}
     for name, node in iter_layers(gm):
         out.setdefault(name, node)
+    return out
+
+
+def aimet_layer_names(gm: torch.fx.GraphModule) -> dict[str, str]:
+    """``{AIMET's layer name: canonical layer name}`` for the layers AIMET's ``prepare_model``
+    names differently (modules made from functionals, split calls of reused modules); files keyed
+    by AIMET's layer names (``<prefix>_torch.encodings``) are read through it.
+
+    Example:
+        >>> aimet_layer_names(fxquant.prepare_model(resnet18))["layer4.0.module_add_6"]
+        'layer4.0.module_add'
+    """
+    out: dict[str, str] = {}
+    for name, node in iter_layers(gm):
+        aimet = _meta.get(node, _meta.AIMET_NAME)
+        if aimet and aimet != name:
+            out.setdefault(aimet, name)
     return out
 
 

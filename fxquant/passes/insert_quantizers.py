@@ -241,8 +241,9 @@ class InsertQuantizersPass(Pass):
                      ) -> tuple[set[torch.fx.Node], dict[torch.fx.Node, tuple[torch.fx.Node, ...]]]:
         """Supergroups (AIMET's rule): the ops of a matched chain are fused on target, so every op
         but the last has no output quantizer and every op but the first has no input quantizer
-        on the edge from the previous op. Returns (nodes whose output is fused, {node: inputs
-        whose quantizer is fused away})."""
+        on the edge from the previous op. As in AIMET, a chain never starts at a depthwise or 3-D
+        convolution (AIMET's target does not fuse those: their outputs stay quantized). Returns
+        (nodes whose output is fused, {node: inputs whose quantizer is fused away})."""
         fused: set[torch.fx.Node] = set()
         fused_inputs: dict[torch.fx.Node, tuple[torch.fx.Node, ...]] = {}
 
@@ -253,7 +254,7 @@ class InsertQuantizersPass(Pass):
 
         for node in gm.graph.nodes:
             first = op_type(node)
-            if first is None:
+            if first is None or _never_fused(modules[str(node.target)]):
                 continue
             for group in self.policy.supergroups:
                 if len(group) < 2 or group[0] != first:
@@ -291,3 +292,14 @@ class InsertQuantizersPass(Pass):
                     and self.policy.op_type(modules[str(src.target)]) in _FOLDS_INTO):
                 found.add(node)
         return found
+
+
+def _never_fused(module: nn.Module) -> bool:
+    """Whether a supergroup may not start at ``module``: a depthwise convolution (one input
+    channel per group) or a 3-D convolution, which AIMET's supergroup matching rejects."""
+    if isinstance(module, (nn.Conv3d, nn.ConvTranspose3d)):
+        return True
+    if isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1:
+        return module.in_channels == module.groups
+    return False
+

@@ -162,8 +162,11 @@ class PrepareModelPass(Pass):
             name = _unique_name(f"{scope}.module_{kind}" if scope else f"module_{kind}", used_names)
             used_names.add(name)
             gm.add_submodule(name, module)
-            _replace_with_module(gm, node, name, module)
-            converted.append((node.name, name))
+            traced_name = node.name
+            new = _replace_with_module(gm, node, name, module)
+            _meta.set(new, _meta.AIMET_NAME,
+                      f"{scope}.module_{traced_name}" if scope else f"module_{traced_name}")
+            converted.append((traced_name, name))
         split = self._split_reused(gm, used_names)
         removed = _erase_dead_attrs(gm)
         named = _name_layers(gm)
@@ -195,6 +198,9 @@ class PrepareModelPass(Pass):
             gm.add_submodule(name, clone)
             node.target = name
             _meta.set(node, _meta.MODULE_PATH, name)
+            parent, _, child = target.rpartition(".")
+            aimet = f"module_{child}_{node.name.rsplit('_', 1)[-1]}"  # AIMET's reused-call name
+            _meta.set(node, _meta.AIMET_NAME, f"{parent}.{aimet}" if parent else aimet)
             split.append((target, name))
         return split
 
@@ -381,7 +387,7 @@ def _module_for(gm: torch.fx.GraphModule, node: torch.fx.Node) -> nn.Module | No
 
 
 def _replace_with_module(gm: torch.fx.GraphModule, node: torch.fx.Node, name: str,
-                         module: nn.Module) -> None:
+                         module: nn.Module) -> torch.fx.Node:
     if isinstance(module, fxnn.FunctionalModule):
         args, kwargs = node.args, node.kwargs
     elif isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
@@ -397,6 +403,7 @@ def _replace_with_module(gm: torch.fx.GraphModule, node: torch.fx.Node, name: st
     new.meta["nn_module_stack"][name] = (name, type(module))
     node.replace_all_uses_with(new)
     gm.graph.erase_node(node)
+    return new
 
 
 def _erase_dead_attrs(gm: torch.fx.GraphModule) -> list[str]:

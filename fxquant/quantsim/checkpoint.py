@@ -32,6 +32,8 @@ from torch import Tensor, nn
 from fxquant.core import files
 from fxquant.core.encoding import FloatEncoding, QuantEncoding, encoding_problem, quant_range
 from fxquant.core.jsonpath import JsonValidator, join, show
+from fxquant import _meta
+from fxquant.core.layers import aimet_layer_names, iter_layers
 from fxquant.errors import ConfigError, FxQuantError
 from fxquant.export.encodings_file import (EncodingsFileError, read_encodings, target_layouts,
                                            torch_names)
@@ -504,7 +506,10 @@ def load_encodings_to_sim(sim: QuantizationSimModel,
 
     Both files of ``sim.export()`` are accepted: ``<prefix>_torch.encodings`` (keyed by torch
     module/parameter names) and ``<prefix>.encodings`` (ONNX tensor names; versions 1.0.0, 0.6.1,
-    2.0.0). Every entry is validated before anything is installed: encodings as strictly as
+    2.0.0). A ``_torch.encodings`` file that aimet-torch exported loads too: its layer names
+    from AIMET's ``prepare_model`` (``layer4.0.module_add_6``, ``layer1.0.module_relu_1``) are
+    read as the same layers of ours (:func:`fxquant.core.layers.aimet_layer_names`). Every entry
+    is validated before anything is installed: encodings as strictly as
     calibration's (:func:`fxquant.core.encoding.encoding_problem`), per-channel counts and axes
     against the quantizer's tensor, bit widths against the quantizer kind. int32 bias entries are
     skipped (biases follow their input and weight scales).
@@ -536,6 +541,18 @@ def load_encodings_to_sim(sim: QuantizationSimModel,
             if getattr(r.quantizer, "axis", None) is not None}
     layouts = target_layouts(sim)
     by_key = {key: name for name, keys in torch_names(sim).items() for key in keys}
+    # AIMET's preparer names some layers differently (layer4.0.module_add_6 for our
+    # layer4.0.module_add): a file AIMET exported is keyed by those names
+    ours_to_aimet = {ours: aimet for aimet, ours in aimet_layer_names(sim.model).items()}
+    for (layer, io, i), name in list(by_key.items()):
+        if layer in ours_to_aimet:
+            by_key.setdefault((ours_to_aimet[layer], io, i), name)
+    # AIMET may list a tensor twice, as its producer's output and as a consumer's input (both
+    # enabled, one encoding); here it is quantized once, by the producer's output quantizer
+    for (layer, i), name in _inputs_quantized_upstream(sim).items():
+        by_key.setdefault((layer, "input", i), name)
+        if layer in ours_to_aimet:
+            by_key.setdefault((ours_to_aimet[layer], "input", i), name)
     found: dict[str, str] = {}
     encodings = read_encodings(path, axes=axes, layouts=layouts, torch_names=by_key, found=found,
                                param_names=[n for n, r in refs.items() if r.kind == "param"],
@@ -590,6 +607,18 @@ def load_encodings_to_sim(sim: QuantizationSimModel,
     if chosen:
         sim._encodings_computed = True
     return list(chosen)
+
+
+def _inputs_quantized_upstream(sim: QuantizationSimModel) -> dict[tuple[str, int], str]:
+    """``{(layer, input index): output quantizer}`` for layer inputs that an output quantizer of
+    the layer before quantizes (the edge has no input quantizer of its own)."""
+    out: dict[tuple[str, int], str] = {}
+    for name, node in iter_layers(sim.model):
+        for i, arg in enumerate(node.all_input_nodes):
+            if (_meta.get(arg, _meta.ROLE) == _meta.ROLE_QUANTIZER
+                    and _meta.get(arg, _meta.QUANTIZES) == _meta.QUANTIZES_OUTPUT):
+                out[(name, i)] = _meta.get(arg, _meta.LAYER_NAME)
+    return out
 
 
 def _device_of(module: nn.Module) -> torch.device:

@@ -107,12 +107,14 @@ class QuantizationSimModel:
         quantize_bias: simulate int32 bias (scale = input scale × weight scale) as integer
             targets do, for biases the config leaves unquantized (a bias the config quantizes,
             ``params.bias.is_quantized: "True"``, gets a parameter quantizer as in AIMET).
+        rounding_mode: AIMET 1.x's argument (keyword only here); only ``"nearest"`` (round half
+            to even, as ONNX QuantizeLinear) is supported.
 
     Raises:
         TypeError: ``model`` is not an ``nn.Module``.
         ValueError: ``dummy_input`` does not fit the model's forward (the message shows it).
-        ConfigError: bad bit width, scheme or config (the message names the valid values), or
-            the model is on the ``meta`` device (the message says how to give it real weights).
+        ConfigError: bad bit width, scheme, rounding mode or config (the message names the
+            valid values), or the model is on the ``meta`` device (the message says how to give it real weights).
         TraceError: the model or a submodule is a TorchScript module (pass the original
             ``nn.Module``).
 
@@ -128,10 +130,16 @@ class QuantizationSimModel:
                  default_output_bw: int = 8, default_param_bw: int = 8, in_place: bool = False,
                  config_file: Any = None,
                  default_data_type: QuantizationDataType | str = QuantizationDataType.int, *,
-                 fold_batch_norms: bool = True, quantize_bias: bool | None = None) -> None:
+                 fold_batch_norms: bool = True, quantize_bias: bool | None = None,
+                 rounding_mode: str = "nearest") -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"QuantizationSimModel expects a torch.nn.Module, "
                             f"got {type(model).__qualname__}")
+        if rounding_mode != "nearest":
+            raise ConfigError(
+                f"rounding_mode={rounding_mode!r} is not supported; valid values: 'nearest' "
+                "(round half to even, what ONNX QuantizeLinear and integer targets do; AIMET's "
+                "'stochastic' rounding has no target equivalent)")
         self.settings = QuantSimSettings(
             quant_scheme=QuantScheme.parse(quant_scheme), default_output_bw=default_output_bw,
             default_param_bw=default_param_bw,

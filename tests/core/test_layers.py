@@ -66,3 +66,19 @@ def test_float_model_after_removing_quantizers_has_the_same_layers() -> None:
     assert list(layers.layer_nodes(float_gm)) == list(layers.layer_nodes(sim.model))
     assert not layers.has_quantizers(float_gm)
     assert layers.has_quantizers(sim.model)
+
+
+def test_aimet_layer_names_follow_aimets_preparer() -> None:
+    """AIMET 2.42's prepare_model names a module made from a functional after the traced node
+    (``module_add_6``: the seventh add of the model) and a split call of a reused module
+    ``module_<name>_<k>`` (names seen in its log for resnet18)."""
+    gm = fxquant.prepare_model(torchvision.models.resnet18(weights=None).eval())
+    aliases = layers.aimet_layer_names(gm)
+    assert aliases["layer1.1.module_add_1"] == "layer1.1.module_add"
+    assert aliases["layer4.0.module_add_6"] == "layer4.0.module_add"
+    assert aliases["layer3.1.module_relu_1"] == "layer3.1.relu_1"
+    assert "layer1.0.module_add" not in aliases           # the same name in both: no alias
+    assert "conv1" not in aliases and "module_flatten" not in aliases
+    assert len(aliases) == 15                            # 7 adds after the first, 8 relu splits
+    # kept by the preparer's idempotence: preparing the prepared model changes nothing
+    assert layers.aimet_layer_names(fxquant.prepare_model(gm)) == aliases

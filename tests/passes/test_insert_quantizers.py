@@ -161,3 +161,43 @@ def test_layer_input_quantizers_and_the_model_output_on_resnet18() -> None:
 def test_a_policy_without_the_optional_methods_gets_no_layer_inputs() -> None:
     result = _quantized(torchvision.models.resnet18(), torch.randn(1, 3, 64, 64))
     assert result.details["layer_inputs"] == []
+
+
+def test_supergroups_never_start_at_a_depthwise_or_3d_conv() -> None:
+    """AIMET's rule: a supergroup match is rejected when its first op is a depthwise conv or a
+    3-D conv (its target does not fuse them), so their outputs stay quantized."""
+    from fxquant.quantsim.quantsim import QuantizationSimModel
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(4, 4, 3, padding=1)               # regular: fused
+            self.act = nn.ReLU6()
+            self.dw = nn.Conv2d(4, 4, 3, padding=1, groups=4)       # depthwise: not fused
+            self.act2 = nn.ReLU6()
+            self.grouped = nn.Conv2d(4, 4, 3, padding=1, groups=2)  # grouped, not depthwise
+            self.act3 = nn.ReLU6()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.act3(self.grouped(self.act2(self.dw(self.act(self.conv(x))))))
+
+    cfg = {"defaults": {"ops": {"is_output_quantized": "True"},
+                        "params": {"is_quantized": "True"}},
+           "params": {}, "op_type": {}, "supergroups": [{"op_list": ["Conv", "Clip"]}],
+           "model_input": {}, "model_output": {}}
+    sim = QuantizationSimModel(Net().eval(), torch.randn(1, 4, 6, 6), config_file=cfg)
+    outputs = {r.name for r in sim.quantizers() if r.kind == "output"}
+    assert outputs == {"act", "dw", "act2", "act3"}
+
+    class Net3d(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv3d(2, 2, 1)
+            self.act = nn.ReLU()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.act(self.conv(x))
+
+    cfg["supergroups"] = [{"op_list": ["Conv", "Relu"]}]
+    sim = QuantizationSimModel(Net3d().eval(), torch.randn(1, 2, 3, 3, 3), config_file=cfg)
+    assert {r.name for r in sim.quantizers() if r.kind == "output"} == {"conv", "act"}

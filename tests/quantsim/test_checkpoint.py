@@ -451,3 +451,62 @@ def test_sim_load_encodings_checks_per_channel_counts_naming_the_file(exported, 
     with pytest.raises(EncodingsFileError, match=re.escape(f"encodings file {path}: param_encodings[")
                        + r"\d\]\.scale: expected 4 per-channel scales for this quantizer, got 3"):
         QuantizationSimModel(_net(), X[:1]).load_encodings(path)
+
+
+class _Residual(nn.Module):
+    """conv1 → relu → conv2, added to relu's output, relu again (a reused module), fc."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.relu(self.conv1(x))
+        b = self.relu(self.conv2(a) + a)
+        return self.fc(b.mean((2, 3)))
+
+
+def test_a_torch_encodings_file_in_aimets_names_loads(tmp_path) -> None:
+    """aimet-torch's ``_torch.encodings`` keys its own preparer's layer names (``module_relu_1``
+    for our ``relu_1``), and lists a tensor that one layer's output quantizer and the next
+    layer's input quantizer both quantize under both (one encoding). Both load into the one
+    quantizer fxquant has for that tensor."""
+    import json
+    from pathlib import Path
+
+    import fxquant
+    from fxquant.core.layers import aimet_layer_names
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 8, 8)
+    sim = QuantizationSimModel(_Residual().eval(), x, quant_scheme="tf")
+    sim.compute_encodings(lambda m: m(x))
+    files = sim.export(str(tmp_path), "net", x[:1])
+    data = json.loads(Path(files["torch_encodings"]).read_text())
+    ours_to_aimet = {ours: aimet for aimet, ours in aimet_layer_names(sim.model).items()}
+    assert ours_to_aimet == {"relu_1": "module_relu_1"}
+    renamed = {ours_to_aimet.get(layer, layer): ios
+               for layer, ios in data["activation_encodings"].items()}
+    assert "module_relu_1" in renamed and "relu_1" not in renamed
+    relu_out = renamed["relu"]["output"]["0"]            # relu's output also feeds conv2
+    renamed.setdefault("conv2", {})["input"] = {"0": relu_out}
+    data["activation_encodings"] = renamed
+    path = tmp_path / "aimet_named_torch.encodings"
+    path.write_text(json.dumps(data))
+    fresh = QuantizationSimModel(_Residual().eval(), x, quant_scheme="tf")
+    fresh.model.load_state_dict(sim.model.state_dict())
+    loaded = fxquant.load_encodings_to_sim(fresh, str(path))
+    assert sorted(loaded) == sorted(r.name for r in sim.quantizers() if r.quantizer.enabled)
+    with torch.no_grad():
+        assert torch.equal(fresh.model(x), sim.model(x))
+    # the same tensor given two different encodings is refused, naming the entry
+    renamed["conv2"]["input"] = {"0": dict(relu_out, scale=relu_out["scale"] * 2,
+                                           min=relu_out["min"] * 2, max=relu_out["max"] * 2)}
+    path.write_text(json.dumps(data))
+    with pytest.raises(fxquant.EncodingsFileError,
+                       match=r'aimet_named_torch.encodings: activation_encodings.conv2.input'
+                             r'\["0"\]: the quantizer \'relu\' is given two different encodings'):
+        fxquant.load_encodings_to_sim(fresh, str(path))

@@ -295,3 +295,12 @@ def test_export_accepts_aimet_onnx_export_api_args(tmp_path) -> None:
                                                   r"fxquant names the ONNX inputs"):
         sim.export(str(tmp_path / "b"), "tiny", torch.randn(1, 1, 8, 8),
                    onnx_export_args=fxquant.OnnxExportApiArgs(input_names=["in"]))
+
+
+def test_rounding_mode_nearest_is_accepted_and_stochastic_refused() -> None:
+    x = torch.randn(1, 1, 8, 8)
+    sim = QuantizationSimModel(_TinyNet().eval(), x, rounding_mode="nearest")  # AIMET 1.x's call
+    assert sim.quantizers()
+    with pytest.raises(fxquant.ConfigError,
+                       match=r"rounding_mode='stochastic' is not supported; valid values: 'nearest'"):
+        QuantizationSimModel(_TinyNet().eval(), x, rounding_mode="stochastic")
