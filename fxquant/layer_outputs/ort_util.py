@@ -14,7 +14,11 @@ for a quantized tensor ``t`` is its *dequantized* value, under the float graph's
 float value itself and the Q/DQ intermediates are not dumped. fxquant's QDQ export is recognised
 by its names (``t/q``, ``t/dq``, ``t/float`` for graph outputs, ``t/clipped`` …), other QDQ models
 by their ``QuantizeLinear → DequantizeLinear`` pairs (named after the QuantizeLinear's input).
-A dequantized model input (``x/dq``) is dumped as ``x``.
+
+Model inputs are dumped first, under their names, as the torch-side util records them: a quantized
+model input (``x/dq``) as its dequantized value, any other (a float model's, or one the sim does
+not quantize) as it was fed. So the dumps of a float model, its sim, ``<prefix>.onnx`` and
+``<prefix>_qdq.onnx`` have the same names.
 
 Note: the added graph outputs keep ONNX Runtime from fusing across them; for a QDQ model the
 values are those of the QDQ graph evaluated op by op. Compare a sim with ``ORT_DISABLE_ALL``
@@ -71,15 +75,25 @@ def _data_dependent(graph: onnx.GraphProto) -> list[str]:
     return ordered
 
 
-def dumped_tensors(model: onnx.ModelProto) -> list[tuple[str, str]]:
-    """``[(dumped name, graph value)]`` of the tensors the util dumps, in node order.
+def _model_inputs(graph: onnx.GraphProto) -> list[str]:
+    """The graph's inputs that are fed (not initializers listed as inputs), in order."""
+    initializers = {t.name for t in graph.initializer}
+    return [i.name for i in graph.input if i.name not in initializers]
 
-    For a float model both names are the value's name; for a QDQ model a quantized tensor is
-    dumped under its float name from its dequantized value.
+
+def dumped_tensors(model: onnx.ModelProto) -> list[tuple[str, str]]:
+    """``[(dumped name, graph value)]`` of the tensors the util dumps: the model inputs first
+    (in input order), then node outputs in node order.
+
+    For a float model both names are the value's name (a model input is dumped as fed); for a
+    QDQ model a quantized tensor, model inputs included, is dumped under its float name from
+    its dequantized value.
 
     Example:
         >>> dumped_tensors(onnx.load("out/resnet18_qdq.onnx"))[:2]
         [('x', 'x/dq'), ('conv1', 'conv1')]
+        >>> dumped_tensors(onnx.load("out/resnet18.onnx"))[:2]
+        [('x', 'x'), ('conv1', 'conv1')]
     """
     graph = model.graph
     candidates = _data_dependent(graph)
@@ -114,6 +128,10 @@ def dumped_tensors(model: onnx.ModelProto) -> list[tuple[str, str]]:
             hidden.add(source)
     out: list[tuple[str, str]] = []
     seen: set[str] = set()
+    for name in _model_inputs(graph):  # first, as the torch side records them
+        value = next((v for v in candidates if rename.get(v) == name and v not in hidden), name)
+        seen.add(name)
+        out.append((name, value))
     for value in candidates:
         if value in hidden:
             continue
@@ -258,8 +276,9 @@ class LayerOutputUtil(DumpingUtil):
             keep = set(wanted)
             tensors = [t for t in tensors if t[0] in keep]
         existing = {o.name for o in model.graph.output}
+        fed = set(_model_inputs(model.graph))
         for _, value in tensors:
-            if value not in existing:
+            if value not in existing and value not in fed:  # inputs: taken from the feeds
                 info = onnx.ValueInfoProto()
                 info.name = value  # untyped: ONNX Runtime infers the type
                 model.graph.output.append(info)
@@ -268,14 +287,16 @@ class LayerOutputUtil(DumpingUtil):
         self._input_types = {i.name: i.type for i in self.session.get_inputs()}
         self._cast_noted: set[str] = set()
         types = {o.name: o.type for o in self.session.get_outputs()}
+        types.update((i.name, i.type) for i in self.session.get_inputs())
         skipped = [name for name, value in tensors
                    if not types.get(value, "").startswith("tensor(")]
         if skipped:  # sequences (SplitToSequence …) and maps are not tensors
             logger.info("not dumped (not tensors): %s", skipped)
             tensors = [t for t in tensors if t[0] not in set(skipped)]
         self.tensor_names = [name for name, _ in tensors]
-        self._values = [value for _, value in tensors]
         self.input_names = [i.name for i in self.session.get_inputs()]
+        self._values = [value for _, value in tensors]
+        self._fetched = [value for value in self._values if value not in self.input_names]
         self._writer = DumpWriter(dir_path, overwrite=overwrite, file_format=file_format,
                                   layout=layout, names=self.tensor_names,
                                   producer={"library": "fxquant", "source": "onnxruntime",
@@ -327,14 +348,15 @@ class LayerOutputUtil(DumpingUtil):
     def _instance(self, input_instance: Any) -> HostInstance:
         feeds = self._feeds(input_instance)
         try:
-            results = self.session.run(self._values, feeds)
+            fetched = dict(zip(self._fetched, self.session.run(self._fetched, feeds)))
         except Exception as exc:  # noqa: BLE001 - onnxruntime's own error types
             given = {k: (tuple(v.shape), str(v.dtype)) for k, v in feeds.items()}
             declared = {i.name: (i.shape, i.type) for i in self.session.get_inputs()}
             raise ValueError(f"ONNX Runtime could not run the model on inputs {given}; the model "
                              f"takes {declared}: {' '.join(str(exc).split())}") from exc
         inputs = [(name, feeds[name]) for name in self.input_names if name in feeds]
-        return HostInstance(inputs, list(zip(self.tensor_names, results)))
+        values = [feeds[v] if v in self.input_names else fetched[v] for v in self._values]
+        return HostInstance(inputs, list(zip(self.tensor_names, values)))
 
     def generate_layer_outputs(self, input_instance: Any) -> None:
         """Runs one input instance and writes it and every dumped tensor.

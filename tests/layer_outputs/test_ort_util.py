@@ -17,18 +17,21 @@ from tests.layer_outputs.lo_helpers import build_sim, disable_all, inputs, tiny
 
 
 def test_float_model_matches_torch_dump(tmp_path: os.PathLike[str]) -> None:
+    """export_onnx(model) exports the model as written (its BN a BatchNormalization node), so
+    the torch side dumps it unfolded (fold_batch_norms=False); both record the model input."""
     model = tiny()
     xs = inputs(2)
-    LayerOutputUtil(model, tmp_path / "torch", NamingScheme.ONNX,
-                    dummy_input=xs[0]).generate_layer_outputs_batch(xs, progress=False)
+    LayerOutputUtil(model, tmp_path / "torch", NamingScheme.ONNX, dummy_input=xs[0],
+                    fold_batch_norms=False).generate_layer_outputs_batch(xs, progress=False)
     exported = export_onnx(model, xs[0], tmp_path / "tiny.onnx")
     util = fxquant.onnx.LayerOutputUtil(str(tmp_path / "tiny.onnx"), tmp_path / "ort")
     assert util.generate_layer_outputs_batch([x.numpy() for x in xs], progress=False) == 2
     assert "split" not in util.tensor_names  # a sequence value, not a tensor
+    assert util.tensor_names[0] == "x" and "bn" in util.tensor_names
     report = compare_layer_outputs(tmp_path / "torch", tmp_path / "ort")
     assert report.name_match == 1.0, (report.only_in_a, report.only_in_b)
     assert report.min_sqnr[1] >= 80
-    assert len(report) == len(exported.layer_outputs)
+    assert len(report) == len(exported.layer_outputs) + 1  # the layers and the model input x
     dump = LayerOutputDump(tmp_path / "ort")
     assert dump.manifest["producer"]["source"] == "onnxruntime"
     np.testing.assert_array_equal(dump.load_inputs(1)[0], xs[1].numpy())
@@ -190,3 +193,78 @@ def test_float64_input_is_cast_to_the_models_dtype(tmp_path: os.PathLike[str],
     with pytest.raises(InputInstanceError, match=r"input 'x' is complex128 but the model takes "
                                                  r"float32 \(tensor\(float\)\); convert it"):
         util.generate_layer_outputs(x.astype(np.complex128))
+
+
+def _no_input_quantization() -> dict:
+    import json
+
+    import fxquant.quantsim
+
+    path = os.path.join(os.path.dirname(fxquant.quantsim.__file__), "default_configs",
+                        "default.json")
+    with open(path, encoding="utf-8") as f:
+        config = json.load(f)
+    config["model_input"] = {"is_input_quantized": "False"}
+    return config
+
+
+@pytest.mark.parametrize("quantize_input", [True, False])
+def test_model_inputs_are_dumped_on_every_side(tmp_path: os.PathLike[str],
+                                               quantize_input: bool) -> None:
+    """Issue 10: every dump records the model input under its name, first: the float model's
+    (torch) and <prefix>.onnx's (ORT) as fed; the sim's and <prefix>_qdq.onnx's quantized when
+    the sim quantizes it (x/dq), as fed when its config does not. The four name lists are one."""
+    config = None if quantize_input else _no_input_quantization()
+    sim = build_sim(tiny(), (2, 3, 16, 16), config_file=config)
+    xs = inputs(2)
+    files = sim.export(tmp_path / "out", "tiny", xs[0])
+    assert any(q.name == "x" for q in sim.quantizers()) is quantize_input
+    LayerOutputUtil(tiny(), tmp_path / "fp32").generate_layer_outputs_batch(xs, progress=False)
+    LayerOutputUtil(sim, tmp_path / "sim").generate_layer_outputs_batch(xs, progress=False)
+    fxquant.onnx.LayerOutputUtil(files["onnx"], tmp_path / "ort").generate_layer_outputs_batch(
+        xs, progress=False)
+    qdq = fxquant.onnx.LayerOutputUtil(files["qdq_onnx"], tmp_path / "ort_qdq",
+                                       session_options=disable_all())
+    assert qdq.tensor_names[0] == "x"
+    qdq.generate_layer_outputs_batch(xs, progress=False)
+    dumps = {tag: LayerOutputDump(tmp_path / tag) for tag in ("fp32", "sim", "ort", "ort_qdq")}
+    names = dumps["fp32"].names
+    assert names[0] == "x" and "bn" not in names
+    assert all(dump.names == names for dump in dumps.values()), {
+        tag: dump.names for tag, dump in dumps.items()}
+    for k, x in enumerate(xs):
+        np.testing.assert_array_equal(dumps["fp32"].load("x", k), x.numpy())
+        np.testing.assert_array_equal(dumps["ort"].load("x", k), x.numpy())
+        np.testing.assert_array_equal(dumps["ort_qdq"].load("x", k), dumps["sim"].load("x", k))
+        if quantize_input:
+            enc = sim.quantizer("x").encoding
+            codes = dumps["sim"].load("x", k).astype(np.float64) / float(enc.scale)
+            np.testing.assert_allclose(codes, np.rint(codes), atol=1e-3)  # on the grid
+            assert not np.array_equal(dumps["sim"].load("x", k), x.numpy())
+        else:
+            np.testing.assert_array_equal(dumps["sim"].load("x", k), x.numpy())
+    report = compare_layer_outputs(tmp_path / "sim", tmp_path / "ort_qdq",
+                                   encodings=files["encodings"])
+    assert report.findings == [] and all(r.equal_fraction == 1.0 for r in report.layers), \
+        report.format()
+    assert compare_layer_outputs(tmp_path / "fp32", tmp_path / "ort").findings == []
+    assert compare_layer_outputs(tmp_path / "fp32", tmp_path / "sim").findings == []
+
+
+def test_dumped_tensors_lists_model_inputs_first(tmp_path: os.PathLike[str]) -> None:
+    """A float model's inputs are dumped as fed (initializers listed as graph inputs are not
+    model inputs); a QDQ model's quantized input from its DequantizeLinear."""
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["a", "w"], ["s"]), helper.make_node("Mul", ["s", "b"], ["m"])],
+        "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 2]) for n in "awb"],
+        [helper.make_tensor_value_info("m", TensorProto.FLOAT, [1, 2])],
+        [numpy_helper.from_array(np.ones((1, 2), np.float32), "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert fxquant.onnx.dumped_tensors(model) == [("a", "a"), ("b", "b"), ("s", "s"), ("m", "m")]
+    a, b = np.array([[1.0, 2.0]], np.float32), np.array([[3.0, -1.0]], np.float32)
+    fxquant.onnx.LayerOutputUtil(model, tmp_path / "d").generate_layer_outputs({"a": a, "b": b})
+    dump = LayerOutputDump(tmp_path / "d")
+    assert dump.names == ["a", "b", "s", "m"]
+    np.testing.assert_array_equal(dump.load("b"), b)
+    np.testing.assert_array_equal(dump.load("m"), (a + 1) * b)
+    assert fxquant.onnx.dumped_tensors(_third_party_qdq())[0] == ("x", "x_DequantizeLinear_Output")
