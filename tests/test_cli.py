@@ -1,11 +1,17 @@
-"""The command line: `fxquant demo` (what `make demo` runs)."""
+"""The command line: `fxquant demo` (what `make demo` runs) and `fxquant compare-outputs`."""
 from __future__ import annotations
 
+import json
+import math
+import os
 import re
+import shutil
 
+import numpy as np
 import pytest
 
 from fxquant.cli import main
+from fxquant.layer_outputs.dump_writer import DumpWriter, HostInstance
 
 
 def test_demo_prints_what_changed(capsys: pytest.CaptureFixture[str]) -> None:
@@ -26,15 +32,6 @@ def test_unknown_command_exits_with_usage(capsys: pytest.CaptureFixture[str]) ->
 # ------------------------------------------------------------------------------------------------
 # compare-outputs: --check fails on findings; hostile dumps are one-line errors (issue 11, 4 / 13)
 # ------------------------------------------------------------------------------------------------
-
-import json  # noqa: E402
-import math  # noqa: E402
-import os  # noqa: E402
-import shutil  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-from fxquant.layer_outputs.dump_writer import DumpWriter, HostInstance  # noqa: E402
 
 _LAYERS = [f"layer{i}" for i in range(8)]
 

@@ -11,6 +11,9 @@ module, and this is the only module that renames files into place. The rules:
   the old file stays readable under its name until the new one replaces it in one step; moved aside
   where the file system has no hard links). If any step fails, the new files are taken out and the
   previous versions put back: the previous set survives any single failure byte-identical.
+* Entries (files or folders) that replace a set of entries of a folder at once
+  (:func:`replace_entries`, a re-written layer dump) are moved in after all the previous entries
+  were moved aside into a hidden folder; any failure moves everything back.
 * One overwrite policy (:func:`check_destination`): an existing file, or a folder that holds
   entries, is an :class:`~fxquant.errors.OutputExistsError` unless the caller passed
   ``overwrite=True``.
@@ -36,19 +39,24 @@ import pathlib
 import re
 import secrets
 import shutil
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO, Callable, Iterator, Sequence
 
 from fxquant.errors import FileWriteError, OutputExistsError
 
 __all__ = ["PathLike", "describe_os_error", "write_failure", "check_destination", "atomic_write",
            "atomic_write_file", "write_bytes", "write_text", "write_json", "make_temp_dir",
-           "move_into_place", "StagedDirectory", "staged_directory"]
+           "move_into_place", "replace_entries", "STAGE_PREFIX", "StagedDirectory",
+           "staged_directory"]
 
 logger = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike[str]
 
 _ATTEMPTS = 100
+
+#: Prefix of the hidden folders that hold a set of files while it is written or replaced (readers
+#: skip names starting with ``"."``; a run killed half-way can leave one behind).
+STAGE_PREFIX = ".fxquant-stage-"
 
 # torch.save's C++ zip writer reports a failed write as a RuntimeError, e.g.
 # "[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598".
@@ -418,6 +426,99 @@ def move_into_place(src: PathLike, dst: PathLike, *,
         raise describe_os_error(dst, exc, "move into place", error_cls) from exc
 
 
+def _plain_name(name: Any) -> bool:
+    return (isinstance(name, str) and bool(name) and os.path.basename(name) == name
+            and name not in (".", "..") and not (os.altsep and os.altsep in name))
+
+
+def replace_entries(directory: PathLike, source: PathLike, names: Sequence[str], *,
+                    previous: Sequence[str] = (),
+                    error_cls: type[FileWriteError] = FileWriteError) -> list[pathlib.Path]:
+    """Replaces entries of ``directory`` by the entries ``names`` of ``source``, all or none.
+
+    The entries (files or folders) are moved, not copied: ``source`` must be on the same file
+    system (a hidden folder inside ``directory``, say). First every previous entry is moved aside
+    into a hidden folder in ``directory`` (those of ``previous`` that exist, in that order, then
+    those of ``names`` that exist), then the new ones are moved in, in the order of ``names``; the
+    hidden folder is removed last. Order both lists so that a reader, or a run killed half-way,
+    never finds a mix of old and new entries that reads as one whole: move the entry that makes
+    the set exist out first and in last. If any move fails, the new entries are moved back into
+    ``source`` and the previous ones put back: ``directory`` and ``source`` are as they were.
+
+    Args:
+        directory: the folder whose entries are replaced.
+        source: the folder holding the new entries (each of ``names`` must exist in it).
+        names: plain names of the new entries.
+        previous: plain names of further entries of ``directory`` to remove with the update
+            (missing ones are skipped).
+        error_cls: the error an ``OSError`` becomes.
+
+    Returns:
+        The new entries' paths in ``directory``.
+
+    Raises:
+        FileWriteError: an entry could not be moved (the message names it and the fix);
+            ``directory`` is as it was before.
+        ValueError: a name is not a plain name (no folder, not ``.`` or ``..``).
+
+    Example:
+        >>> replace_entries("dump", "dump/.fxquant-stage-1a2b", ["manifest.json", "outputs"],
+        ...                 previous=["outputs", "manifest.json"])
+        [PosixPath('dump/manifest.json'), PosixPath('dump/outputs')]
+    """
+    folder, src = os.fspath(directory), os.fspath(source)
+    bad = [n for n in [*names, *previous] if not _plain_name(n)]
+    if bad:
+        raise ValueError(f"entry names must be plain names without a folder, got {bad[0]!r}")
+    old = list(dict.fromkeys([*previous, *names]))
+    try:
+        aside = make_temp_dir(folder, STAGE_PREFIX)
+    except OSError as exc:
+        raise describe_os_error(folder, exc, "create a hidden folder for the update in",
+                                error_cls) from exc
+    moved_out: list[str] = []
+    moved_in: list[str] = []
+    current, action = folder, "move aside the previous"
+    try:
+        for name in old:
+            current = os.path.join(folder, name)
+            if os.path.lexists(current):
+                os.replace(current, os.path.join(aside, name))
+                moved_out.append(name)
+        action = "move into place"
+        for name in names:
+            current = os.path.join(folder, name)
+            os.replace(os.path.join(src, name), current)
+            moved_in.append(name)
+    except OSError as exc:
+        restored = _move_back(folder, src, moved_in) & _move_back(aside, folder, moved_out)
+        if restored:
+            with contextlib.suppress(OSError):
+                os.rmdir(aside)
+        raise describe_os_error(current, exc, action, error_cls) from exc
+    _fsync_folder(folder)
+    try:
+        shutil.rmtree(aside)
+    except OSError as exc:
+        logger.warning("could not remove %s (%s); it holds the replaced entries of %s (hidden, "
+                       "skipped by readers) and can be deleted", aside, exc, folder)
+    return [pathlib.Path(folder, name) for name in names]
+
+
+def _move_back(moved_to: str, back_to: str, names: list[str]) -> bool:
+    """Moves ``names`` from ``moved_to`` back to ``back_to`` (last first); False when one failed
+    (logged: where it is kept)."""
+    ok = True
+    for name in reversed(names):
+        try:
+            os.replace(os.path.join(moved_to, name), os.path.join(back_to, name))
+        except OSError as exc:
+            ok = False
+            logger.error("could not move %s back to %s (%s); it is kept in %s", name, back_to,
+                         exc, moved_to)
+    return ok
+
+
 def _keep_previous(final: str, kept: str) -> bool:
     """Keeps the previous ``final`` at ``kept``: a hard link (``final`` stays in place), or, where
     the file system refuses links, ``final`` moved there. Returns True when it was moved."""
@@ -462,7 +563,7 @@ class StagedDirectory:
         self._created = _missing_folders(self.directory)
         try:
             os.makedirs(self.directory, exist_ok=True)
-            self._stage = make_temp_dir(self.directory, ".fxquant-stage-")
+            self._stage = make_temp_dir(self.directory, STAGE_PREFIX)
         except OSError as exc:
             self._remove_created()
             raise describe_os_error(self.directory, exc, "write", self.error_cls) from exc

@@ -99,7 +99,9 @@ class LayerOutputDump:
         self.version: int | None = None
         manifest_path = os.path.join(self.dir_path, MANIFEST)
         self.manifest: dict[str, Any] | None = None
+        self._manifest_path: str | None = None
         if os.path.exists(manifest_path):
+            self._manifest_path = manifest_path
             self.manifest = _read_json(manifest_path)
             self._from_manifest(manifest_path)
         else:
@@ -205,9 +207,10 @@ class LayerOutputDump:
         entry = v.object(entry, where)
         k = v.int_in_range(v.get(entry, "index", where, int), join(where, "index"), 0, _MAX_INDEX,
                            what="an instance index")
-        out: dict[str, Any] = {"index": k}
+        out: dict[str, Any] = {"index": k, "where": (v.where, where)}
         outputs = entry.get("outputs", f"outputs/layer_outputs_{k}")
         out["outputs"] = _relative(v, outputs, join(where, "outputs"))
+        out["outputs_given"] = "outputs" in entry
         if entry.get("inputs") is not None:
             files = v.array(entry["inputs"], join(where, "inputs"), what="input file paths")
             out["inputs"] = [_relative(v, f, index(join(where, "inputs"), i))
@@ -219,7 +222,8 @@ class LayerOutputDump:
                                    for i, s in enumerate(shapes)]
             if "inputs" in out and len(out["input_shapes"]) != len(out["inputs"]):
                 v.fail(join(where, "input_shapes"), f"{len(out['input_shapes'])} shapes for "
-                                                    f"{len(out['inputs'])} input files")
+                                                    f"{len(out['inputs'])} input files (the "
+                                                    f"entries of {join(where, 'inputs')})")
         if entry.get("shapes") is not None:
             shapes = v.object(entry["shapes"], join(where, "shapes"))
             out["shapes"] = {}
@@ -343,7 +347,20 @@ class LayerOutputDump:
             (1, 1000)
         """
         info = self.info(name, instance)
-        return self._load_file(self.path(name, instance), info.shape, info.dtype)
+        entry = self._instances.get(instance, {})
+        manifest = (self._manifest_path, "") if self._manifest_path else None
+        if name in entry.get("shapes", {}):
+            shape_from = _json_ref(entry.get("where"), "shapes", name)
+        else:
+            shape_from = _json_ref(manifest, "tensors", name, "shape")
+            own = _json_ref(entry.get("where"), "shapes")
+            if shape_from and own:
+                shape_from += f"; no shape of this instance's own in {own}"
+        named_by = [_json_ref(manifest, "tensors", name, "file"),
+                    _json_ref(entry.get("where"), "outputs") if entry.get("outputs_given")
+                    else None]
+        return self._load_file(self.path(name, instance), info.shape, info.dtype,
+                               shape_from=shape_from, named_by=named_by)
 
     def load_inputs(self, instance: int = 0) -> list[np.ndarray]:
         """The model inputs of ``instance`` in positional order.
@@ -367,37 +384,53 @@ class LayerOutputDump:
             else:
                 files = [single]
         own = entry.get("input_shapes")
+        where = entry.get("where")
+        manifest = (self._manifest_path, "") if self._manifest_path else None
         out = []
         for i, rel in enumerate(files):
             info = described[i] if i < len(described) else {}
-            shape = own[i] if own is not None and i < len(own) else info.get("shape")
-            note = ("" if own is not None or not self.has_manifest else
+            if own is not None and i < len(own):
+                shape, shape_from = own[i], _json_ref(where, "input_shapes", i)
+            else:
+                shape, shape_from = info.get("shape"), _json_ref(manifest, "inputs", i, "shape")
+                if shape_from and where and self.version != 1:
+                    shape_from += (f"; no input shapes of this instance's own in "
+                                   f"{_json_ref(where, 'input_shapes')}")
+            note = ("" if own is not None or self.version != 1 else
                     " (a version-1 manifest records the first instance's input shapes only; "
                     "re-generate the dump to read inputs whose shapes vary)")
+            named_by = [_json_ref(where, "inputs", i) if "inputs" in entry else None]
             out.append(self._load_file(os.path.join(self.dir_path, rel), shape,
-                                       str(info.get("dtype", "float32")), note))
+                                       str(info.get("dtype", "float32")), note,
+                                       shape_from=shape_from, named_by=named_by))
         return out
 
     def _load_file(self, path: str, shape: tuple[int, ...] | None, dtype: str,
-                   note: str = "") -> np.ndarray:
+                   note: str = "", *, shape_from: str | None = None,
+                   named_by: list[str | None] | None = None) -> np.ndarray:
+        """The array in ``path``; ``shape_from`` and ``named_by`` name the JSON file and path of
+        its shape and of its file name, for messages."""
         self._check_inside(path)
+        refs = [r for r in named_by or () if r]
+        named = f" (named by {' and '.join(refs)})" if refs else ""
         try:
             if path.endswith(".npy"):
                 return np.load(path, allow_pickle=False)
             array = np.fromfile(path, dtype=np.dtype(dtype))
         except FileNotFoundError as exc:
-            raise DumpFormatError(f"{path} is missing; the dump is incomplete (re-generate "
-                                  "it)") from exc
+            raise DumpFormatError(f"{path} is missing{named}; the dump is incomplete "
+                                  "(re-generate it)") from exc
         except (OSError, ValueError, EOFError) as exc:
-            raise DumpFormatError(f"{path} cannot be read as a {dtype} tensor file: {exc}; the "
-                                  "file is not from this dump or was truncated") from exc
+            raise DumpFormatError(f"{path}{named} cannot be read as a {dtype} tensor file: {exc}; "
+                                  "the file is not from this dump or was truncated") from exc
         if shape is None:
             return array
         expected = math.prod(shape)
         if array.size != expected:
+            source = f" ({shape_from})" if shape_from else ""
             raise DumpFormatError(f"{path} holds {array.size} {dtype} values but the manifest's "
-                                  f"shape {list(shape)} needs {expected}; the file is not from "
-                                  f"this dump or was truncated{note}")
+                                  f"shape {list(shape)} needs {expected}{source}; the file is not "
+                                  f"from this dump or was truncated{note}")
         return array.reshape(shape)
 
     def _check_inside(self, path: str) -> None:
@@ -412,6 +445,17 @@ class LayerOutputDump:
         kind = "manifest" if self.has_manifest else "no manifest"
         return (f"LayerOutputDump({self.dir_path!r}, {len(self.names)} tensors, "
                 f"{len(self.instances)} instance(s), {self.file_format}, {kind})")
+
+
+def _json_ref(origin: tuple[str, str] | None, *steps: str | int) -> str | None:
+    """``"<json file>: <json path>"`` of ``steps`` below ``origin`` (a file and a JSON path in it),
+    or None without an origin (a dump without manifest)."""
+    if origin is None:
+        return None
+    file, path = origin
+    for step in steps:
+        path = index(path, step) if isinstance(step, int) else join(path, step)
+    return f"{file}: {path or '<root>'}"
 
 
 def _numeric_key(name: str) -> tuple[int, str]:

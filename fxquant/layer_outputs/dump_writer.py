@@ -25,6 +25,15 @@ their names, shapes and dtypes, and last the move of ``outputs/layer_outputs_<k>
 which is what makes the instance exist. The manifest's list of instances is rewritten at most once
 a second and at the end; the reader takes instances found on disk but not yet listed from their
 own entries.
+
+Overwriting a dump (``overwrite=True`` on a directory that holds one) never mixes the two: the new
+dump is written into a hidden folder (``.fxquant-stage-…``) in the directory until its first
+instance is complete, and then replaces the previous dump's entries in one update
+(:func:`fxquant.core.files.replace_entries`: the previous ``outputs/`` moved out first, the new
+one moved in last; any failure puts the previous dump back). So the previous dump survives, whole,
+every failure (and a kill) before the new one has an instance; a writer closed without any failure
+replaces it even when it wrote no instance. Entries of the directory that are not part of a dump
+are kept.
 """
 from __future__ import annotations
 
@@ -74,6 +83,11 @@ LAYOUTS = ("NCHW", "NHWC")
 _CHANNELS_FIRST = {1: "N", 2: "NC", 3: "NCL", 4: "NCHW", 5: "NCDHW"}
 _CHANNELS_LAST = {3: "NLC", 4: "NHWC", 5: "NDHWC"}
 _OWN_ENTRIES = ("inputs", "outputs", INSTANCES, NAME_ORDER, MANIFEST)
+# The order a dump's entries are moved in when it replaces another (outputs/, which makes the
+# instances exist, last) and out (outputs/ first).
+_MOVED_IN = ("inputs", INSTANCES, NAME_ORDER, MANIFEST, "outputs")
+#: Seconds between the manifest rewrites while instances are written (and at the end).
+MANIFEST_INTERVAL_S = 1.0
 _MAX_STEM = 180
 _WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)),
                      *(f"LPT{i}" for i in range(1, 10))}
@@ -181,7 +195,8 @@ def describe_input(value: Any) -> str:
 
 def _is_temporary(entry: str) -> bool:
     """A hidden temporary entry a killed run may leave (this writer's or core.files')."""
-    return entry.startswith(".tmp-") or (entry.startswith(".") and entry.endswith(".tmp"))
+    return (entry.startswith(".tmp-") or entry.startswith(files.STAGE_PREFIX)
+            or (entry.startswith(".") and entry.endswith(".tmp")))
 
 
 def _write_error(path: str, exc: OSError, action: str = "write") -> DumpWriteError:
@@ -232,8 +247,11 @@ class DumpWriter:
 
     Args:
         dir_path: target directory (created when missing).
-        overwrite: allow a non-empty ``dir_path``; the previous dump's entries (``inputs/``,
-            ``outputs/``, ``manifest.json``, ``layer_output_name_order.json``) are removed first.
+        overwrite: allow a non-empty ``dir_path``. A previous dump there (``inputs/``,
+            ``outputs/``, ``instances/``, ``manifest.json``, ``layer_output_name_order.json``)
+            is replaced when the new dump's first instance is complete, or when the writer is
+            closed without a failure (see the module's description); until then it stays
+            readable as it was, and it stays when the writer fails before.
         file_format: "raw" (float32, AIMET) or "npy" (own dtype, with shape header).
         layout: "NCHW" (as computed) or "NHWC" (3- to 5-D tensors written channels last).
         producer: facts recorded in the manifest (library, source, naming scheme …).
@@ -260,6 +278,13 @@ class DumpWriter:
         self.file_format = file_format
         self.layout = layout
         self.producer = dict(producer or {})
+        self._lock = threading.Lock()
+        # one manifest (or name-order) write at a time, newest last; held while a staged new dump
+        # replaces the previous one
+        self._manifest_lock = threading.RLock()
+        self._root = self.dir_path      # where the files go: dir_path, or the hidden stage
+        self._stage: str | None = None  # the hidden folder while a previous dump is replaced
+        self._failed = False            # a write or an input instance failed
         self._prepare_dir(overwrite)
         self.order: list[str] = []
         self.stems: dict[str, str] = {}
@@ -269,36 +294,96 @@ class DumpWriter:
         self.next_index = 0
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._pending: list[concurrent.futures.Future[None]] = []
-        self._lock = threading.Lock()
-        self._manifest_lock = threading.Lock()  # one manifest write at a time, newest last
         self._manifest_written = 0.0
         self._dirty = False
-        if names:
-            self.register(names)
-        self._write_manifest()
+        try:
+            if names:
+                self.register(names)
+            self._write_manifest()
+        except BaseException:
+            self._discard_stage()
+            raise
 
     # -- directory ------------------------------------------------------------------------------
     def _prepare_dir(self, overwrite: bool) -> None:
         path = self.dir_path
         check_dir(path, overwrite)
-        if os.path.isdir(path):
-            for entry in os.listdir(path):
-                full = os.path.join(path, entry)
-                if entry in _OWN_ENTRIES or _is_temporary(entry):
-                    try:
-                        shutil.rmtree(full) if os.path.isdir(full) else os.unlink(full)
-                    except OSError as exc:
-                        raise _write_error(full, exc, "remove the previous dump's") from exc
-                else:
-                    logger.warning("overwrite=True: %s is not part of a dump and is kept", full)
-        for sub in ("", "inputs", "outputs", INSTANCES):
-            target = os.path.join(path, sub) if sub else path
+        previous = self._previous_entries()
+        for entry in sorted(os.listdir(path)) if os.path.isdir(path) else ():
+            if entry not in previous:
+                logger.warning("overwrite=True: %s is not part of a dump and is kept",
+                               os.path.join(path, entry))
+        if any(not _is_temporary(entry) for entry in previous):
+            # a previous dump: write the new one beside it until its first instance is complete
             try:
-                os.makedirs(target, exist_ok=True)
+                self._stage = self._root = files.make_temp_dir(path, files.STAGE_PREFIX)
             except OSError as exc:
-                raise _write_error(target, exc, "create directory") from exc
-        if not os.access(path, os.W_OK):
-            raise _write_error(path, OSError(errno.EACCES, "permission denied"), "write into")
+                raise _write_error(path, exc, "write into") from exc
+        else:
+            for entry in previous:  # what a killed run left
+                full = os.path.join(path, entry)
+                try:
+                    shutil.rmtree(full) if os.path.isdir(full) else os.unlink(full)
+                except OSError as exc:
+                    raise _write_error(full, exc, "remove the previous dump's") from exc
+        try:
+            for sub in ("", "inputs", "outputs", INSTANCES):
+                target = os.path.join(self._root, sub) if sub else self._root
+                try:
+                    os.makedirs(target, exist_ok=True)
+                except OSError as exc:
+                    raise _write_error(target, exc, "create directory") from exc
+            if not os.access(path, os.W_OK):
+                raise _write_error(path, OSError(errno.EACCES, "permission denied"), "write into")
+        except BaseException:
+            self._discard_stage()
+            raise
+
+    def _previous_entries(self) -> list[str]:
+        """The entries of the directory a previous dump (or a killed run) left: outputs/ first."""
+        if not os.path.isdir(self.dir_path):
+            return []
+        stage = os.path.basename(self._stage) if self._stage else None
+        found = [e for e in os.listdir(self.dir_path)
+                 if (e in _OWN_ENTRIES or _is_temporary(e)) and e != stage]
+        return sorted(found, key=lambda e: (e != "outputs", e not in _OWN_ENTRIES, e))
+
+    def _commit_stage(self) -> None:
+        """The staged new dump replaces the previous one (all or nothing, see the module)."""
+        with self._manifest_lock:
+            stage = self._stage
+            if stage is None:
+                return
+            self._write_manifest()
+            names = [n for n in _MOVED_IN if os.path.lexists(os.path.join(stage, n))]
+            try:
+                files.replace_entries(self.dir_path, stage, names,
+                                      previous=self._previous_entries(), error_cls=DumpWriteError)
+            except BaseException:
+                self._failed = True
+                raise
+            self._stage = None
+            self._root = self.dir_path
+        logger.info("%s: the new dump replaced the previous one", self.dir_path)
+        self._remove_stage(stage, "the update is complete")
+
+    def _discard_stage(self) -> None:
+        """Removes the staged new dump; the previous dump stays as it was."""
+        with self._manifest_lock:
+            stage, self._stage = self._stage, None
+            self._root = self.dir_path
+        if stage is not None:
+            logger.warning("%s: the new dump failed before its first complete instance; the "
+                           "previous dump there is kept as it was", self.dir_path)
+            self._remove_stage(stage, "the previous dump is kept")
+
+    @staticmethod
+    def _remove_stage(stage: str, outcome: str) -> None:
+        try:
+            shutil.rmtree(stage)
+        except OSError as exc:
+            logger.warning("could not remove the hidden folder %s (%s); %s, the folder is "
+                           "skipped by readers and can be deleted", stage, exc, outcome)
 
     # -- names ----------------------------------------------------------------------------------
     def register(self, names: Iterable[str]) -> None:
@@ -310,7 +395,16 @@ class DumpWriter:
             self.stems.update(sanitize_names(new, taken=self.stems.values()))
             self.order.extend(new)
             stems = [self.stems[n] for n in self.order]
-        _write_json(os.path.join(self.dir_path, NAME_ORDER), {"layer_output_names": stems})
+        with self._manifest_lock:
+            self._write_own(NAME_ORDER, {"layer_output_names": stems})
+
+    def _write_own(self, name: str, data: Mapping[str, Any]) -> None:
+        """Writes the dump's JSON file ``name`` (into the stage while there is one)."""
+        try:
+            _write_json(os.path.join(self._root, name), data)
+        except BaseException:
+            self._failed = True
+            raise
 
     # -- writing --------------------------------------------------------------------------------
     def submit(self, instance: HostInstance, *, wait: bool = True, max_pending: int = 2) -> int:
@@ -381,6 +475,7 @@ class DumpWriter:
         try:
             return make_instance(instance)
         except Exception as exc:  # noqa: BLE001 - re-raised with the instance named, chained
+            self._failed = True
             where = "" if position is None else f" {position} of the batch"
             raise InputInstanceError(
                 f"input instance{where} (would be layer_outputs_{self.next_index} in "
@@ -389,13 +484,34 @@ class DumpWriter:
                 "input (shape, dtype, device) against what the model expects") from exc
 
     def close(self) -> None:
-        """Flushes and stops the writer thread."""
+        """Flushes and stops the writer thread.
+
+        When the writer replaces a previous dump and no instance is complete yet, the new dump
+        replaces it now if nothing failed; otherwise the previous dump is kept as it was.
+
+        Raises:
+            DumpWriteError: the final manifest (or the replacement of the previous dump) could
+                not be written; the dump on disk reads back as the complete instances written
+                (or as the previous dump).
+        """
         try:
             self.flush()
+        except BaseException:
+            self._failed = True
+            raise
         finally:
             if self._executor is not None:
                 self._executor.shutdown(wait=True)
                 self._executor = None
+            if self._stage is not None:
+                if self._failed:
+                    self._discard_stage()
+                else:
+                    try:
+                        self._commit_stage()
+                    except BaseException:
+                        self._discard_stage()
+                        raise
 
     def _stored(self, value: Any) -> tuple[np.ndarray, str, str | None]:
         array = _as_numpy(value)
@@ -458,9 +574,14 @@ class DumpWriter:
         if instance.ready is not None:
             instance.ready()
         ext = "." + self.file_format
-        final_dir = os.path.join(self.dir_path, "outputs", f"layer_outputs_{index}")
+        root = self._root  # only this thread moves the dump out of its stage
+        final_dir = os.path.join(root, "outputs", f"layer_outputs_{index}")
         items = [(self.stems[name] + ext, value) for name, value in instance.outputs]
-        input_files, described = self._write_inputs(index, instance.inputs, ext)
+        try:
+            input_files, described = self._write_inputs(root, index, instance.inputs, ext)
+        except BaseException:
+            self._failed = True
+            raise
         entry: dict[str, Any] = {"index": index, "inputs": input_files,
                                  "input_shapes": [d["shape"] for d in described],
                                  "outputs": f"outputs/layer_outputs_{index}"}
@@ -489,7 +610,7 @@ class DumpWriter:
                 entry["shapes"] = shapes
             if missing:
                 entry["missing"] = missing
-            _write_json(instance_entry_path(self.dir_path, index),
+            _write_json(instance_entry_path(root, index),
                         {"format": MANIFEST_FORMAT + ".instance", "version": MANIFEST_VERSION,
                          **entry})
             if new:  # names, shapes and dtypes are in the manifest before the first instance
@@ -498,13 +619,16 @@ class DumpWriter:
         try:
             self._write_folder(final_dir, items, before_commit)
         except BaseException:
-            self._remove_quietly([os.path.join(self.dir_path, f) for f in input_files]
-                                 + [instance_entry_path(self.dir_path, index)])
+            self._failed = True
+            self._remove_quietly([os.path.join(root, f) for f in input_files]
+                                 + [instance_entry_path(root, index)])
             raise
         with self._lock:
             self.instances.append(entry)
             self._dirty = True
-        if time.monotonic() - self._manifest_written > 1.0:
+        if self._stage is not None:  # the first complete instance: replace the previous dump
+            self._commit_stage()
+        elif time.monotonic() - self._manifest_written > MANIFEST_INTERVAL_S:
             self._write_manifest()
 
     @staticmethod
@@ -522,9 +646,9 @@ class DumpWriter:
                 except OSError:
                     pass
 
-    def _write_inputs(self, index: int, inputs: Sequence[tuple[str, Any]], ext: str
-                      ) -> tuple[list[str], list[dict[str, Any]]]:
-        root = os.path.join(self.dir_path, "inputs")
+    def _write_inputs(self, dump_root: str, index: int, inputs: Sequence[tuple[str, Any]],
+                      ext: str) -> tuple[list[str], list[dict[str, Any]]]:
+        root = os.path.join(dump_root, "inputs")
         described = []
         written: list[str] = []
         if len(inputs) == 1:
@@ -563,7 +687,11 @@ class DumpWriter:
             data = self.manifest()
             self._dirty = False
             self._manifest_written = time.monotonic()
-            _write_json(os.path.join(self.dir_path, MANIFEST), data)
+            try:
+                self._write_own(MANIFEST, data)
+            except BaseException:
+                self._dirty = True  # the next flush or close writes it again
+                raise
 
 
 class DumpingUtil:

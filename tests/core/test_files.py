@@ -686,3 +686,108 @@ def test_durable_false_skips_the_flushes(tmp_path: pathlib.Path,
     assert calls == [] and (tmp_path / "a").read_bytes() == b"x"
     files.write_bytes(tmp_path / "a", b"y")
     assert len(calls) == 2 and (tmp_path / "a").read_bytes() == b"y"  # the file, then the folder
+
+
+# -------------------------------------------------------------------------------------------------
+# replace_entries: a set of entries (files and folders) replaced at once
+# -------------------------------------------------------------------------------------------------
+def _entries(root: pathlib.Path, tag: str) -> None:
+    """A set of entries: a folder that makes the set exist, and an index file."""
+    (root / "data").mkdir(parents=True)
+    (root / "data" / "0.bin").write_text(f"{tag}:0")
+    (root / "index.json").write_text(f'{{"tag": "{tag}"}}')
+
+
+def test_replace_entries_moves_the_previous_out_first_and_the_new_in(
+        tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root, src = tmp_path / "d", tmp_path / "d" / ".new"
+    _entries(root, "old")
+    (root / ".left.tmp").write_text("what a killed run left")
+    (root / "notes.txt").write_text("not ours")
+    _entries(src, "new")
+    moves = []
+    real = os.replace
+    monkeypatch.setattr(os, "replace", lambda a, b: (moves.append((os.path.relpath(a, root),
+                                                                   os.path.relpath(b, root))),
+                                                     real(a, b))[1])
+    paths = files.replace_entries(root, src, ["index.json", "data"],
+                                  previous=["data", ".left.tmp"])
+    assert paths == [root / "index.json", root / "data"]
+    aside = moves[0][1].split("/")[0]
+    assert aside.startswith(files.STAGE_PREFIX)
+    assert moves == [("data", f"{aside}/data"), (".left.tmp", f"{aside}/.left.tmp"),
+                     ("index.json", f"{aside}/index.json"),
+                     (".new/index.json", "index.json"), (".new/data", "data")]
+    assert _tree(root) == {"data/0.bin": b"new:0", "index.json": b'{"tag": "new"}',
+                           "notes.txt": b"not ours"}
+    assert sorted(os.listdir(root)) == [".new", "data", "index.json", "notes.txt"]
+
+
+def test_replace_entries_fault_at_every_step(tmp_path: pathlib.Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.core.faults import check_all_or_nothing, tree
+
+    root, src = tmp_path / "d", tmp_path / "new"
+
+    def replace() -> None:
+        if src.exists():
+            import shutil
+            shutil.rmtree(src)
+        _entries(src, "new")  # outside the watched folder: never failed
+        files.replace_entries(root, src, ["index.json", "data"], previous=["data"])
+
+    outcome = check_all_or_nothing(root, replace, setup=lambda: _entries(root, "old"),
+                                   monkeypatch=monkeypatch, watch=root)
+    assert outcome.raised["os.replace"] == [1, 2, 3, 4]  # two out, two in
+    assert outcome.raised["os.mkdir"] == [1]  # the hidden folder
+    assert outcome.survived["os.fsync"] == [1]  # the folder flush after the moves only warns
+    assert outcome.leftovers == [("os.open", outcome.counts["os.open"])]  # its removal
+    assert all(isinstance(e, FileWriteError) and str(root) in str(e) for e in outcome.errors)
+    assert tree(src) is not None and sorted(os.listdir(src)) == ["data", "index.json"]
+
+
+def test_replace_entries_errors(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch,
+                                caplog: pytest.LogCaptureFixture) -> None:
+    root, src = tmp_path / "d", tmp_path / "new"
+    _entries(root, "old")
+    _entries(src, "new")
+    before = _tree(root)
+    with pytest.raises(ValueError, match=r"entry names must be plain names without a folder, "
+                                         r"got 'data/0.bin'"):
+        files.replace_entries(root, src, ["data/0.bin"])
+    with pytest.raises(_WriteError, match=rf"cannot move into place {root}/missing: No such file"):
+        files.replace_entries(root, src, ["index.json", "missing"], previous=["data"],
+                              error_cls=_WriteError)
+    assert _tree(root) == before and sorted(os.listdir(root)) == ["data", "index.json"]
+    assert sorted(os.listdir(src)) == ["data", "index.json"]  # the new entries moved back
+    real_mkdir = os.mkdir
+
+    def refuse(path: str, *args: object) -> None:
+        if os.path.basename(path).startswith(files.STAGE_PREFIX):
+            raise PermissionError(errno.EACCES, "Permission denied", path)
+        real_mkdir(path, *args)
+
+    monkeypatch.setattr(os, "mkdir", refuse)
+    with pytest.raises(FileWriteError, match=rf"cannot create a hidden folder for the update in "
+                                             rf"{root}: Permission denied \(no permission"):
+        files.replace_entries(root, src, ["index.json"])
+    monkeypatch.setattr(os, "mkdir", real_mkdir)
+    # the move of the new data/ fails, and so does putting the previous index.json back: the
+    # error is raised, the previous entry's place is logged and its hidden folder kept
+    real = os.replace
+    calls = []
+
+    def failing(a: str, b: str) -> None:
+        calls.append(b)
+        if b == os.path.join(root, "data") or (len(calls) > 4 and b.endswith("index.json")
+                                               and os.fspath(root) == os.path.dirname(b)):
+            raise OSError(errno.EIO, "Input/output error")
+        real(a, b)
+
+    monkeypatch.setattr(os, "replace", failing)
+    with caplog.at_level(logging.ERROR, logger="fxquant.core.files"):
+        with pytest.raises(FileWriteError, match=rf"cannot move into place {root}/data: "
+                                                 "Input/output error"):
+            files.replace_entries(root, src, ["index.json", "data"], previous=["data"])
+    assert re.search(r"could not move index.json back to .*d \(.*\); it is kept in "
+                     rf"{root}/\.fxquant-stage-", caplog.text)

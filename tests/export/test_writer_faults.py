@@ -13,7 +13,8 @@ import errno
 import math
 import os
 import pathlib
-from typing import ClassVar, Mapping
+import re
+from typing import Any, Callable, ClassVar, Mapping
 
 import pytest
 import torch
@@ -22,9 +23,10 @@ import fxquant.export.sim_export as sim_export
 from fxquant.core.report import ComparisonReport, LayerComparison, MetricInfo
 from fxquant.errors import FileWriteError
 from fxquant.export import export_onnx
+from fxquant.layer_outputs import DumpComparisonReport, DumpLayerComparison
 from fxquant.quantsim.checkpoint import load_checkpoint, save_checkpoint
 from fxquant.quantsim.quantsim import QuantizationSimModel
-from tests.core.faults import check_all_or_nothing, small_tmpfs, tree
+from tests.core.faults import FaultPlan, check_all_or_nothing, inject, small_tmpfs, tree
 from tests.export.ort_parity import SmallNet
 
 X = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
@@ -194,8 +196,6 @@ def test_checkpoint_onto_a_full_disk_names_the_file(sims) -> None:
 
 def test_checkpoint_disk_full_message_everywhere(tmp_path, sims, monkeypatch) -> None:
     """The same message without a tmpfs: every write fails with ENOSPC."""
-    from tests.core.faults import FaultPlan, inject
-
     plan = FaultPlan(str(tmp_path), "file.write", 1)
     path = tmp_path / "new" / "sim.ckpt"
     with inject(monkeypatch, plan):
@@ -235,16 +235,15 @@ def test_report_writers_fault_at_every_step(tmp_path, monkeypatch, writer: str) 
     _failures_named_the_file(outcome, path)
 
 
+def _dump_report(sqnr: float) -> DumpComparisonReport:
+    return DumpComparisonReport(
+        "a", "b", [DumpLayerComparison("x", sqnr_db=sqnr, max_abs_diff=0.5, mean_abs_diff=0.1,
+                                       equal_fraction=0.5, status="below_threshold")],
+        [], [], [0], 20.0, "x")
+
+
 def test_dump_report_html_writer_fault_at_every_step(tmp_path, monkeypatch) -> None:
-    from fxquant.layer_outputs import DumpComparisonReport, DumpLayerComparison
-
-    def report(sqnr: float) -> DumpComparisonReport:
-        return DumpComparisonReport(
-            "a", "b", [DumpLayerComparison("x", sqnr_db=sqnr, max_abs_diff=0.5,
-                                           mean_abs_diff=0.1, equal_fraction=0.5,
-                                           status="below_threshold")],
-            [], [], [0], 20.0, "x")
-
+    report = _dump_report
     out = tmp_path / "html"
     path = out / "r.html"
     outcome = check_all_or_nothing(out, lambda: report(12.0).to_html(path, overwrite=True),
@@ -252,3 +251,51 @@ def test_dump_report_html_writer_fault_at_every_step(tmp_path, monkeypatch) -> N
                                    monkeypatch=monkeypatch)
     assert outcome.raised["os.replace"] == [1] and outcome.raised["file.write"] == [1]
     _failures_named_the_file(outcome, path)
+
+
+# -------------------------------------------------------------------------------------------------
+# a real full disk (a small tmpfs, when root) for the one-file writers: encodings and reports
+# -------------------------------------------------------------------------------------------------
+def _fill(disk: pathlib.Path) -> None:
+    """Fills the file system of ``disk``: a filler file grows until it refuses more."""
+    with open(disk / "filler", "wb", buffering=0) as f:
+        with pytest.raises(OSError) as info:
+            while True:
+                f.write(b"\0" * 4096)
+    assert info.value.errno == errno.ENOSPC
+
+
+#: file name, and writer(path, version) for the versions 0 (previous) and 1 (new)
+_ONE_FILE_WRITERS: dict[str, tuple[str, Callable[[Any, pathlib.Path, int], Any]]] = {
+    "save_encodings": ("m.encodings", lambda sims, path, v: sims[v].save_encodings(path)),
+    "to_json": ("r.json", lambda sims, path, v: _report((30.0, 12.5)[v]).to_json(
+        path, overwrite=True)),
+    "plot": ("r.png", lambda sims, path, v: _report((30.0, 12.5)[v]).plot(path, overwrite=True)),
+    "dump_report_html": ("r.html", lambda sims, path, v: _dump_report((3.0, 12.0)[v]).to_html(
+        path, overwrite=True)),
+}
+
+
+@pytest.mark.parametrize("writer", list(_ONE_FILE_WRITERS))
+def test_one_file_writers_onto_a_full_disk(sims, writer: str) -> None:
+    """The disk fills after the previous version was written: the new one is refused with a
+    FileWriteError naming the file and saying the disk is full; the previous version is byte for
+    byte as it was, no temporary file is left, and a first write into a new folder leaves no
+    folder."""
+    name, write = _ONE_FILE_WRITERS[writer]
+    with small_tmpfs("256k") as disk:
+        path = disk / "out" / name
+        write(sims, path, 0)
+        before = tree(disk / "out")
+        _fill(disk)
+        full = (r": No space left on device \(the disk \(or quota\) is full: free space or "
+                "choose another location")
+        with pytest.raises(FileWriteError, match=rf"cannot write {re.escape(str(path))}{full}"
+                           ) as info:
+            write(sims, path, 1)
+        assert info.value.errno == errno.ENOSPC and info.value.filename == str(path)
+        assert tree(disk / "out") == before  # the previous file, and nothing else
+        fresh = disk / "new" / "sub" / name
+        with pytest.raises(FileWriteError, match=rf"cannot write {re.escape(str(fresh))}{full}"):
+            write(sims, fresh, 1)
+        assert sorted(os.listdir(disk)) == ["filler", "out"]

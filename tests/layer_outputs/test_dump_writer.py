@@ -4,13 +4,21 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 
+import fxquant.layer_outputs.dump_writer as dump_writer
+from fxquant.errors import FileWriteError, FxQuantError, OutputExistsError
 from fxquant.layer_outputs import (DumpExistsError, DumpFormatError, DumpWriteError,
                                    LayerOutputDump, sanitize_names)
 from fxquant.layer_outputs.dump_writer import DumpWriter, HostInstance
+from tests.core.faults import POINTS, FaultPlan, check_all_or_nothing, inject, small_tmpfs, tree
 from tests.layer_outputs.lo_helpers import (assert_instances_as_written, sample_instance,
                                             varying_instance)
 
@@ -144,7 +152,6 @@ def test_permission_error_names_the_path_and_fix(tmp_path: os.PathLike[str],
 
 def test_dump_errors_are_the_core_file_errors(tmp_path: os.PathLike[str]) -> None:
     """One overwrite policy: callers can catch fxquant's file errors for dumps too."""
-    from fxquant.errors import FileWriteError, OutputExistsError
 
     assert issubclass(DumpExistsError, OutputExistsError) and issubclass(DumpExistsError,
                                                                          FileExistsError)
@@ -259,7 +266,6 @@ def test_version_1_manifest_is_still_read(tmp_path: os.PathLike[str]) -> None:
     for entry in manifest["instances"]:
         del entry["input_shapes"]
     path.write_text(json.dumps(manifest))
-    import shutil
     shutil.rmtree(tmp_path / "d" / "instances")
     dump = LayerOutputDump(tmp_path / "d")
     np.testing.assert_array_equal(dump.load_inputs(0)[0], varying_instance(0).inputs[0][1])
@@ -286,31 +292,25 @@ if when == "after":  # instance 1 is complete: say so, then hang until killed
             open(marker, "w").close()
             time.sleep(600)
     DumpWriter._write_instance = write_instance
-else:  # half-way through instance 1's files
+else:  # half-way through instance 1's files (instance 0's when overwriting a dump)
+    folder = "layer_outputs_0" if when == "overwrite" else "layer_outputs_1"
     real_save = DumpWriter._save
     calls = []
 
     def save(self, array, path):
         calls.append(path)
-        if "layer_outputs_1" in path and len([c for c in calls if "layer_outputs_1" in c]) == 2:
+        if folder in path and len([c for c in calls if folder in c]) == 2:
             open(marker, "w").close()
             time.sleep(600)
         real_save(self, array, path)
     DumpWriter._save = save
-writer = DumpWriter(target)
+writer = DumpWriter(target, overwrite=when == "overwrite")
 writer.submit_all(range(5), varying_instance, desc="killed", progress=False)
 '''
 
 
-@pytest.mark.parametrize("when, complete", [("after", [0, 1]), ("during", [0])])
-def test_dump_killed_by_sigkill_reads_back_its_complete_instances(
-        tmp_path: os.PathLike[str], when: str, complete: list[int]) -> None:
-    """Issue 11 item 2: a dump killed (SIGKILL) within its first second, before the manifest's
-    periodic rewrite, reads back as the complete instances it finished, shapes and all."""
-    import signal
-    import subprocess
-    import sys
-    import time
+def _write_and_kill(tmp_path: os.PathLike[str], when: str) -> None:
+    """Runs _KILLED_WRITER into ``tmp_path/d`` and kills it (SIGKILL) at its marker."""
 
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     marker = tmp_path / "marker"
@@ -329,6 +329,14 @@ def test_dump_killed_by_sigkill_reads_back_its_complete_instances(
             proc.kill()
             proc.wait()
     assert proc.returncode == -signal.SIGKILL
+
+
+@pytest.mark.parametrize("when, complete", [("after", [0, 1]), ("during", [0])])
+def test_dump_killed_by_sigkill_reads_back_its_complete_instances(
+        tmp_path: os.PathLike[str], when: str, complete: list[int]) -> None:
+    """Issue 11 item 2: a dump killed (SIGKILL) within its first second, before the manifest's
+    periodic rewrite, reads back as the complete instances it finished, shapes and all."""
+    _write_and_kill(tmp_path, when)
     manifest = json.loads((tmp_path / "d" / "manifest.json").read_text())
     assert manifest["tensors"]["conv.1"]["shape"] == [1, 2, 4, 5]  # written with instance 0
     assert assert_instances_as_written(tmp_path / "d") == complete
@@ -344,8 +352,6 @@ def test_a_failure_at_any_step_leaves_a_readable_prefix(
     write (ENOSPC), fsync, unlink …); the dump then lists only complete instances, before and
     after the writer is closed, and every error is fxquant's, naming a path (at most 6 calls per
     step, first and last included)."""
-    from fxquant.errors import FxQuantError
-    from tests.core.faults import POINTS, FaultPlan, inject
 
     def attempt(root: str, plan: FaultPlan | None) -> BaseException | None:
         writer = DumpWriter(root)
@@ -400,7 +406,6 @@ def test_a_failure_at_any_step_leaves_a_readable_prefix(
 def test_disk_full_on_a_real_small_disk(tmp_path: os.PathLike[str]) -> None:
     """A real full disk (tmpfs, when root): the error names the path and says the disk is full;
     what was written reads back complete."""
-    from tests.core.faults import small_tmpfs
 
     def big(k: int) -> HostInstance:
         rng = np.random.default_rng(k)
@@ -419,3 +424,193 @@ def test_disk_full_on_a_real_small_disk(tmp_path: os.PathLike[str]) -> None:
             assert exc.errno == errno.ENOSPC
         listed = assert_instances_as_written(disk / "d", big)
         assert len(listed) >= 3
+
+
+# ------------------------------------------------------------------------------------------------
+# Overwriting a dump, closing (issue 11, acceptance: a fault at every step of every writer)
+# ------------------------------------------------------------------------------------------------
+
+
+def _old_dump(root: os.PathLike[str]) -> None:
+    """The previous dump: two instances of ``sample_instance`` (other names than the new one's)."""
+    writer = DumpWriter(root)
+    writer.submit(sample_instance(0))
+    writer.submit(sample_instance(1))
+    writer.close()
+
+
+def _overwrite(root: os.PathLike[str], instances: int = 1) -> None:
+    """Overwrites the dump at ``root`` with ``instances`` instances of ``varying_instance``."""
+    writer = DumpWriter(root, overwrite=True)
+    try:
+        for k in range(instances):
+            writer.submit(varying_instance(k))
+    finally:
+        writer.close()
+
+
+def _hidden(root: os.PathLike[str]) -> list[str]:
+    return sorted(e for e in os.listdir(root) if e.startswith("."))
+
+
+def test_overwrite_fault_at_every_step_keeps_the_previous_dump_or_writes_the_new(
+        tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every step of overwriting a dump fails in turn (creating the hidden stage, writing the new
+    dump's files and first instance into it, moving the previous dump's entries aside, the new
+    ones in): the directory then holds the previous dump byte for byte (and the writer raised
+    DumpWriteError naming the path) or the new one, never a mix of their instances."""
+
+    root = tmp_path / "d"
+    outcome = check_all_or_nothing(root, lambda: _overwrite(root), setup=lambda: _old_dump(root),
+                                   monkeypatch=monkeypatch)
+    for err in outcome.errors:
+        assert isinstance(err, DumpWriteError) and str(root) in str(err), err
+    # the previous entries are moved aside (outputs/ first) and the new ones in (outputs/ last)
+    # with one os.replace each, after the instance folder's and the JSON files' own moves: a
+    # failure of any of them puts the previous dump back
+    assert outcome.raised["os.replace"] == list(range(1, outcome.counts["os.replace"] + 1))
+    assert outcome.counts["os.replace"] >= 5 + 5 + 1
+    assert outcome.raised["os.mkdir"]  # the stage and its folders
+    assert outcome.raised["file.write"] and not outcome.survived.get("file.write")
+    # only the removal of the hidden folders after the update may fail without undoing it
+    assert {point for point, _ in outcome.leftovers} <= {"os.open"}
+    _overwrite(root)
+    assert assert_instances_as_written(root) == [0]
+    assert sorted(os.listdir(root)) == ["inputs", "instances", "layer_output_name_order.json",
+                                        "manifest.json", "outputs"]
+
+
+def test_overwrite_closed_without_instances_fault_at_every_step(
+        tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A writer closed without a failure and without instances replaces the previous dump with an
+    empty one, in close(): every step of that fails in turn, all or nothing."""
+
+    root = tmp_path / "d"
+    outcome = check_all_or_nothing(root, lambda: _overwrite(root, instances=0),
+                                   setup=lambda: _old_dump(root), monkeypatch=monkeypatch)
+    assert outcome.raised["os.replace"] == list(range(1, outcome.counts["os.replace"] + 1))
+    for err in outcome.errors:
+        assert isinstance(err, DumpWriteError) and str(root) in str(err), err
+    _overwrite(root, instances=0)
+    assert sorted(os.listdir(root)) == ["inputs", "instances", "manifest.json", "outputs"]
+    with pytest.raises(DumpFormatError, match=r"holds no complete instance"):
+        LayerOutputDump(root)
+
+
+def test_overwrite_keeps_the_previous_dump_until_the_first_instance_is_complete(
+        tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+
+    root = tmp_path / "d"
+    _old_dump(root)
+    before = tree(root)
+    writer = DumpWriter(root, overwrite=True)
+    assert assert_instances_as_written(root, sample_instance) == [0, 1]  # still the old dump
+    save = DumpWriter._save
+
+    def full(self: DumpWriter, array: np.ndarray, path: str) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(DumpWriter, "_save", full)
+    with pytest.raises(DumpWriteError, match=r"cannot write .*d/\.fxquant-stage-\w+/inputs/"
+                                             r"input_0\.raw: No space left on device \(the disk"):
+        writer.submit(varying_instance(0))
+    assert assert_instances_as_written(root, sample_instance) == [0, 1]
+    with caplog.at_level("WARNING", logger="fxquant.layer_outputs.dump_writer"):
+        writer.close()
+    assert tree(root) == before  # byte for byte, no hidden stage left
+    assert "the previous dump there is kept as it was" in caplog.text
+    # the first instance fails, the second succeeds: it is the new dump's first instance
+    writer = DumpWriter(root, overwrite=True)
+    with pytest.raises(DumpWriteError, match="No space left"):
+        writer.submit(varying_instance(0))
+    monkeypatch.setattr(DumpWriter, "_save", save)
+    writer.submit(varying_instance(1))
+    writer.close()
+    assert assert_instances_as_written(root) == [1]
+    assert os.listdir(root / "outputs") == ["layer_outputs_1"]
+    assert _hidden(root) == []
+
+
+def test_overwrite_onto_a_full_disk_keeps_the_previous_dump() -> None:
+    """A real full disk (tmpfs, when root): the new dump's first instance does not fit beside the
+    previous dump; the error names the path and says the disk is full, and the previous dump is
+    as it was, byte for byte, with no hidden folder left."""
+
+    def big(k: int) -> HostInstance:  # 121 KiB: one fits the disk, two do not
+        return HostInstance([("x", np.full((1, 8), k, np.float32))],
+                            [("y", np.full((176, 176), k, np.float32))])
+
+    with small_tmpfs("256k") as disk:
+        root = disk / "d"
+        writer = DumpWriter(root)
+        writer.submit(big(0))
+        writer.close()
+        before = tree(root)
+        writer = DumpWriter(root, overwrite=True)
+        with pytest.raises(DumpWriteError, match=rf"cannot write {root}/\.fxquant-stage-\w+/"
+                                                 r".*No space left on device \(the disk \(or "
+                                                 r"quota\) is full") as info:
+            writer.submit(big(1))
+        assert info.value.errno == errno.ENOSPC
+        writer.close()
+        assert tree(root) == before
+        assert assert_instances_as_written(root, big) == [0]
+
+
+def test_overwrite_killed_before_its_first_instance_keeps_the_previous_dump(
+        tmp_path: os.PathLike[str]) -> None:
+    """SIGKILL half-way through the new dump's first instance: the previous dump reads back
+    whole; the next overwrite removes the hidden stage the killed run left."""
+
+    root = tmp_path / "d"
+    _old_dump(root)
+    before = tree(root)
+    _write_and_kill(tmp_path, "overwrite")
+    stage = _hidden(root)
+    assert len(stage) == 1 and stage[0].startswith(".fxquant-stage-")
+    assert {k: v for k, v in tree(root).items() if not k.startswith(stage[0])} == before
+    assert assert_instances_as_written(root, sample_instance) == [0, 1]
+    _overwrite(root)
+    assert _hidden(root) == [] and assert_instances_as_written(root) == [0]
+
+
+def test_a_failure_in_close_leaves_complete_instances(tmp_path: os.PathLike[str],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last instance is queued (wait=False) and close() waits for it and rewrites the
+    manifest: each step fails in turn (at most 6 calls per step). The dump then reads back as its
+    complete instances, the error is DumpWriteError naming a path, and a second close() writes the
+    manifest that lists them."""
+
+    monkeypatch.setattr(dump_writer, "MANIFEST_INTERVAL_S", 1e9)  # the manifest only in close()
+
+    def attempt(root: str, plan: FaultPlan) -> BaseException | None:
+        writer = DumpWriter(root)
+        writer.submit(varying_instance(0))
+        error = None
+        try:
+            with inject(monkeypatch, plan):
+                writer.submit(varying_instance(1), wait=False)
+                writer.close()
+        except DumpWriteError as exc:
+            error = exc
+            assert plan.fired and str(tmp_path) in str(exc), exc
+            assert assert_instances_as_written(root) in ([0], [0, 1])
+            writer.close()  # again: the manifest is rewritten
+        listed = [e["index"] for e in json.loads(
+            open(os.path.join(root, "manifest.json"), encoding="utf-8").read())["instances"]]
+        assert listed == assert_instances_as_written(root)
+        return error
+
+    counting = FaultPlan(os.path.abspath(tmp_path / "count"))
+    attempt(str(tmp_path / "count"), counting)
+    assert counting.counts["os.replace"] == 4  # input, entry, instance folder, manifest
+    raised = []
+    for point in POINTS:
+        count = counting.counts.get(point, 0)
+        for n in sorted({1 + round(i * (count - 1) / 5) for i in range(6)}) if count else ():
+            root = os.path.abspath(tmp_path / f"{point}-{n}")
+            if attempt(root, FaultPlan(root, point, n)) is not None:
+                raised.append((point, n))
+    assert ("os.replace", 4) in raised  # close()'s manifest rewrite
+    assert len(raised) >= 8

