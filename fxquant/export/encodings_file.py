@@ -534,13 +534,21 @@ def _read_1_0_0_entry(v: JsonValidator, entry: Any, where: str,
 
 
 def _read_0_6_1_entries(v: JsonValidator, name: str, entries: Any, where: str,
-                        expect: _Expect) -> AnyEncoding:
-    if not isinstance(entries, list) or not entries:
+                        expect: _Expect, single: bool = False) -> AnyEncoding:
+    """One 0.6.1-style encoding: a list of per-channel entries at ``where``, or with ``single``
+    the one entry object at ``where`` (a torch-named activation)."""
+    if single:
+        entries = [entries]
+    elif not isinstance(entries, list) or not entries:
         v.fail(where, f"expected a non-empty list of encodings (one per channel), {got(entries)}")
+
+    def at(i: int) -> str:
+        return where if single else index(where, i)
+
     scales, offsets, ranges = [], [], []
     bws, syms = set(), set()
     for i, e in enumerate(entries):
-        w = index(where, i)
+        w = at(i)
         e = v.object(e, w)
         bw = _bitwidth(v, e, "bitwidth", w)
         dtype = v.get(e, "dtype", w, str) if "dtype" in e else "int"
@@ -563,16 +571,17 @@ def _read_0_6_1_entries(v: JsonValidator, name: str, entries: Any, where: str,
     if len(bws) != 1 or len(syms) != 1:
         v.fail(where, "per-channel entries disagree on bitwidth or is_symmetric")
     paths = {"scale": where, "zero_point": where,
-             "scale[i]": lambda i: join(index(where, i), "scale"),
-             "zero_point[i]": lambda i: join(index(where, i), "offset")}
+             "scale[i]": lambda i: join(at(i), "scale"),
+             "zero_point[i]": lambda i: join(at(i), "offset")}
     enc = _from_offsets(v, name, scales, offsets, bws.pop(), syms.pop(), len(entries) > 1, where,
                         paths, expect)
-    _check_min_max(v, enc, ranges, where)
+    _check_min_max(v, enc, ranges, at)
     return enc
 
 
 def _check_min_max(v: JsonValidator, enc: QuantEncoding,
-                   ranges: list[tuple[float | None, float | None]], where: str) -> None:
+                   ranges: list[tuple[float | None, float | None]],
+                   at: Callable[[int], str]) -> None:
     """0.6.1 ``min``/``max`` must be the grid's ends (within half a step): a file whose range
     contradicts its scale and offset is corrupt, and which one is right cannot be told."""
     mins = enc.min.reshape(-1).tolist()
@@ -583,7 +592,7 @@ def _check_min_max(v: JsonValidator, enc: QuantEncoding,
             if value is None:
                 continue
             if abs(float(value) - expected) > 0.5 * step + 1e-6 * abs(expected):
-                v.fail(join(index(where, i), key),
+                v.fail(join(at(i), key),
                        f"{show(value)} contradicts the entry's scale and offset, which give "
                        f"{key} {expected!r} (the grid's end); write the file again")
 
@@ -676,7 +685,7 @@ def _read_torch_activations(v: JsonValidator, block: Any, expect: _Expect,
                     v.fail(epath, f"expected a tensor index ('0', '1' ...), got key {key!r}")
                 i = int(key)
                 name = (torch_names or {}).get((layer, io, i)) or default_torch_name(layer, io, i)
-                enc = _read_0_6_1_entries(v, name, [entry], epath, expect)
+                enc = _read_0_6_1_entries(v, name, entry, epath, expect, single=True)
                 if name in out and out[name] != enc:
                     v.fail(epath, f"the quantizer {name!r} is given two different encodings")
                 out[name] = enc
@@ -736,9 +745,16 @@ def read_encodings(path_or_dict: str | os.PathLike[str] | Mapping[str, Any], *,
     if not isinstance(version, str):
         v.fail("version", f"expected a string, {got(version)}")
     out: dict[str, dict[str, AnyEncoding]] = {"activation": {}, "param": {}}
-    if is_torch_encodings(data):
-        _read_torch_activations(v, data["activation_encodings"], expect, torch_names,
-                                out["activation"])
+    # torch-named: activations keyed by layer; in version 1.x also recognised by its params,
+    # which are keyed by name (an ONNX-named 1.x file lists them)
+    if is_torch_encodings(data) or (version.startswith("1.")
+                                    and isinstance(data.get("param_encodings"), Mapping)):
+        acts = data.get("activation_encodings", {})
+        if not isinstance(acts, Mapping):
+            v.fail("activation_encodings", "expected an object keyed by layer name (the file is "
+                   "torch-named: its param_encodings is keyed by parameter name), "
+                   f"{got(acts)}")
+        _read_torch_activations(v, acts, expect, torch_names, out["activation"])
         block = v.object(data.get("param_encodings", {}), "param_encodings")
         for name, entries in block.items():
             out["param"][name] = _read_0_6_1_entries(v, name, entries,
@@ -775,7 +791,10 @@ def read_encodings(path_or_dict: str | os.PathLike[str] | Mapping[str, Any], *,
                 out[section][name] = enc
                 expect.found[name] = join(index(key, i), "name")
         else:
-            block = v.object(data.get(key, {}), key)
+            block = data.get(key, {})
+            if not isinstance(block, Mapping):
+                v.fail(key, f"expected an object keyed by tensor name in version {version}, "
+                            f"{got(block)}")
             for name, entries in block.items():
                 out[section][name] = _read_0_6_1_entries(v, name, entries, join(key, name), expect)
                 expect.found[name] = join(key, name)

@@ -436,7 +436,9 @@ def _expected_shape(ref: Any, modules: Mapping[str, nn.Module]) -> tuple[int, ..
 
 
 _FIT_HINT = ("Load it into the float model architecture the sim was built from, with the same "
-             "dummy_input shapes.")
+             "dummy_input shapes; if that is the model, the file's 'config' or 'settings' were "
+             "changed after saving (the sim is rebuilt from them, so they decide its quantizers "
+             "and their shapes).")
 
 
 def _check_fit(sim: QuantizationSimModel, state: Mapping[str, Any], source: str) -> None:

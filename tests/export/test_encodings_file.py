@@ -202,7 +202,7 @@ def _v2(**entry) -> dict:
         {"name": "a", "dtype": "INT", "bw": 8, "enc_type": "PER_TENSOR", "is_sym": "True"}]},
      r"activation_encodings\[0\]\.is_sym: expected boolean, got string 'True'"),
     ({"version": "0.6.1", "param_encodings": []},
-     r"param_encodings: expected a JSON object, got array"),
+     r"param_encodings: expected an object keyed by tensor name in version 0.6.1, got array"),
     ({"version": "0.6.1", "param_encodings": {"w": [
         {"bitwidth": 8, "is_symmetric": "yes", "scale": 0.1, "offset": -128}]}},
      r"param_encodings\.w\[0\]\.is_symmetric: invalid value 'yes'; expected one of 'True'"),
@@ -308,3 +308,27 @@ def test_torch_named_documents_read_with_default_names() -> None:
     with pytest.raises(EncodingsFileError, match=r"activation_encodings\.conv\.output\.first: "
                                                  r"expected a tensor index"):
         read_encodings(d)
+
+
+@pytest.mark.parametrize("acts", [[], "x", None])
+def test_a_torch_named_file_is_recognised_by_its_params(acts) -> None:
+    """A 1.x file whose param_encodings is keyed by name is torch-named even when its
+    activation_encodings is damaged: the error names activation_encodings, not the params."""
+    data = {"version": "1.0.0", "activation_encodings": acts,
+            "param_encodings": {"fc.weight": [{"bitwidth": 8, "is_symmetric": "True",
+                                               "scale": 0.1, "offset": -128}]}}
+    with pytest.raises(ConfigError, match=r"^encodings file: activation_encodings: expected an "
+                                          r"object keyed by layer name \(the file is torch-named: "
+                                          r"its param_encodings is keyed by parameter name\)"):
+        read_encodings(data)
+    data["activation_encodings"] = {}          # no activations at all: a valid file
+    assert set(read_encodings(data)["param"]) == {"fc.weight"}
+
+
+def test_torch_named_activation_errors_name_the_entry_itself() -> None:
+    entry = {"bitwidth": 8, "is_symmetric": "False", "scale": "0", "offset": 0}
+    data = {"version": "1.0.0", "activation_encodings": {"relu": {"output": {"0": entry}}},
+            "param_encodings": {}}
+    with pytest.raises(ConfigError, match=r'^encodings file: activation_encodings\.relu\.output'
+                                          r'\["0"\]\.scale: expected number, got string'):
+        read_encodings(data)

@@ -385,10 +385,10 @@ def _torch_file(exported, tmp_path, mutate) -> str:
      "param_encodings[\"fc.weight\"][0].scale: invalid value [1e+39]; a scale must be finite in "
      "float32"),
     (lambda d: d["activation_encodings"]["fc"]["output"]["0"].update(scale=1e-45),
-     "activation_encodings.fc.output[\"0\"][0].scale: invalid value [1e-45]; "
+     "activation_encodings.fc.output[\"0\"].scale: invalid value [1e-45]; "
      "a scale must be at least"),
     (lambda d: d["activation_encodings"]["fc"]["output"]["0"].update(min=-100.0),
-     "activation_encodings.fc.output[\"0\"][0].min: -100.0 contradicts the entry's scale and offset"),
+     "activation_encodings.fc.output[\"0\"].min: -100.0 contradicts the entry's scale and offset"),
     (lambda d: d["activation_encodings"].__setitem__("ghost", {"output": {"0": d["activation_encodings"]["fc"]["output"]["0"]}}),
      "activation_encodings.ghost.output[\"0\"]: 1 entry names no quantizer of this sim: "
      "['ghost']"),

@@ -395,25 +395,7 @@ def _finite_outputs(sim: QuantizationSimModel) -> None:
         assert torch.isfinite(sim.model(X)).all()
 
 
-def _torch_entry_path(path: tuple) -> tuple:
-    """KNOWN LIBRARY GAPS (fxquant/export/encodings_file.py), tolerated here until fixed there:
-
-    * ``_read_torch_activations`` reads the one encoding object of a torch-named activation
-      (``activation_encodings.relu.output["0"]``) as a one-item list, so messages name
-      ``…output["0"][0].scale`` for the file's ``…output["0"].scale``; this returns the path as
-      the library writes it today;
-    * a torch-named file whose ``activation_encodings`` is damaged is no longer recognized as
-      torch-named and is refused as an ONNX-named one at another key
-      (``param_encodings: expected a list in version 1.0.0``), without naming
-      ``activation_encodings``; the caller then accepts any JSON path.
-    """
-    if len(path) >= 4 and path[0] == "activation_encodings":
-        return path[:4] + (0,) + path[4:]
-    return path
-
-
-def _encodings_case(data, folder, target, seed: dict, name: str,
-                    torch_named: bool = False) -> None:
+def _encodings_case(data, folder, target, seed: dict, name: str) -> None:
     doc, hit = _damage(data, seed)
     # a parsed document is a dict; anything else is only reachable as file content
     to_file = not isinstance(doc, dict) or data.draw(st.booleans(), label="through a file")
@@ -433,10 +415,6 @@ def _encodings_case(data, folder, target, seed: dict, name: str,
     except EncodingsFileError as exc:
         if ("version",) in hit:  # the version decides the schema: any key may be the first misfit
             hit = hit + [()]
-        if torch_named:
-            if ("activation_encodings",) in hit:  # KNOWN LIBRARY GAP, see _torch_entry_path
-                hit = hit + [()]
-            hit = hit + [_torch_entry_path(p) for p in hit]
         _check_error(exc, EncodingsFileError, label, hit)
         return
     if use_sim:
@@ -461,8 +439,7 @@ def test_the_encodings_seeds_load_bit_identically(calibrated, version) -> None:
 @settings(max_examples=FUZZ[2000], **_FAST)
 @given(data=st.data())
 def test_fuzz_encodings(calibrated, target, folder, version, data) -> None:
-    _encodings_case(data, folder, target, _seed(calibrated, version), f"fuzz_{version}.encodings",
-                    torch_named=version == "torch")
+    _encodings_case(data, folder, target, _seed(calibrated, version), f"fuzz_{version}.encodings")
 
 
 # -------------------------------------------------------------------------------------------------
