@@ -30,15 +30,13 @@ import torch
 from torch import Tensor, nn
 
 from fxquant.core import files
-from fxquant.core.encoding import FloatEncoding, QuantEncoding, encoding_problem, quant_range
+from fxquant.core.encoding import encoding_problem, quant_range
 from fxquant.core.jsonpath import JsonValidator, join, show
-from fxquant import _meta
-from fxquant.core.layers import aimet_layer_names, iter_layers
 from fxquant.errors import ConfigError, FxQuantError
-from fxquant.export.encodings_file import (EncodingsFileError, read_encodings, target_layouts,
-                                           torch_names)
+from fxquant.export.encodings_file import EncodingsFileError
 from fxquant.quantsim.config import load_config
-from fxquant.quantsim.quantizer import BITWIDTH_RANGES, AffineQuantizer, FloatQuantizer
+from fxquant.quantsim.encodings_load import install_encodings
+from fxquant.quantsim.quantizer import BITWIDTH_RANGES, AffineQuantizer
 from fxquant.quantsim.quantsim import QuantizationSimModel
 
 __all__ = ["save_checkpoint", "load_checkpoint", "load_encodings_to_sim", "CheckpointError",
@@ -536,94 +534,4 @@ def load_encodings_to_sim(sim: QuantizationSimModel,
         >>> sim2 = QuantizationSimModel(model, dummy_input)
         >>> load_encodings_to_sim(sim2, "out/resnet18_torch.encodings")
     """
-    where = (f"encodings file {os.fspath(path)}" if isinstance(path, (str, os.PathLike))
-             else "encodings file")
-    refs = {r.name: r for r in sim.quantizers()}
-    axes = {name: int(r.quantizer.axis) for name, r in refs.items()
-            if getattr(r.quantizer, "axis", None) is not None}
-    layouts = target_layouts(sim)
-    by_key = {key: name for name, keys in torch_names(sim).items() for key in keys}
-    # AIMET's preparer names some layers differently (layer4.0.module_add_6 for our
-    # layer4.0.module_add): a file AIMET exported is keyed by those names
-    ours_to_aimet = {ours: aimet for aimet, ours in aimet_layer_names(sim.model).items()}
-    for (layer, io, i), name in list(by_key.items()):
-        if layer in ours_to_aimet:
-            by_key.setdefault((ours_to_aimet[layer], io, i), name)
-    # AIMET may list a tensor twice, as its producer's output and as a consumer's input (both
-    # enabled, one encoding); here it is quantized once, by the producer's output quantizer
-    for (layer, i), name in _inputs_quantized_upstream(sim).items():
-        by_key.setdefault((layer, "input", i), name)
-        if layer in ours_to_aimet:
-            by_key.setdefault((ours_to_aimet[layer], "input", i), name)
-    found: dict[str, str] = {}
-    encodings = read_encodings(path, axes=axes, layouts=layouts, torch_names=by_key, found=found,
-                               param_names=[n for n, r in refs.items() if r.kind == "param"],
-                               source=where if not isinstance(path, (str, os.PathLike)) else None)
-    bias_names = set(sim.bias_quantizers())
-    chosen: dict[str, Any] = {}
-    unknown = []
-    for section in ("activation", "param"):
-        for name, enc in encodings[section].items():
-            if name in bias_names:
-                continue
-            if name not in refs:
-                unknown.append(name)
-                continue
-            chosen[name] = enc
-    if unknown and strict:
-        raise EncodingsFileError(
-            f"{where}: {found.get(unknown[0], '<root>')}: {len(unknown)} "
-            f"entr{'y names' if len(unknown) == 1 else 'ies name'} no "
-            f"quantizer of this sim: {unknown[:10]}; its quantizers are named {list(refs)[:10]}"
-            f"{'...' if len(refs) > 10 else ''}. Build the sim on the model and config that were "
-            "exported, or pass strict=False to skip them")
-    for name, enc in chosen.items():
-        q = refs[name].quantizer
-        kind = "param" if refs[name].kind == "param" else "activation"
-        at = f"{where}: {found.get(name, '<root>')}: {name!r}"
-        if isinstance(q, AffineQuantizer):
-            if not isinstance(enc, QuantEncoding):
-                raise EncodingsFileError(f"{at}: a float16 entry, but the quantizer is an integer "
-                                         "quantizer; export and load with the same "
-                                         "default_data_type")
-            lo, hi = BITWIDTH_RANGES[kind]
-            if not lo <= enc.bitwidth <= hi:
-                raise EncodingsFileError(f"{at}: bit width {enc.bitwidth} is invalid for an {kind} "
-                                         f"quantizer (valid: {lo}-{hi})")
-        elif isinstance(q, FloatQuantizer) and not isinstance(enc, FloatEncoding):
-            raise EncodingsFileError(f"{at}: an integer entry, but the quantizer is a float16 "
-                                     "quantizer; export and load with the same default_data_type")
-    for name, enc in chosen.items():
-        q = refs[name].quantizer
-        if isinstance(q, AffineQuantizer):
-            q.set_encoding(enc.to(_device_of(q)))
-        q.enabled = True
-    if not partial:
-        dangling = [n for n in refs if n not in chosen]
-        for name in dangling:
-            refs[name].quantizer.enabled = False
-        if dangling:
-            logger.info("%s: %d quantizer(s) without an entry were disabled (as in the exported "
-                        "sim; pass partial=True to keep them): %s", where, len(dangling),
-                        dangling[:10])
-    if chosen:
-        sim._encodings_computed = True
-    return list(chosen)
-
-
-def _inputs_quantized_upstream(sim: QuantizationSimModel) -> dict[tuple[str, int], str]:
-    """``{(layer, input index): output quantizer}`` for layer inputs that an output quantizer of
-    the layer before quantizes (the edge has no input quantizer of its own)."""
-    out: dict[tuple[str, int], str] = {}
-    for name, node in iter_layers(sim.model):
-        for i, arg in enumerate(node.all_input_nodes):
-            if (_meta.get(arg, _meta.ROLE) == _meta.ROLE_QUANTIZER
-                    and _meta.get(arg, _meta.QUANTIZES) == _meta.QUANTIZES_OUTPUT):
-                out[(name, i)] = _meta.get(arg, _meta.LAYER_NAME)
-    return out
-
-
-def _device_of(module: nn.Module) -> torch.device:
-    anchor = next(iter(module.buffers()), None)
-    return anchor.device if anchor is not None else torch.device("cpu")
-
+    return install_encodings(sim, path, strict=strict, partial=partial)

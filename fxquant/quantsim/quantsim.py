@@ -30,8 +30,7 @@ from fxquant.core.layers import is_layer, iter_layers, param_quantizers
 from fxquant.core.onnx_args import OnnxExportApiArgs, as_export_kwargs
 from fxquant.errors import CalibrationError, ConfigError, FxQuantError, TraceError
 from fxquant.export import export_sim
-from fxquant.export.encodings_file import (QuantizerArgs, read_encodings, target_layouts,
-                                           write_encodings)
+from fxquant.export.encodings_file import QuantizerArgs, write_encodings
 from fxquant.model_resolution import graph_module_to_transform
 from fxquant.passes.base import Sequential
 from fxquant.passes.fold_batchnorm import FoldBatchNormPass, training_batch_norms
@@ -39,6 +38,7 @@ from fxquant.passes.insert_quantizers import InsertQuantizersPass
 from fxquant.passes.prepare import PrepareModelPass
 from fxquant.quantsim.bias import Int32BiasQuantizer, find_input_quantizer
 from fxquant.quantsim.config import load_config
+from fxquant.quantsim.encodings_load import install_encodings
 from fxquant.quantsim.encoding import QuantEncoding
 from fxquant.quantsim.encoding_analyzer import PercentileEncodingAnalyzer
 from fxquant.quantsim.policy import ConfigPolicy, QuantSimSettings
@@ -433,42 +433,18 @@ class QuantizationSimModel:
         Returns:
             The names of the quantizers that got an encoding.
 
+        Quantizers without an entry are left as they are (``load_encodings_to_sim`` disables
+        them). Everything is validated before anything is installed.
+
         Raises:
-            ConfigError: the file is malformed (the message names the JSON path), or, with
-                ``strict``, names no quantizer of this sim (the message lists them).
+            EncodingsFileError: (a ``ConfigError``) the file is malformed or an encoding does not
+                fit its quantizer (the message names the JSON path), or, with ``strict``, an
+                entry names no quantizer of this sim (the message lists them).
 
         Example:
             >>> sim.load_encodings("resnet18.encodings")
         """
-        refs = {r.name: r for r in self.quantizers()}
-        axes = {name: r.quantizer.axis for name, r in refs.items()
-                if getattr(r.quantizer, "axis", None) is not None}
-        encodings = read_encodings(path, axes=axes, param_names=[n for n, r in refs.items()
-                                                                  if r.kind == "param"],
-                                   layouts=target_layouts(self))
-        bias_names = set(self.bias_quantizers())
-        loaded = []
-        unknown = []
-        for section in ("activation", "param"):
-            for name, enc in encodings[section].items():
-                if name in bias_names:
-                    continue
-                if name not in refs:
-                    unknown.append(name)
-                    continue
-                if isinstance(enc, QuantEncoding):
-                    quantizer = refs[name].quantizer
-                    quantizer.set_encoding(enc.to(_device_of(quantizer)))
-                    if freeze:
-                        quantizer.freeze_encoding()
-                loaded.append(name)
-        if unknown and strict:
-            raise ConfigError(
-                f"encodings for {len(unknown)} tensor(s) that have no quantizer in this sim: "
-                f"{unknown[:10]}; quantizers are named {list(refs)[:10]}... "
-                "(pass strict=False to skip them)")
-        self._encodings_computed = self._encodings_computed or bool(loaded)
-        return loaded
+        return install_encodings(self, path, strict=strict, partial=True, freeze=freeze)
 
     def export(self, path: str, filename_prefix: str, dummy_input: Any,
                onnx_export_args: OnnxExportApiArgs | dict[str, Any] | None = None,
@@ -524,11 +500,6 @@ def _check_model_is_real(model: nn.Module, when: str = "QuantizationSimModel") -
                     "the model cannot be calibrated: move the model to cpu/cuda with real weights "
                     "first, e.g. model.to_empty(device='cpu') followed by "
                     "model.load_state_dict(state_dict)")
-
-
-def _device_of(module: nn.Module) -> torch.device:
-    tensor = next(iter(module.buffers()), None)
-    return tensor.device if tensor is not None else torch.device("cpu")
 
 
 def _describe(args: Sequence[Any]) -> str:

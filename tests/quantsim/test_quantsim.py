@@ -189,9 +189,24 @@ def test_load_encodings_names_unknown_tensors(tmp_path) -> None:
     sim.save_encodings(path)
     data = __import__("json").loads(path.read_text())
     data["activation_encodings"][0]["name"] = "conv7"
-    with pytest.raises(fxquant.ConfigError, match=r"no quantizer in this sim: \['conv7'\]"):
+    with pytest.raises(fxquant.ConfigError, match=r"1 entry names no quantizer of this sim: \[.conv7.\]"):
         sim.load_encodings(data)
     assert "conv7" not in sim.load_encodings(data, strict=False)
+
+
+def test_a_refused_encodings_file_installs_nothing(tmp_path) -> None:
+    sim = QuantizationSimModel(trained_net(), torch.randn(1, 1, 8, 8))
+    sim.compute_encodings(_calibrate)
+    path = tmp_path / "e.json"
+    sim.save_encodings(path)
+    data = __import__("json").loads(path.read_text())
+    before = {r.name: r.quantizer.encoding for r in sim.quantizers()}
+    for entry in data["activation_encodings"]:
+        entry["scale"] = [s * 2 for s in entry["scale"]]      # would change every activation
+    data["activation_encodings"][-1]["name"] = "conv7"        # ... but one names no quantizer
+    with pytest.raises(fxquant.ConfigError, match=r"names no quantizer of this sim"):
+        sim.load_encodings(data)
+    assert all(r.quantizer.encoding == before[r.name] for r in sim.quantizers())
 
 
 # -- AIMET call shapes (issue 10 items 2 and 8) ---------------------------------------------------
