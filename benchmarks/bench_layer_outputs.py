@@ -122,7 +122,8 @@ def bench(model: torch.nn.Module, xs: list[torch.Tensor], device: torch.device, 
     for r in range(repeats):
         folder = tempfile.mkdtemp(prefix="fxq-lo-", dir=tmp)
         start = time.perf_counter()
-        util = LayerOutputUtil(model, folder, overwrite=True)
+        # BNs kept, as AIMET's dump keeps them: both sides dump the same layers
+        util = LayerOutputUtil(model, folder, overwrite=True, fold_batch_norms=False)
         inits.append(time.perf_counter() - start)
         start = time.perf_counter()
         util.generate_layer_outputs_batch(xs, progress=False)
