@@ -10,7 +10,7 @@ Files (``<prefix>`` = ``filename_prefix``):
 * ``<prefix>.pth`` — ``torch.save`` of the float GraphModule's plain ``state_dict()``;
 * ``<prefix>_torch.encodings`` — the encodings keyed by module and parameter names.
 
-The files are one atomic directory update (:func:`fxquant.core.files.staged_directory`): they are
+The files are one atomic directory update (:func:`fxquant.core.file_sets.staged_directory`): they are
 written into a hidden folder inside ``path``, flushed to disk and then moved into place, each
 previous file of the same name kept first. A failed export (while writing, flushing or moving into
 place, a full disk included) leaves the previous export byte-identical and no new, partial or
@@ -39,7 +39,7 @@ from typing import Any, BinaryIO, Callable
 import onnx
 import torch
 
-from fxquant.core import files
+from fxquant.core import file_sets
 from fxquant.errors import ConfigError
 from fxquant.export.errors import ExportError
 from fxquant.export.onnx_export import export_onnx
@@ -152,7 +152,7 @@ def export_sim(sim: Any, path: str | os.PathLike[str], filename_prefix: str, dum
     outputs["torch_encodings"] = torch_encodings_file(  # for load_encodings_to_sim (AIMET's)
         sim, filename_prefix, version=encoding_version, quantizer_args=sim.quantizer_args(),
         excluded_layers=_excluded_layers(sim))
-    with files.staged_directory(out_dir, overwrite=True) as stage:
+    with file_sets.staged_directory(out_dir, overwrite=True) as stage:
         for name, write in outputs.values():
             stage.write_file(name, write)
     logger.info("exported %d activation, %d param and %d bias encodings to %s", len(encs["activation"]),

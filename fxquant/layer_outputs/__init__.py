@@ -15,7 +15,7 @@ Example:
 """
 from __future__ import annotations
 
-from fxquant.layer_outputs.dump_writer import sanitize_names
+from fxquant.layer_outputs.dump_format import sanitize_names
 from fxquant.layer_outputs.compare import compare_layer_outputs
 from fxquant.layer_outputs.dump_reader import LayerOutputDump, TensorInfo
 from fxquant.layer_outputs.errors import (DumpExistsError, DumpFormatError, DumpWriteError,

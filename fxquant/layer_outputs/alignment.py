@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from fxquant.layer_outputs.dump_writer import default_layout
+from fxquant.layer_outputs.dump_format import default_layout
 
 __all__ = ["Alignment", "alignment_candidates", "align", "MAX_PERMUTATION_RANK"]
 

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from fxquant.core.jsonpath import JsonValidator, got, index, join, loads, show
-from fxquant.layer_outputs.dump_writer import (INSTANCES, LAYOUTS, MANIFEST, MANIFEST_FORMAT,
+from fxquant.layer_outputs.dump_format import (INSTANCES, LAYOUTS, MANIFEST, MANIFEST_FORMAT,
                                                MANIFEST_VERSIONS, NAME_ORDER, instance_entry_path)
 from fxquant.layer_outputs.errors import DumpFormatError
 

@@ -29,7 +29,7 @@ own entries.
 Overwriting a dump (``overwrite=True`` on a directory that holds one) never mixes the two: the new
 dump is written into a hidden folder (``.fxquant-stage-…``) in the directory until its first
 instance is complete, and then replaces the previous dump's entries in one update
-(:func:`fxquant.core.files.replace_entries`: the previous ``outputs/`` moved out first, the new
+(:func:`fxquant.core.file_sets.replace_entries`: the previous ``outputs/`` moved out first, the new
 one moved in last; any failure puts the previous dump back). So the previous dump survives, whole,
 every failure (and a kill) before the new one has an instance; a writer closed without any failure
 replaces it even when it wrote no instance. Entries of the directory that are not part of a dump
@@ -39,109 +39,39 @@ from __future__ import annotations
 
 import concurrent.futures
 import errno
-import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Self
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from fxquant.core import files
+from fxquant.core import file_sets, files
+from fxquant.layer_outputs.dump_format import (FILE_FORMATS, INSTANCES, LAYOUTS, MANIFEST,
+                                               MANIFEST_FORMAT, MANIFEST_VERSION, NAME_ORDER,
+                                               default_layout, describe_input,
+                                               instance_entry_path, sanitize_names)
 from fxquant.layer_outputs.errors import DumpExistsError, DumpWriteError, InputInstanceError
 
-__all__ = ["DumpWriter", "DumpingUtil", "FILE_FORMATS", "HostInstance", "INSTANCES", "LAYOUTS",
-           "MANIFEST", "MANIFEST_FORMAT", "MANIFEST_VERSIONS", "NAME_ORDER", "check_dir",
-           "default_layout", "describe_input", "instance_entry_path", "sanitize_names"]
+__all__ = ["DumpWriter", "HostInstance", "check_dir"]
 
 logger = logging.getLogger(__name__)
 
-#: File of the AIMET name order.
-NAME_ORDER = "layer_output_name_order.json"
-#: fxquant's manifest file.
-MANIFEST = "manifest.json"
-#: Value of ``manifest["format"]``.
-MANIFEST_FORMAT = "fxquant.layer_outputs"
-#: Version written. 2: per-instance input shapes, per-instance entries in ``instances/``.
-MANIFEST_VERSION = 2
-#: Versions read (1: one input shape for all instances).
-MANIFEST_VERSIONS = (1, 2)
-#: Folder of the per-instance entries.
-INSTANCES = "instances"
-#: Supported file formats.
-FILE_FORMATS = ("raw", "npy")
-#: Supported dump layouts: as computed (channels first) or channels last.
-LAYOUTS = ("NCHW", "NHWC")
-
-_CHANNELS_FIRST = {1: "N", 2: "NC", 3: "NCL", 4: "NCHW", 5: "NCDHW"}
-_CHANNELS_LAST = {3: "NLC", 4: "NHWC", 5: "NDHWC"}
 _OWN_ENTRIES = ("inputs", "outputs", INSTANCES, NAME_ORDER, MANIFEST)
 # The order a dump's entries are moved in when it replaces another (outputs/, which makes the
 # instances exist, last) and out (outputs/ first).
 _MOVED_IN = ("inputs", INSTANCES, NAME_ORDER, MANIFEST, "outputs")
 #: Seconds between the manifest rewrites while instances are written (and at the end).
 MANIFEST_INTERVAL_S = 1.0
-_MAX_STEM = 180
-_WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)),
-                     *(f"LPT{i}" for i in range(1, 10))}
 # numpy has no bfloat16 / float8: such tensors are widened to float32 before writing.
 _NUMPY_SAFE = {torch.float16, torch.float32, torch.float64, torch.int8, torch.uint8, torch.int16,
                torch.int32, torch.int64, torch.bool}
-
-
-def default_layout(rank: int, channels_last: bool = False) -> str | None:
-    """The axis letters of a rank-``rank`` tensor as frameworks compute it (``"NCHW"`` for 4-D),
-    or its channels-last form (``"NHWC"``); None when there is no convention (rank 0 or > 5).
-
-    Example:
-        >>> default_layout(4), default_layout(4, channels_last=True)
-        ('NCHW', 'NHWC')
-    """
-    if channels_last and rank in _CHANNELS_LAST:
-        return _CHANNELS_LAST[rank]
-    return _CHANNELS_FIRST.get(rank)
-
-
-def sanitize_names(names: Iterable[str], taken: Iterable[str] = ()) -> dict[str, str]:
-    """File stems for tensor names: AIMET's ``re.sub(r"\\W+", "_", name)``, made unique.
-
-    Names that collide after sanitizing (``a.b`` and ``a_b``; or only by letter case, which
-    case-insensitive file systems merge) get ``__1``, ``__2`` … in order of appearance; stems longer
-    than 180 characters are shortened with a hash; empty stems and Windows device names are padded.
-
-    Args:
-        names: tensor names, in order.
-        taken: stems already used (case-insensitively).
-
-    Example:
-        >>> sanitize_names(["layer1.0.conv1", "layer1_0_conv1", "fc#0"])
-        {'layer1.0.conv1': 'layer1_0_conv1', 'layer1_0_conv1': 'layer1_0_conv1__1', 'fc#0': 'fc_0'}
-    """
-    used = {t.lower() for t in taken}
-    out: dict[str, str] = {}
-    for name in names:
-        if name in out:
-            continue
-        stem = re.sub(r"\W+", "_", name) or "_"
-        if len(stem) > _MAX_STEM:
-            digest = hashlib.sha1(name.encode("utf-8")).hexdigest()[:12]
-            stem = f"{stem[:_MAX_STEM - 13]}_{digest}"
-        if stem.upper() in _WINDOWS_RESERVED:
-            stem = f"{stem}_"
-        candidate, k = stem, 0
-        while candidate.lower() in used:
-            k += 1
-            candidate = f"{stem}__{k}"
-        used.add(candidate.lower())
-        out[name] = candidate
-    return out
 
 
 def check_dir(dir_path: str | os.PathLike[str], overwrite: bool) -> None:
@@ -158,39 +88,6 @@ def check_dir(dir_path: str | os.PathLike[str], overwrite: bool) -> None:
     """
     files.check_destination(dir_path, overwrite=overwrite, kind="directory", what="dump directory",
                             exists_cls=DumpExistsError, error_cls=DumpWriteError)
-
-
-def instance_entry_path(dir_path: str | os.PathLike[str], index: int) -> str:
-    """The file of instance ``index``'s own manifest entry.
-
-    Example:
-        >>> instance_entry_path("dumps/sim", 3)
-        'dumps/sim/instances/instance_3.json'
-    """
-    return os.path.join(os.fspath(dir_path), INSTANCES, f"instance_{index}.json")
-
-
-def describe_input(value: Any) -> str:
-    """A short description of one input instance for messages: shapes and dtypes.
-
-    Example:
-        >>> describe_input((torch.zeros(1, 3, 8, 8), torch.zeros(2, dtype=torch.int64)))
-        'tuple of 2: [tensor (1, 3, 8, 8) torch.float32, tensor (2,) torch.int64]'
-    """
-    def one(item: Any) -> str:
-        shape = getattr(item, "shape", None)
-        dtype = getattr(item, "dtype", None)
-        if shape is not None and dtype is not None:
-            kind = "tensor" if isinstance(item, torch.Tensor) else "array"
-            return f"{kind} {tuple(int(d) for d in shape)} {dtype}"
-        return type(item).__qualname__
-
-    if isinstance(value, Mapping):
-        return "dict: {" + ", ".join(f"{k!r}: {one(v)}" for k, v in list(value.items())[:8]) + "}"
-    if isinstance(value, (tuple, list)):
-        items = ", ".join(one(v) for v in value[:8]) + (", ..." if len(value) > 8 else "")
-        return f"{type(value).__name__} of {len(value)}: [{items}]"
-    return one(value)
 
 
 def _is_temporary(entry: str) -> bool:
@@ -357,7 +254,7 @@ class DumpWriter:
             self._write_manifest()
             names = [n for n in _MOVED_IN if os.path.lexists(os.path.join(stage, n))]
             try:
-                files.replace_entries(self.dir_path, stage, names,
+                file_sets.replace_entries(self.dir_path, stage, names,
                                       previous=self._previous_entries(), error_cls=DumpWriteError)
             except BaseException:
                 self._failed = True
@@ -517,9 +414,10 @@ class DumpWriter:
         array = _as_numpy(value)
         source_dtype = str(array.dtype)
         layout = default_layout(array.ndim)
-        if self.layout == "NHWC" and array.ndim in _CHANNELS_LAST:
+        channels_last = default_layout(array.ndim, channels_last=True)
+        if self.layout == "NHWC" and channels_last != layout:
             array = np.moveaxis(array, 1, -1)
-            layout = default_layout(array.ndim, channels_last=True)
+            layout = channels_last
         if self.file_format == "raw" and array.dtype != np.float32:
             array = array.astype(np.float32)
         return array, source_dtype, layout
@@ -692,54 +590,3 @@ class DumpWriter:
             except BaseException:
                 self._dirty = True  # the next flush or close writes it again
                 raise
-
-
-class DumpingUtil:
-    """What the torch and ONNX Runtime ``LayerOutputUtil`` share: a :class:`DumpWriter` fed by
-    ``_instance(input_instance)``, batch generation, closing and the context manager.
-
-    Example:
-        >>> with LayerOutputUtil(sim, "dumps/sim") as util:
-        ...     util.generate_layer_outputs_batch(images)
-    """
-
-    _writer: DumpWriter
-    #: Progress-bar label of :meth:`generate_layer_outputs_batch`.
-    _progress_label = "layer outputs"
-
-    def _instance(self, input_instance: Any) -> HostInstance:
-        raise NotImplementedError
-
-    @property
-    def dir_path(self) -> str:
-        """The dump directory."""
-        return self._writer.dir_path
-
-    def generate_layer_outputs_batch(self, input_instances: Iterable[Any], *,
-                                     progress: bool = True) -> int:
-        """Runs and writes many input instances; writing overlaps the next run.
-
-        Args:
-            input_instances: an iterable of input instances (each as for
-                ``generate_layer_outputs``), e.g. a ``DataLoader`` of single images.
-            progress: show a progress bar.
-
-        Returns:
-            The number of instances written.
-
-        Example:
-            >>> util.generate_layer_outputs_batch(torch.randn(32, 1, 3, 224, 224))
-            32
-        """
-        return self._writer.submit_all(input_instances, self._instance,
-                                       desc=self._progress_label, progress=progress)
-
-    def close(self) -> None:
-        """Finishes pending writes and stops the writer thread (also done at exit)."""
-        self._writer.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()

@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 import onnx
 
-from fxquant.layer_outputs.dump_writer import DumpingUtil, DumpWriter, HostInstance, check_dir
+from fxquant.layer_outputs.dump_writer import DumpWriter, HostInstance, check_dir
+from fxquant.layer_outputs.dumping_util import DumpingUtil
 
 __all__ = ["LayerOutputUtil", "dumped_tensors"]
 

@@ -17,7 +17,8 @@ import numpy as np
 
 from fxquant.core.jsonpath import JsonValidator, join, show
 from fxquant.errors import ConfigError
-from fxquant.export.encodings_file import encodings_from_refs, read_encodings
+from fxquant.export.encodings_file import encodings_from_refs
+from fxquant.export.encodings_reader import read_encodings
 
 __all__ = ["scales_from_encodings"]
 

@@ -59,7 +59,8 @@ from fxquant.model_resolution import FLOAT, ResolvedModel, private_copy, resolve
 from fxquant.passes.fold_batchnorm import FoldBatchNormPass
 from fxquant.passes.insert_quantizers import INPUT_QUANTIZERS
 from fxquant.passes.remove_quantizers import RemoveQuantizersPass
-from fxquant.layer_outputs.dump_writer import DumpingUtil, DumpWriter, HostInstance, check_dir
+from fxquant.layer_outputs.dump_writer import DumpWriter, HostInstance, check_dir
+from fxquant.layer_outputs.dumping_util import DumpingUtil
 
 __all__ = ["LayerOutputUtil", "NamingScheme"]
 

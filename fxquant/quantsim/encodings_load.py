@@ -21,8 +21,8 @@ from torch import nn
 from fxquant import _meta
 from fxquant.core.encoding import FloatEncoding, QuantEncoding
 from fxquant.core.layers import aimet_layer_names, iter_layers
-from fxquant.export.encodings_file import (EncodingsFileError, read_encodings, target_layouts,
-                                           torch_names)
+from fxquant.export.encodings_file import EncodingsFileError, target_layouts, torch_names
+from fxquant.export.encodings_reader import read_encodings
 from fxquant.quantsim.quantizer import BITWIDTH_RANGES, AffineQuantizer, FloatQuantizer
 
 __all__ = ["install_encodings"]

@@ -13,13 +13,8 @@ Example:
 """
 from __future__ import annotations
 
-import contextlib
-import copy
-import dataclasses
-import enum
 import logging
-from collections.abc import Iterator
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -29,6 +24,8 @@ from fxquant.core.kernels import dequantize, quantize, quantize_dequantize, ste_
 from fxquant.errors import CalibrationError, ConfigError
 from fxquant.quantsim.encoding_analyzer import EncodingAnalyzer, get_encoding_analyzer
 from fxquant.quantsim.quant_scheme import QuantizationDataType, QuantScheme
+from fxquant.quantsim.quantizer_base import (BITWIDTH_RANGES, Grid, QuantizerBase,
+                                             QuantizerSnapshot, validate_bitwidth)
 
 __all__ = [
     "quantize_dequantize", "quantize", "dequantize", "QuantizerBase", "AffineQuantizer",
@@ -37,187 +34,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-#: Valid integer bit widths per quantizer kind (inclusive).
-BITWIDTH_RANGES: dict[str, tuple[int, int]] = {"param": (2, 32), "activation": (4, 32)}
-
-
-# -------------------------------------------------------------------------------------------------
-# Quantizer modules
-# -------------------------------------------------------------------------------------------------
-def _validate_bitwidth(bitwidth: Any, kind: str, label: str) -> int:
-    lo, hi = BITWIDTH_RANGES[kind]
-    if isinstance(bitwidth, bool) or not isinstance(bitwidth, int) or not lo <= bitwidth <= hi:
-        article = "an" if kind[:1] in "aeiou" else "a"
-        raise ConfigError(f"{label}: bitwidth {bitwidth!r} is not valid for {article} {kind} "
-                          "quantizer; "
-                          f"valid bit widths are {lo}-{hi} (integer), or 16 with "
-                          f"data_type='float'")
-    return bitwidth
-
-
-class _Grid(NamedTuple):
-    bitwidth: int
-    signed: bool
-    symmetric: bool
-    strict: bool
-
-
-class QuantizerBase(nn.Module):
-    """Common interface of all quantizers: a named module with ``enabled`` and a calibration mode.
-
-    Attributes:
-        kind: "param" or "activation" (selects the valid bit widths: 2-32 and 4-32).
-        name: the quantizer's name, used in messages (e.g. "layer1.0.conv1.weight").
-        enabled: when False the quantizer is the identity.
-        calibrating: when True ``forward`` feeds its input to the encoding analyzer and returns
-            it unquantized (see ``calibration()``).
-    """
-
-    #: fxquant.trace keeps modules with this class attribute opaque (one call_module node).
-    _fxquant_leaf = True
-
-    def __init__(self, *, kind: str = "activation", name: str = "", enabled: bool = True) -> None:
-        super().__init__()
-        if kind not in BITWIDTH_RANGES:
-            raise ConfigError(f"quantizer {name!r}: kind {kind!r} is not valid; use 'param' or "
-                              f"'activation'")
-        self.kind = kind
-        self.name = name
-        self.enabled = bool(enabled)
-        self.calibrating = False
-        self._frozen = False
-
-    def _label(self) -> str:
-        return f"quantizer {self.name!r}" if self.name else f"unnamed {type(self).__name__}"
-
-    @property
-    def encoding(self) -> QuantEncoding | None:
-        """The current encoding, or None (not computed yet, or not applicable)."""
-        return None
-
-    @property
-    def is_initialized(self) -> bool:
-        """True when ``forward`` can quantize (an encoding exists, or none is needed)."""
-        return True
-
-    @property
-    def is_frozen(self) -> bool:
-        """True when ``compute_encoding`` leaves the encoding alone."""
-        return self._frozen
-
-    def freeze_encoding(self) -> None:
-        """Keep the current encoding: calibration neither collects statistics nor overwrites it."""
-        self._frozen = True
-
-    def unfreeze_encoding(self) -> None:
-        """Undo ``freeze_encoding``."""
-        self._frozen = False
-
-    def set_encoding(self, encoding: QuantEncoding) -> None:
-        """Install ``encoding`` (explicit calls work on frozen quantizers too)."""
-        raise ConfigError(f"{self._label()} takes no encoding")
-
-    def compute_encoding(self) -> None:
-        """Compute the encoding from the statistics collected while calibrating (no-op when
-        frozen)."""
-
-    def _start_calibration(self) -> None:
-        """Hook: called when a ``calibration()`` block starts."""
-
-    def _finish_calibration(self) -> None:
-        """Hook: called when a ``calibration()`` block ends without an exception."""
-
-    @contextlib.contextmanager
-    def calibration(self, *, compute: bool = True) -> Iterator[QuantizerBase]:
-        """Collect statistics for the duration of the block, then compute the encoding.
-
-        Inside the block ``forward`` returns its input unquantized and feeds it to the encoding
-        analyzer (statistics are reset on entry). On a clean exit the encoding is computed when
-        ``compute`` is True and the quantizer saw data; an enabled quantizer that saw none keeps
-        its encoding and logs a warning.
-
-        Example:
-            >>> q = AffineQuantizer(8, name="act")
-            >>> with q.calibration():
-            ...     _ = q(torch.tensor([0.0, 1.0]))
-            >>> q.encoding.bitwidth
-            8
-        """
-        self._start_calibration()
-        self.calibrating = True
-        try:
-            yield self
-        finally:
-            self.calibrating = False
-        if compute:
-            self._finish_calibration()
-
-    # -- snapshots (all-or-nothing calibration) ---------------------------------------------
-    def state_snapshot(self) -> QuantizerSnapshot:
-        """Everything calibration may change: encoding tensors (by value, and which objects hold
-        them), grid and flags, and the encoding analyzer's statistics.
-
-        ``restore_snapshot`` puts it all back; an ``nn.Parameter`` scale stays the same object,
-        so optimizers that hold it keep working.
-
-        Example:
-            >>> snap = q.state_snapshot()
-            >>> q.set_encoding(other_encoding)
-            >>> q.restore_snapshot(snap)      # q quantizes exactly as before
-        """
-        plain = {k: v for k, v in vars(self).items() if _is_plain_value(v)}
-        tensors = {}
-        for kind in ("_parameters", "_buffers"):
-            tensors[kind] = [(name, t, None if t is None else t.detach().clone(),
-                              None if t is None else t.requires_grad)
-                             for name, t in getattr(self, kind).items()]
-        analyzer = getattr(self, "encoding_analyzer", None)
-        stats = (None if not isinstance(analyzer, EncodingAnalyzer)
-                 else (analyzer, copy.deepcopy(vars(analyzer))))
-        return QuantizerSnapshot(plain, tensors, set(self._non_persistent_buffers_set), stats)
-
-    def restore_snapshot(self, snapshot: QuantizerSnapshot) -> None:
-        """Put back the state recorded by :meth:`state_snapshot` (see there)."""
-        vars(self).update(snapshot.plain)
-        with torch.no_grad():
-            for kind, entries in snapshot.tensors.items():
-                table = getattr(self, kind)
-                table.clear()
-                for name, obj, value, requires_grad in entries:
-                    if obj is not None:
-                        obj.data = value
-                        if isinstance(obj, nn.Parameter):
-                            obj.requires_grad_(bool(requires_grad))
-                    table[name] = obj
-        self._non_persistent_buffers_set.clear()
-        self._non_persistent_buffers_set.update(snapshot.non_persistent)
-        if snapshot.analyzer is not None:
-            analyzer, state = snapshot.analyzer
-            vars(analyzer).clear()
-            vars(analyzer).update(state)
-            self.encoding_analyzer = analyzer
-
-    def extra_repr(self) -> str:
-        return f"name={self.name!r}, kind={self.kind}, enabled={self.enabled}"
-
-
-def _is_plain_value(value: Any) -> bool:
-    """Immutable attribute values a snapshot records by reference (flags, grids, names)."""
-    if value is None or isinstance(value, (bool, int, float, str, enum.Enum)):
-        return True
-    return isinstance(value, tuple) and all(_is_plain_value(v) for v in value)
-
-
-@dataclasses.dataclass(frozen=True)
-class QuantizerSnapshot:
-    """What :meth:`QuantizerBase.state_snapshot` records (opaque to callers)."""
-
-    plain: dict[str, Any]
-    tensors: dict[str, list[tuple[str, Tensor | None, Tensor | None, bool | None]]]
-    non_persistent: set[str]
-    analyzer: tuple[EncodingAnalyzer, dict[str, Any]] | None
-
 
 class AffineQuantizer(QuantizerBase):
     """Integer (affine) fake quantizer with a calibrated, optionally learned, encoding.
@@ -270,7 +86,7 @@ class AffineQuantizer(QuantizerBase):
         scheme = QuantScheme.parse(quant_scheme)
         if axis is not None and (isinstance(axis, bool) or not isinstance(axis, int)):
             raise ConfigError(f"{self._label()}: axis must be an int or None, got {axis!r}")
-        self._bitwidth = _validate_bitwidth(bitwidth, kind, self._label())
+        self._bitwidth = validate_bitwidth(bitwidth, kind, self._label())
         self._symmetric = bool(symmetric)
         self._strict = bool(strict_symmetric)
         self._signed = None if signed is None else bool(signed)
@@ -281,7 +97,7 @@ class AffineQuantizer(QuantizerBase):
             encoding_analyzer = get_encoding_analyzer(scheme, axis=axis, name=name or None)
         self.encoding_analyzer = encoding_analyzer
         self._learn_range = scheme.learns_range if learn_range is None else bool(learn_range)
-        self._grid: _Grid | None = None
+        self._grid: Grid | None = None
         self._qrange = (0, 0)
         self.register_buffer("scale", None)
         self.register_buffer("zero_point", None)
@@ -307,7 +123,7 @@ class AffineQuantizer(QuantizerBase):
 
     @bitwidth.setter
     def bitwidth(self, value: int) -> None:
-        value = _validate_bitwidth(value, self.kind, self._label())
+        value = validate_bitwidth(value, self.kind, self._label())
         self._config_changes("bitwidth", self._bitwidth, value)
         self._bitwidth = value
 
@@ -402,15 +218,15 @@ class AffineQuantizer(QuantizerBase):
         if encoding.axis != self.axis:
             raise ConfigError(f"{self._label()} quantizes along axis {self.axis}, but the "
                               f"encoding has axis {encoding.axis}")
-        _validate_bitwidth(encoding.bitwidth, self.kind, self._label())
+        validate_bitwidth(encoding.bitwidth, self.kind, self._label())
         self._bitwidth, self._symmetric = encoding.bitwidth, encoding.symmetric
         if encoding.symmetric and encoding.signed:
             self._strict = encoding.strict
-        self._set_grid(_Grid(encoding.bitwidth, encoding.signed, encoding.symmetric,
+        self._set_grid(Grid(encoding.bitwidth, encoding.signed, encoding.symmetric,
                              encoding.strict))
         self._store(encoding.scale, encoding.zero_point.to(torch.float32))
 
-    def _set_grid(self, grid: _Grid) -> None:
+    def _set_grid(self, grid: Grid) -> None:
         self._grid = grid
         self._qrange = quant_range(grid.bitwidth, grid.signed, grid.symmetric, grid.strict)
 
@@ -511,7 +327,7 @@ class AffineQuantizer(QuantizerBase):
     def set_extra_state(self, state: dict[str, Any]) -> None:
         grid = state.get("grid")
         if grid is not None:
-            self._set_grid(_Grid(int(grid[0]), bool(grid[1]), bool(grid[2]), bool(grid[3])))
+            self._set_grid(Grid(int(grid[0]), bool(grid[1]), bool(grid[2]), bool(grid[3])))
         frozen = bool(state.get("frozen", False))
         if frozen and self.scale is not None:
             self.freeze_encoding()
@@ -532,7 +348,7 @@ class AffineQuantizer(QuantizerBase):
         zero_point = state_dict.get(prefix + "zero_point")
         if isinstance(scale, Tensor) and isinstance(zero_point, Tensor):
             if self._grid is None:
-                self._set_grid(_Grid(*self._config_grid()))
+                self._set_grid(Grid(*self._config_grid()))
             self._store(torch.zeros(scale.shape), torch.zeros(zero_point.shape))
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)

@@ -11,7 +11,7 @@ import stat
 
 import pytest
 
-from fxquant.core import files
+from fxquant.core import file_sets, files
 from fxquant.errors import FileWriteError, OutputExistsError
 
 
@@ -261,7 +261,7 @@ NAMES = ("m.onnx", "m.encodings", "m.pth")
 
 
 def _export(directory: pathlib.Path, tag: str, **kwargs) -> list[pathlib.Path]:
-    with files.staged_directory(directory, **kwargs) as stage:
+    with file_sets.staged_directory(directory, **kwargs) as stage:
         for name in NAMES:
             pathlib.Path(stage.path(name)).write_text(f"{tag}:{name}")
     return [directory / name for name in NAMES]
@@ -420,12 +420,12 @@ def test_exception_in_the_block_touches_nothing(tmp_path: pathlib.Path) -> None:
     _export(tmp_path / "out", "v1", overwrite=True)
     before = _tree(tmp_path)
     with pytest.raises(RuntimeError, match="model broke"):
-        with files.staged_directory(tmp_path / "out", overwrite=True) as stage:
+        with file_sets.staged_directory(tmp_path / "out", overwrite=True) as stage:
             pathlib.Path(stage.path("m.onnx")).write_text("v2")
             raise RuntimeError("model broke")
     assert _tree(tmp_path) == before
     with pytest.raises(RuntimeError, match="model broke"):
-        with files.staged_directory(tmp_path / "a" / "b", overwrite=True) as stage:
+        with file_sets.staged_directory(tmp_path / "a" / "b", overwrite=True) as stage:
             pathlib.Path(stage.path("m.onnx")).write_text("v2")
             raise RuntimeError("model broke")
     assert sorted(os.listdir(tmp_path)) == ["out"]  # the folders made for the update are gone
@@ -436,7 +436,7 @@ def test_a_staged_file_never_written_fails_the_update(tmp_path: pathlib.Path) ->
     before = _tree(tmp_path)
     with pytest.raises(FileWriteError, match=rf"cannot move into place {tmp_path}/m.pth: the "
                                              "writer did not create it"):
-        with files.staged_directory(tmp_path, overwrite=True) as stage:
+        with file_sets.staged_directory(tmp_path, overwrite=True) as stage:
             pathlib.Path(stage.path("m.onnx")).write_text("v2")
             stage.path("m.pth")
     assert _tree(tmp_path) == before
@@ -447,7 +447,7 @@ def test_stage_write_names_the_final_path(tmp_path: pathlib.Path) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
     with pytest.raises(FileWriteError, match=rf"cannot write {tmp_path}/m.pth: No space left"):
-        with files.staged_directory(tmp_path, overwrite=True) as stage:
+        with file_sets.staged_directory(tmp_path, overwrite=True) as stage:
             assert stage.write("m.onnx", lambda t: pathlib.Path(t).write_text("x")) == \
                 tmp_path / "m.onnx"
             stage.write("m.pth", full)
@@ -462,14 +462,14 @@ def test_stage_write_names_the_final_path(tmp_path: pathlib.Path) -> None:
 ])
 def test_path_validation(tmp_path: pathlib.Path, name: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        with files.staged_directory(tmp_path, overwrite=True) as stage:
+        with file_sets.staged_directory(tmp_path, overwrite=True) as stage:
             stage.path(name)
     assert os.listdir(tmp_path) == []
 
 
 def test_path_twice_and_outside_the_block(tmp_path: pathlib.Path) -> None:
     with pytest.raises(ValueError, match="staged file 'm.onnx' was already requested"):
-        with files.staged_directory(tmp_path, overwrite=True) as stage:
+        with file_sets.staged_directory(tmp_path, overwrite=True) as stage:
             stage.path("m.onnx")
             stage.path("m.onnx")
     with pytest.raises(RuntimeError, match=r"called outside its `with` block"):
@@ -483,11 +483,11 @@ def test_staged_directory_where_a_file_stands(tmp_path: pathlib.Path) -> None:
     (tmp_path / "out").write_text("")
     with pytest.raises(_WriteError, match=rf"cannot create the directory {tmp_path}/out: exists "
                                           "and is not a directory"):
-        with files.staged_directory(tmp_path / "out", overwrite=True, error_cls=_WriteError):
+        with file_sets.staged_directory(tmp_path / "out", overwrite=True, error_cls=_WriteError):
             pass
     with pytest.raises(FileWriteError, match=rf"cannot write {tmp_path}/d/m.onnx: is a directory"):
         (tmp_path / "d" / "m.onnx").mkdir(parents=True)
-        with files.staged_directory(tmp_path / "d", overwrite=True) as stage:
+        with file_sets.staged_directory(tmp_path / "d", overwrite=True) as stage:
             stage.path("m.onnx")
     assert os.listdir(tmp_path / "d") == ["m.onnx"]
 
@@ -500,7 +500,7 @@ def test_staging_folder_cannot_be_created(tmp_path: pathlib.Path,
     monkeypatch.setattr(files.os, "mkdir", refuse)
     with pytest.raises(FileWriteError, match=rf"cannot write {tmp_path}/new: Permission denied "
                                              r"\(no permission to write there"):
-        with files.staged_directory(tmp_path / "new", overwrite=True):
+        with file_sets.staged_directory(tmp_path / "new", overwrite=True):
             pass
     assert os.listdir(tmp_path) == []
 
@@ -561,7 +561,7 @@ def test_other_runtime_errors_pass_through(tmp_path: pathlib.Path) -> None:
     with pytest.raises(RuntimeError, match="^model broke$"):
         files.atomic_write(tmp_path / "new" / "f", broken)
     with pytest.raises(RuntimeError, match="^model broke$"):
-        with files.staged_directory(tmp_path / "new", overwrite=True) as stage:
+        with file_sets.staged_directory(tmp_path / "new", overwrite=True) as stage:
             stage.write("f", broken)
     assert os.listdir(tmp_path) == []
 
@@ -584,7 +584,7 @@ def test_failed_write_removes_the_folders_it_created(tmp_path: pathlib.Path) -> 
 def test_atomic_write_file_and_stage_write_file(tmp_path: pathlib.Path) -> None:
     assert files.atomic_write_file(tmp_path / "x" / "a.bin", lambda f: f.write(b"\x00\x01")) == \
         tmp_path / "x" / "a.bin"
-    with files.staged_directory(tmp_path / "x", overwrite=True) as stage:
+    with file_sets.staged_directory(tmp_path / "x", overwrite=True) as stage:
         assert stage.write_file("b.bin", lambda f: f.write(b"b")) == tmp_path / "x" / "b.bin"
         stage.write_file("a.bin", lambda f: f.write(b"new"))
     assert _tree(tmp_path / "x") == {"a.bin": b"new", "b.bin": b"b"}
@@ -625,7 +625,7 @@ def test_fault_at_every_step_of_a_staged_update(tmp_path: pathlib.Path,
     out = tmp_path / "out"
 
     def write(tag: str) -> None:
-        with files.staged_directory(out, overwrite=True) as stage:
+        with file_sets.staged_directory(out, overwrite=True) as stage:
             for name in NAMES:
                 stage.write_file(name, lambda f, n=name: f.write(f"{tag}:{n}".encode()))
 
@@ -710,7 +710,7 @@ def test_replace_entries_moves_the_previous_out_first_and_the_new_in(
     monkeypatch.setattr(os, "replace", lambda a, b: (moves.append((os.path.relpath(a, root),
                                                                    os.path.relpath(b, root))),
                                                      real(a, b))[1])
-    paths = files.replace_entries(root, src, ["index.json", "data"],
+    paths = file_sets.replace_entries(root, src, ["index.json", "data"],
                                   previous=["data", ".left.tmp"])
     assert paths == [root / "index.json", root / "data"]
     aside = moves[0][1].split("/")[0]
@@ -734,7 +734,7 @@ def test_replace_entries_fault_at_every_step(tmp_path: pathlib.Path,
             import shutil
             shutil.rmtree(src)
         _entries(src, "new")  # outside the watched folder: never failed
-        files.replace_entries(root, src, ["index.json", "data"], previous=["data"])
+        file_sets.replace_entries(root, src, ["index.json", "data"], previous=["data"])
 
     outcome = check_all_or_nothing(root, replace, setup=lambda: _entries(root, "old"),
                                    monkeypatch=monkeypatch, watch=root)
@@ -754,9 +754,9 @@ def test_replace_entries_errors(tmp_path: pathlib.Path, monkeypatch: pytest.Monk
     before = _tree(root)
     with pytest.raises(ValueError, match=r"entry names must be plain names without a folder, "
                                          r"got 'data/0.bin'"):
-        files.replace_entries(root, src, ["data/0.bin"])
+        file_sets.replace_entries(root, src, ["data/0.bin"])
     with pytest.raises(_WriteError, match=rf"cannot move into place {root}/missing: No such file"):
-        files.replace_entries(root, src, ["index.json", "missing"], previous=["data"],
+        file_sets.replace_entries(root, src, ["index.json", "missing"], previous=["data"],
                               error_cls=_WriteError)
     assert _tree(root) == before and sorted(os.listdir(root)) == ["data", "index.json"]
     assert sorted(os.listdir(src)) == ["data", "index.json"]  # the new entries moved back
@@ -770,7 +770,7 @@ def test_replace_entries_errors(tmp_path: pathlib.Path, monkeypatch: pytest.Monk
     monkeypatch.setattr(os, "mkdir", refuse)
     with pytest.raises(FileWriteError, match=rf"cannot create a hidden folder for the update in "
                                              rf"{root}: Permission denied \(no permission"):
-        files.replace_entries(root, src, ["index.json"])
+        file_sets.replace_entries(root, src, ["index.json"])
     monkeypatch.setattr(os, "mkdir", real_mkdir)
     # the move of the new data/ fails, and so does putting the previous index.json back: the
     # error is raised, the previous entry's place is logged and its hidden folder kept
@@ -788,6 +788,6 @@ def test_replace_entries_errors(tmp_path: pathlib.Path, monkeypatch: pytest.Monk
     with caplog.at_level(logging.ERROR, logger="fxquant.core.files"):
         with pytest.raises(FileWriteError, match=rf"cannot move into place {root}/data: "
                                                  "Input/output error"):
-            files.replace_entries(root, src, ["index.json", "data"], previous=["data"])
+            file_sets.replace_entries(root, src, ["index.json", "data"], previous=["data"])
     assert re.search(r"could not move index.json back to .*d \(.*\); it is kept in "
                      rf"{root}/\.fxquant-stage-", caplog.text)

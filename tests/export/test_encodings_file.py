@@ -11,10 +11,12 @@ import torch
 
 from fxquant.errors import ConfigError
 import fxquant.export.encodings_file as encodings_file
+import fxquant.export.encodings_reader as encodings_reader
 from fxquant.core.encoding import QuantEncoding
 from fxquant.errors import FileWriteError
 from fxquant.export.encodings_file import (EncodingsFileError, FloatEncoding, encodings_dict,
-                                           read_encodings, write_encodings)
+                                           write_encodings)
+from fxquant.export.encodings_reader import read_encodings
 
 
 def _encodings() -> dict[str, dict]:
@@ -299,7 +301,7 @@ def test_torch_named_documents_read_with_default_names() -> None:
          "activation_encodings": {"conv": {"input": {"0": encodings_file._entries_0_6_1(enc)[0]},
                                            "output": {"0": encodings_file._entries_0_6_1(enc)[0]}}},
          "param_encodings": {}}
-    assert encodings_file.is_torch_encodings(d)
+    assert encodings_reader.is_torch_encodings(d)
     got = read_encodings(d)["activation"]
     assert set(got) == {"conv", "conv.input.0"} and got["conv"] == enc
     got = read_encodings(d, torch_names={("conv", "input", 0): "x"})["activation"]

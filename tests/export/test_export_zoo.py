@@ -8,7 +8,7 @@ import torch
 import torchvision
 
 from fxquant.export.sim_export import tensor_names
-from fxquant.export.encodings_file import read_encodings
+from fxquant.export.encodings_reader import read_encodings
 from fxquant.quantsim.quantsim import QuantizationSimModel
 from tests.export.ort_parity import session
 

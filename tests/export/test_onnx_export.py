@@ -8,7 +8,7 @@ import torchvision
 
 from fxquant.export import export_onnx
 from fxquant.export.sim_export import tensor_names
-from fxquant.export.encodings_file import read_encodings
+from fxquant.export.encodings_reader import read_encodings
 from fxquant.quantsim.quantsim import QuantizationSimModel
 
 

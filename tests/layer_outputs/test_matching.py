@@ -11,7 +11,8 @@ import numpy as np
 
 from fxquant.layer_outputs import compare_layer_outputs
 from fxquant.layer_outputs.dump_reader import LayerOutputDump
-from fxquant.layer_outputs.dump_writer import NAME_ORDER, DumpWriter, HostInstance
+from fxquant.layer_outputs.dump_format import NAME_ORDER
+from fxquant.layer_outputs.dump_writer import DumpWriter, HostInstance
 from fxquant.layer_outputs.matching import match_tensor_names
 
 

@@ -36,8 +36,8 @@ from torch import nn
 from fxquant.core.jsonpath import index as json_index
 from fxquant.core.jsonpath import join as json_join
 from fxquant.errors import ConfigError, FxQuantError
-from fxquant.export.encodings_file import (EncodingsFileError, encodings_dict, read_encodings,
-                                           torch_encodings_dict)
+from fxquant.export.encodings_file import EncodingsFileError, encodings_dict, torch_encodings_dict
+from fxquant.export.encodings_reader import read_encodings
 from fxquant.quantsim import checkpoint
 from fxquant.quantsim.checkpoint import CheckpointError, load_encodings_to_sim
 from fxquant.quantsim.config import load_config
