@@ -407,7 +407,8 @@ def read_encodings(path_or_dict: str | os.PathLike[str] | Mapping[str, Any], *,
                     _is_param_name(name))
             section = "param" if is_param else "activation"
             if name in out[section]:
-                v.fail(join(index("encodings", i), "name"), f"duplicate name {name!r}")
+                v.fail(join(index("encodings", i), "name"), f"duplicate name {name!r} (also at "
+                       f"{expect.found.get(name, 'an earlier entry')}); each tensor has one entry")
             out[section][name] = enc
             expect.found[name] = join(index("encodings", i), "name")
         return out
@@ -421,7 +422,9 @@ def read_encodings(path_or_dict: str | os.PathLike[str] | Mapping[str, Any], *,
             for i, entry in enumerate(block):
                 name, enc = _read_1_0_0_entry(v, entry, index(key, i), expect)
                 if name in out[section]:
-                    v.fail(join(index(key, i), "name"), f"duplicate name {name!r}")
+                    v.fail(join(index(key, i), "name"), f"duplicate name {name!r} (also at "
+                           f"{expect.found.get(name, 'an earlier entry')}); each tensor has one "
+                           "entry")
                 out[section][name] = enc
                 expect.found[name] = join(index(key, i), "name")
         else:

@@ -334,3 +334,16 @@ def test_torch_named_activation_errors_name_the_entry_itself() -> None:
     with pytest.raises(ConfigError, match=r'^encodings file: activation_encodings\.relu\.output'
                                           r'\["0"\]\.scale: expected number, got string'):
         read_encodings(data)
+
+
+@pytest.mark.parametrize("version", ["1.0.0", "2.0.0"])
+def test_a_duplicate_name_names_both_entries(version) -> None:
+    enc = QuantEncoding.from_min_max(-1.0, 1.0, bitwidth=8, symmetric=False)
+    data = encodings_dict({"activation": {"a": enc, "b": enc}, "param": {}}, version=version)
+    entries = data["encodings"] if version == "2.0.0" else data["activation_encodings"]
+    entries[1]["name"] = "a"
+    key = "encodings" if version == "2.0.0" else "activation_encodings"
+    with pytest.raises(ConfigError, match=rf"^encodings file: {key}\[1\]\.name: duplicate name "
+                                          rf"'a' \(also at {key}\[0\]\.name\); each tensor has "
+                                          r"one entry$"):
+        read_encodings(data)

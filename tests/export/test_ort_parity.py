@@ -85,15 +85,30 @@ def test_end_to_end_resnet18() -> None:
         ref = sim.model(x).numpy()
     lsb = float(sim.quantizer("fc").encoding.scale)
     # measured: SQNR 35.8 / 32.5 dB, max 3 / 4 LSB, 60.9% / 42.0% bit-equal (DISABLE / ENABLE_ALL)
+    # on a CPU with VNNI (or AVX512-VNNI) integer dot products
     bars = {DISABLE_ALL: (33.0, 4.0, 0.5), ENABLE_ALL: (30.0, 6.0, 0.3)}
+    outs = {level: session(ex.qdq.model, level).run(None, {"x": x.numpy()})[0] for level in bars}
+    # ORT's integer kernels against its own float evaluation of the same QDQ model. On x86 CPUs
+    # without VNNI (AVX2 only) ONNX Runtime's u8s8 QLinearConv adds pairs of products in int16
+    # with saturation (vpmaddubsw), so ORT disagrees with itself: measured on an AVX2-only AMD
+    # EPYC, 21.3 dB and max 15 LSB (the sim against it: the same, argmax 62%). No simulator of the QDQ arithmetic can match that
+    # machine closer than ORT matches itself; there the ENABLE_ALL bars are ORT's own figures.
+    self_sqnr = sqnr_db(outs[DISABLE_ALL], outs[ENABLE_ALL])
+    self_lsbs = float(np.abs(outs[DISABLE_ALL] - outs[ENABLE_ALL]).max() / lsb)
+    print(f"\nORT ENABLE_ALL vs its own DISABLE_ALL: {self_sqnr:.1f} dB, max {self_lsbs:.1f} LSB")
     for level, (min_sqnr, max_lsb, min_equal) in bars.items():
-        out = session(ex.qdq.model, level).run(None, {"x": x.numpy()})[0]
+        out = outs[level]
         sqnr = sqnr_db(ref, out)
         agree = float(np.mean(out.argmax(1) == ref.argmax(1)))
         lsbs = float(np.abs(out - ref).max() / lsb)
         equal = float(np.mean(out == ref))
         figures = (f"resnet18 e2e {level}: SQNR {sqnr:.1f} dB, argmax agreement {agree:.0%}, "
                    f"max {lsbs:.1f} LSB, {equal:.1%} bit-equal")
+        print(figures)
+        if level == ENABLE_ALL and self_sqnr < min_sqnr:   # saturating integer kernels
+            assert sqnr >= self_sqnr - 3.0, figures
+            assert lsbs <= self_lsbs + max_lsb, figures
+            continue
         assert agree == 1.0, figures
         assert sqnr >= min_sqnr, figures
         assert lsbs <= max_lsb + 1e-3, figures  # the logits' LSB, up to float32 rounding
