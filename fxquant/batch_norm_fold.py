@@ -17,7 +17,7 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from fxquant import _meta
-from fxquant.core.encoding import QuantEncoding, quant_range
+from fxquant.core.encoding import quant_range
 from fxquant.core.layers import is_layer, layer_name, output_quantizer_node, param_quantizers
 from fxquant.model_resolution import private_copy
 from fxquant.passes.fold_batchnorm import BatchNormFoldError, FoldBatchNormPass
@@ -175,8 +175,13 @@ def _fold(model: nn.Module, input_shapes: Any, dummy_input: Any, api: str,
     wanted_bns = None if only is None else {bn for _, bn in only}
     if isinstance(model, torch.fx.GraphModule):
         _shape_prop(model, input_shapes, dummy_input)
-        bns = {str(n.target): model.get_submodule(str(n.target))
-               for n in model.graph.nodes if n.op == "call_module"}
+        # only the batch norms: holding the layers too would keep every pre-fold weight alive
+        # while the pass builds the folded copies (2.6 GB more on regnet_y_128gf)
+        bns = {}
+        for target in _call_module_targets(model):
+            module = model.get_submodule(target)
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                bns[target] = module
         skip = frozenset() if wanted_bns is None else frozenset(set(bns) - wanted_bns)
         if only is not None:  # dry run on a copy: refuse before changing anything
             trial = FoldBatchNormPass(skip=skip)(private_copy(model)).details["folded"]
@@ -202,6 +207,10 @@ def _fold(model: nn.Module, input_shapes: Any, dummy_input: Any, api: str,
     # wrapper of a functional conv shares it)
     return [FoldedPair(owners.get(id(before[layer].weight), before[layer]), before[bn], layer, bn)
             for layer, bn in folded]
+
+
+def _call_module_targets(gm: torch.fx.GraphModule) -> list[str]:
+    return [str(n.target) for n in gm.graph.nodes if n.op == "call_module"]
 
 
 def _check_folded(wanted: list[tuple[str, str]], folded: Sequence[tuple[str, str]],
@@ -249,8 +258,8 @@ def _write_back(model: nn.Module, gm: torch.fx.GraphModule, before: dict[str, nn
     for module in model.modules():
         for pname, param in module.named_parameters(recurse=False):
             owners[id(param)] = (module, pname)
-    for layer_name, bn_name in folded:
-        new, old = gm.get_submodule(layer_name), before[layer_name]
+    for layer_path, bn_name in folded:
+        new, old = gm.get_submodule(layer_path), before[layer_path]
         with torch.no_grad():
             old.weight.copy_(new.weight)
             if old.bias is not None:

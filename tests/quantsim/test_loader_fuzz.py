@@ -260,7 +260,7 @@ def _names_damage(rest: str, path: tuple) -> bool:
     """Whether the message text ``rest`` (after the file's name) names the damaged ``path``:
 
     * its JSON path, an ancestor's (the object that lost or gained a key) or a path inside the
-      damaged value;
+      damaged value, also as the other place of a duplicate (``(also at encodings[0].name)``);
     * a path inside the object (not the root) that holds the damaged key: a check across the keys
       of one entry (``encodings[2].y_zero_point: must be a list exactly when y_scale is``);
     * the damaged key itself, quoted (``the state dict lacks 'conv.weight.scale'``), or as a word
@@ -270,8 +270,8 @@ def _names_damage(rest: str, path: tuple) -> bool:
     if not path:
         return re.search(r": (<root>|[^\s:]+): ", rest) is not None
     rendered = _rendered(path)
-    if any(f": {r}: " in rest for r in rendered):
-        return True
+    if any(f": {r}: " in rest or f"(also at {r})" in rest for r in rendered):
+        return True  # (a duplicate names both entries: the other one "also at" the path)
     if re.search(": " + re.escape(rendered[-1]) + r"[.\[]", rest):
         return True
     keys = [i for i, step in enumerate(path) if isinstance(step, str)]
