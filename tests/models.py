@@ -136,3 +136,18 @@ class Conv1d3dNet(nn.Module):
         y = self.tb1(self.t1(self.b1(self.c1(x))))
         z = self.b3(self.c3(v))
         return y.sum() + z.sum()
+
+
+class ConvBnNet(nn.Module):
+    """conv → bn → relu → conv → bn (two BNs, the second fed by the first)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 3)
+        self.bn1 = nn.BatchNorm2d(6)
+        self.relu = nn.ReLU()
+        self.conv2 = nn.Conv2d(6, 4, 3, bias=False)
+        self.bn2 = nn.BatchNorm2d(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))

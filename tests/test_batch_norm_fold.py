@@ -14,19 +14,14 @@ from fxquant.batch_norm_fold import FoldedPair, fold_all_batch_norms_to_scale
 from fxquant.bn_reestimation import reestimate_bn_stats
 from fxquant.core.layers import layer_nodes, output_quantizer_node, param_quantizers
 from fxquant.quantsim.quantsim import QuantizationSimModel
-from tests.models import randomize_batch_norms
+from tests.models import ConvBnNet, randomize_batch_norms
 
 
-class Net(nn.Module):
+class Net(ConvBnNet):
     """conv → bn → relu → conv(no bias) → bn → flatten → linear → bn1d (the output)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 6, 3)
-        self.bn1 = nn.BatchNorm2d(6)
-        self.relu = nn.ReLU()
-        self.conv2 = nn.Conv2d(6, 4, 3, bias=False)
-        self.bn2 = nn.BatchNorm2d(4)
         self.flatten = nn.Flatten()
         self.fc = nn.Linear(4 * 6 * 6, 5)
         self.bn3 = nn.BatchNorm1d(5)

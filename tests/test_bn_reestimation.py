@@ -12,22 +12,7 @@ from torch import nn
 from fxquant.bn_reestimation import keep_bn_statistics, reestimate_bn_stats
 from fxquant.errors import FxQuantError
 from fxquant.quantsim.quantsim import QuantizationSimModel
-from tests.models import randomize_batch_norms
-
-
-class ConvBnNet(nn.Module):
-    """conv → bn → relu → conv → bn (two BNs, the second fed by the first)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 6, 3)
-        self.bn1 = nn.BatchNorm2d(6)
-        self.relu = nn.ReLU()
-        self.conv2 = nn.Conv2d(6, 4, 3, bias=False)
-        self.bn2 = nn.BatchNorm2d(4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+from tests.models import ConvBnNet, randomize_batch_norms
 
 
 def _qat_sim(seed: int = 0) -> tuple[QuantizationSimModel, list[torch.Tensor]]:

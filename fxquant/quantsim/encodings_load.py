@@ -15,9 +15,6 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-import torch
-from torch import nn
-
 from fxquant import _meta
 from fxquant.core.encoding import FloatEncoding, QuantEncoding
 from fxquant.core.layers import aimet_layer_names, iter_layers
@@ -115,7 +112,7 @@ def install_encodings(sim: Any, path: str | os.PathLike[str] | Mapping[str, Any]
     for name, enc in chosen.items():
         q = refs[name].quantizer
         if isinstance(q, AffineQuantizer):
-            q.set_encoding(enc.to(_device_of(q)))
+            q.set_encoding(enc)  # (set_encoding stores it on the quantizer's device)
             if freeze:
                 q.freeze_encoding()
         q.enabled = True
@@ -143,7 +140,3 @@ def _inputs_quantized_upstream(sim: Any) -> dict[tuple[str, int], str]:
                 out[(name, i)] = _meta.get(arg, _meta.LAYER_NAME)
     return out
 
-
-def _device_of(module: nn.Module) -> torch.device:
-    anchor = next(iter(module.buffers()), None)
-    return anchor.device if anchor is not None else torch.device("cpu")
