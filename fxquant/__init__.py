@@ -36,6 +36,7 @@ from fxquant.quantsim.checkpoint import EncodingsFileError, load_encodings_to_si
 from fxquant.quantsim.quant_scheme import QuantizationDataType, QuantScheme
 from fxquant.quantsim.quantsim import QuantizationSimModel
 from fxquant.tracing import PH, AutoLeaf, Specialization, auto_leaves, specializations, trace
+from fxquant.validation import ModelValidator, ValidationReport, validate
 
 __version__ = "0.1.0"
 
@@ -66,6 +67,7 @@ __all__ = [
     "LayerOutputDump",
     "LayerOutputError",
     "LayerOutputUtil",
+    "ModelValidator",
     "NamingScheme",
     "OnnxExportApiArgs",
     "OutputExistsError",
@@ -81,6 +83,7 @@ __all__ = [
     "Sequential",
     "Specialization",
     "TraceError",
+    "ValidationReport",
     "auto_leaves",
     "compare",
     "compare_layer_outputs",
@@ -96,4 +99,5 @@ __all__ = [
     "save_checkpoint",
     "specializations",
     "trace",
+    "validate",
 ]

@@ -21,6 +21,7 @@ PUBLIC = {
     "NumericSuiteError", "NoMatchingLayersError", "PairingError", "EncodingsFileError",
     "load_encodings_to_sim", "InputInstanceError", "reestimate_bn_stats",
     "fold_all_batch_norms_to_scale",
+    "ModelValidator", "ValidationReport", "validate",
 }
 
 

@@ -44,6 +44,8 @@ from fxquant.quantsim.encoding_analyzer import PercentileEncodingAnalyzer
 from fxquant.quantsim.policy import ConfigPolicy, QuantSimSettings
 from fxquant.quantsim.quant_scheme import QuantizationDataType, QuantScheme
 from fxquant.quantsim.quantizer import QuantizerBase
+from fxquant.validation.report import WARNING
+from fxquant.validation.validator import graph_report
 
 __all__ = ["QuantizationSimModel", "QuantizerRef"]
 
@@ -110,6 +112,13 @@ class QuantizationSimModel:
         rounding_mode: AIMET 1.x's argument (keyword only here); only ``"nearest"`` (round half
             to even, as ONNX QuantizeLinear) is supported.
 
+    While building, the graph-only checks of the model validator
+    (:func:`fxquant.validation.graph_report`: untraceable parts, training mode, reused modules,
+    in-place ops, shared parameters) run on the graph the sim has just traced, and their table is
+    logged as a warning when they find errors. They copy, run and export nothing, so they cost one
+    walk over the graph; the full validation (``fxquant.validate(model, dummy_input)``: ONNX export,
+    activation ranges, BN folding, functionals) is left to the user.
+
     Raises:
         TypeError: ``model`` is not an ``nn.Module``.
         ValueError: ``dummy_input`` does not fit the model's forward (the message shows it).
@@ -153,6 +162,10 @@ class QuantizationSimModel:
         policy = ConfigPolicy(self.config, self.settings)
         policy.validate()  # bit widths and data type, before any graph work
         gm = graph_module_to_transform(model, in_place=in_place)
+        report = graph_report(model, gm)  # the cheap, graph-only validation (see the docstring)
+        if not report.ok:
+            logger.warning("%s\nrun fxquant.validate(model, dummy_input) for the full report",
+                           report.table(WARNING))
         kept_bns = training_batch_norms(model) if fold_batch_norms else []
         if kept_bns:  # QAT with batch norms: fold later with fold_all_batch_norms_to_scale(sim)
             logger.info("keeping %d batch norm(s) unfolded (%s): the model is in training mode; "

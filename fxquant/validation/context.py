@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 import logging
 import operator
 import types
@@ -210,13 +211,45 @@ def _stats(t: torch.Tensor) -> ActivationStats:
 def _observe(gm: torch.fx.GraphModule, args: tuple[Any, ...]) -> dict[str, Any]:
     observer = _Observer(gm)
     inputs = torch.utils._pytree.tree_map_only(torch.Tensor, torch.Tensor.clone, args)
+    try:  # arguments left out take forward's defaults (concrete mode keeps them as inputs)
+        bound = inspect.signature(gm.forward).bind(*inputs)
+        bound.apply_defaults()
+        inputs = bound.args
+    except (TypeError, ValueError):
+        pass  # the run below reports what does not fit
     try:
         with torch.no_grad(), keep_bn_statistics(gm):
             observer.propagate(*inputs)
     except Exception as exc:  # reported by the checks that needed the run
-        cause = exc.__cause__ or exc
+        direct = _run_with_hooks(gm, inputs, observer.activations)
+        if direct is None:  # the graph runs as code but not node by node (fx's immutable args)
+            logger.info("validation: node-by-node run failed (%s); ranges come from a plain run, "
+                        "data-dependent shapes are not checked", exc)
+            return {"activations": observer.activations, "data_dependent": {}}
+        cause = direct.__cause__ or direct
         text = str(cause).strip().splitlines()
         logger.info("validation: running the prepared model on the input failed: %s", cause)
         return {"run_error": f"{type(cause).__name__}: {text[0] if text else ''}",
                 "activations": observer.activations, "data_dependent": observer.data_dependent}
     return {"activations": observer.activations, "data_dependent": observer.data_dependent}
+
+
+def _run_with_hooks(gm: torch.fx.GraphModule, inputs: tuple[Any, ...],
+                    activations: dict[str, ActivationStats]) -> Exception | None:
+    """Runs ``gm`` as code, recording layer ranges with forward hooks; the error, or None."""
+    layers = {str(n.target): _meta.layer_name(n) for n in gm.graph.nodes if is_layer(n)}
+    handles = []
+    for path, name in layers.items():
+        def hook(_module: nn.Module, _args: Any, out: Any, name: str = name) -> None:
+            if isinstance(out, torch.Tensor) and out.is_floating_point():
+                activations[name] = _stats(out)
+        handles.append(gm.get_submodule(path).register_forward_hook(hook))
+    try:
+        with torch.no_grad(), keep_bn_statistics(gm):
+            gm(*inputs)
+    except Exception as exc:
+        return exc
+    finally:
+        for handle in handles:
+            handle.remove()
+    return None

@@ -251,21 +251,30 @@ def _fetch(gm: torch.fx.GraphModule, target: str) -> Any:
 
 # -- training mode ------------------------------------------------------------------------------
 def training_mode(ctx: ValidationContext) -> Iterator[Finding]:
-    """Modules in training mode (reported at the outermost such module): dropout stays random,
-    batch norms normalize with batch statistics and are not folded (QAT keeps them on purpose)."""
-    training = {name for name, m in ctx.model.named_modules() if m.training}
-    for name in sorted(training):
-        parent = name.rpartition(".")[0] if name else None
-        if name and (parent in training or (parent == "" and "" in training)):
-            continue
+    """Modules in training mode whose behaviour depends on it (batch norms, dropout, modules
+    with their own parameters or buffers): dropout stays random, batch norms normalize with batch
+    statistics and are not folded (QAT keeps them on purpose). One finding at the root when the
+    root is in training mode, else one per such module."""
+    training = [name for name, m in ctx.model.named_modules()
+                if m.training and _mode_matters(m)]
+    if not training:
+        return
+    names = [""] if ctx.model.training else training
+    for name in names:
         module = ctx.model.get_submodule(name) if name else ctx.model
-        inside = sum(1 for n in training if n == name or n.startswith(name + ".") or name == "")
+        inside = f" and {len(training)} module(s) inside it" if not name else ""
         yield Finding(
             "training_mode", WARNING,
-            f"{name or '<root>'} ({type(module).__name__}) and {inside - 1} module(s) inside it are "
-            "in training mode: dropout stays random and batch norms use batch statistics (not "
-            "folded)", "call model.eval() before calibration (keep training mode only for QAT)",
+            f"{name or '<root>'} ({type(module).__name__}){inside} in training mode: dropout "
+            "stays random and batch norms use batch statistics (not folded)",
+            "call model.eval() before calibration (keep training mode only for QAT)",
             name, None, _class_source(type(module)))
+
+
+def _mode_matters(module: nn.Module) -> bool:
+    return (isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd))
+            or any(True for _ in module.parameters(recurse=False))
+            or any(True for _ in module.buffers(recurse=False)))
 
 
 def _class_source(cls: type) -> str | None:

@@ -46,7 +46,10 @@ _DATA_MOVEMENT = frozenset({
     "getitem", "getattr", "contiguous", "to", "type_as", "float", "half", "double", "clone",
     "detach", "expand", "expand_as", "view_as", "repeat", "narrow", "select", "flip", "roll",
     "index_select", "gather", "unbind", "movedim", "swapaxes", "t", "masked_fill",
-    "_assert", "size", "dim", "numel", "cpu", "cuda", "requires_grad_", "zero_",
+    "_assert", "size", "dim", "numel", "cpu", "cuda", "requires_grad_", "zero_", "copy_",
+    # constants made at run time (no input range to quantize)
+    "tensor", "as_tensor", "new_full", "new_zeros", "new_ones", "new_empty", "new_tensor",
+    "zeros", "ones", "full", "empty", "arange", "zeros_like", "ones_like", "full_like",
 })
 _FUNCTIONAL_LAYERS = {F.conv1d: "nn.Conv1d", F.conv2d: "nn.Conv2d", F.conv3d: "nn.Conv3d",
                       F.linear: "nn.Linear", F.conv_transpose1d: "nn.ConvTranspose1d",
