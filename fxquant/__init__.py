@@ -8,6 +8,7 @@ Example:
 """
 from __future__ import annotations
 
+from fxquant.analysis import AnalysisError, AnalysisResults, QuantAnalyzer
 from fxquant.batch_norm_fold import fold_all_batch_norms, fold_all_batch_norms_to_scale
 from fxquant.bn_reestimation import reestimate_bn_stats
 from fxquant.core.callbacks import CallbackFunc
@@ -41,6 +42,8 @@ from fxquant.validation import ModelValidator, ValidationReport, validate
 __version__ = "0.1.0"
 
 __all__ = [
+    "AnalysisError",
+    "AnalysisResults",
     "AutoLeaf",
     "BatchNormFoldError",
     "CalibrationError",
@@ -76,6 +79,7 @@ __all__ = [
     "PassError",
     "PassResult",
     "PrepareModelPass",
+    "QuantAnalyzer",
     "QuantScheme",
     "QuantizationDataType",
     "QuantizationSimModel",

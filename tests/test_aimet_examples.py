@@ -35,6 +35,7 @@ from fxquant import fold_all_batch_norms                         # aimet_torch.b
 from fxquant.batch_norm_fold import fold_all_batch_norms_to_scale  # aimet_torch.batch_norm_fold
 from fxquant.bn_reestimation import reestimate_bn_stats          # aimet_torch.bn_reestimation
 from fxquant.quantsim import load_encodings_to_sim               # aimet_torch.quantsim
+from fxquant import QuantAnalyzer, CallbackFunc                  # aimet_torch.v1.quant_analyzer
 import fxquant.onnx                                              # aimet_onnx.layer_output_utils
 
 from fxquant.layer_outputs import LayerOutputDump
@@ -537,3 +538,70 @@ def test_post_training_techniques_bn_fold_example() -> None:
     x = torch.randn(2, *input_shape[1:])
     with torch.no_grad():
         torch.testing.assert_close(model(x), reference(x), rtol=1e-4, atol=1e-4)
+
+
+# -- Docs/torch_code_examples/quant_analyzer_code_example.py -------------------------------------
+@pytest.mark.slow
+def test_quant_analyzer_code_example(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)        # the example writes to ./quant_analyzer_results/
+    calibration = _batches(2, seed=1)
+    evaluation = _batches(1, seed=2)
+    reference: dict[str, torch.Tensor] = {}
+
+    # Step 1: the forward pass callback ("User action required": run representative data)
+    def forward_pass_callback(model: torch.nn.Module, _: Any = None) -> None:
+        for x in calibration:
+            model(x)
+
+    # Step 2: the eval callback ("User action required"; the example returns .8): here the
+    # agreement of top-1 predictions with the FP32 model, a score in [0, 1], higher is better
+    def eval_callback(model: torch.nn.Module, _: Any = None) -> float:
+        x = evaluation[0]
+        top1 = model(x).argmax(1)
+        reference.setdefault("fp32", top1)
+        return (top1 == reference["fp32"]).float().mean().item()
+
+    def _get_unlabled_data_loader():  # the example leaves it to the user; unlabeled images
+        return torch.utils.data.DataLoader(torch.rand(16, *SHAPE[1:]), batch_size=4)
+
+    # Step 3: prepare model and callback functions (pretrained=True and .cuda() dropped here)
+    model = models.resnet18(weights=None).eval()
+    input_shape = SHAPE
+    dummy_input = torch.randn(*input_shape)
+    prepared_model = prepare_model(model)
+    forward_pass_callback_fn = CallbackFunc(forward_pass_callback, func_callback_args=None)
+    eval_callback_fn = CallbackFunc(eval_callback, func_callback_args=None)
+
+    # Step 4: create the QuantAnalyzer object
+    quant_analyzer = QuantAnalyzer(model=prepared_model,
+                                   dummy_input=dummy_input,
+                                   forward_pass_callback=forward_pass_callback_fn,
+                                   eval_callback=eval_callback_fn)
+    unlabeled_data_loader = _get_unlabled_data_loader()
+    quant_analyzer.enable_per_layer_mse_loss(unlabeled_dataset_iterable=unlabeled_data_loader,
+                                             num_batches=4)
+
+    # Step 5: run the QuantAnalyzer
+    quant_analyzer.analyze(quant_scheme=QuantScheme.post_training_tf_enhanced,
+                           default_param_bw=8,
+                           default_output_bw=8,
+                           config_file=None,
+                           results_dir="./quant_analyzer_results/")
+
+    results = tmp_path / "quant_analyzer_results"
+    enabled = json.loads((results / "per_layer_quant_enabled.json").read_text())
+    disabled = json.loads((results / "per_layer_quant_disabled.json").read_text())
+    mse = json.loads((results / "per_layer_mse_loss.json").read_text())
+    sim = QuantizationSimModel(prepared_model, dummy_input)
+    layers = list(dict.fromkeys(q.layer for q in sim.quantizers() if q.layer))
+    assert list(enabled) == list(disabled) == layers and "layer1.0.relu_1" in enabled
+    assert set(mse) == set(layers)
+    assert all(0.0 <= v <= 1.0 for v in [*enabled.values(), *disabled.values()])
+    acts = json.loads((results / "min_max_ranges/activations.json").read_text())
+    weights = json.loads((results / "min_max_ranges/weights.json").read_text())
+    assert "conv1_input_0" in acts and "fc_output_0" in acts
+    assert list(weights["conv1_weight"]) == [f"conv1_weight_{i}" for i in range(64)]
+    assert (results / "weights_pdf/layer4.1.conv2/layer4.1.conv2_weight.html").exists()
+    assert (results / "activations_pdf/layer4.1.relu_1_output_q0_0.html").exists()
+    assert (results / "index.html").exists()
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in prepared_model.modules())

@@ -22,6 +22,7 @@ PUBLIC = {
     "load_encodings_to_sim", "InputInstanceError", "reestimate_bn_stats",
     "fold_all_batch_norms_to_scale",
     "ModelValidator", "ValidationReport", "validate",
+    "QuantAnalyzer", "AnalysisError", "AnalysisResults",
 }
 
 

@@ -31,6 +31,10 @@ Choices that differ from AIMET, on purpose:
     * ``encoding_constraints`` must satisfy ``min < max`` and contain 0.0 (0 must be exactly
       representable, ``SPEC.md`` §1).
     * A duplicated key inside one JSON object logs a warning (JSON keeps the last one).
+    * An optional top-level ``layers`` object (fxquant's extension) sets bit widths per layer:
+      ``{"layers": {"conv2": {"activation_bw": 16}, "fc": {"param_bw": 16}}}``, keyed by the
+      layer names of ``sim.quantizers()``. QuantAnalyzer's ``suggested_config.json`` uses it;
+      AIMET rejects it as an unknown key.
 """
 from __future__ import annotations
 
@@ -47,7 +51,8 @@ from typing import Any, Mapping
 from fxquant.core.jsonpath import JsonValidator, got, index, join, loads, quoted, show, suggest
 from fxquant.errors import ConfigError
 from fxquant.quantsim import config_model
-from fxquant.quantsim.config_model import (EncodingConstraints, KernelDtype, OpQuantSettings,
+from fxquant.quantsim.config_model import (EncodingConstraints, KernelDtype, LayerOverride,
+                                           OpQuantSettings,
                                            OpTypeConfig, ParamOverride, ParamQuantSettings,
                                            QuantSimConfig, ResolvedOpSettings, SupportedKernel)
 from fxquant.quantsim.op_types import is_known_op_type, known_op_types
@@ -175,7 +180,7 @@ def _decode(text: str, v: JsonValidator) -> Any:
 # --------------------------------------------------------------------------------------------------
 
 _TOP_KEYS = ("defaults", "params", "op_type", "supergroups", "model_input", "model_output",
-             "supergroup_pass_list")
+             "supergroup_pass_list", "layers")
 _TOP_REQUIRED = ("defaults", "params", "op_type", "supergroups", "model_input", "model_output")
 _DEFAULTS_KEYS = ("ops", "params", "per_channel_quantization", "strict_symmetric",
                   "unsigned_symmetric", "supported_kernels", "hw_version")
@@ -187,6 +192,7 @@ _OP_TYPE_KEYS = ("is_output_quantized", "is_input_quantized", "is_symmetric",
 _CONSTRAINT_KEYS = ("min", "max")
 _SUPERGROUP_KEYS = ("op_list",)
 _KERNEL_KEYS = ("activation", "param")
+_LAYER_KEYS = ("activation_bw", "param_bw")
 _KERNEL_DTYPE_KEYS = ("bitwidth", "dtype")
 _DTYPES = ("int", "float")
 _INT_BITWIDTHS = range(2, 33)
@@ -319,6 +325,25 @@ def _parse_supergroups(value: Any, path: str, v: JsonValidator) -> tuple[tuple[s
     return tuple(groups)
 
 
+def _parse_layers(value: Any, v: JsonValidator) -> Mapping[str, LayerOverride]:
+    obj = v.object(value, "layers")
+    out = {}
+    for name, entry in obj.items():
+        path = join("layers", name)
+        fields = v.object(entry, path)
+        v.check_keys(fields, path, _LAYER_KEYS)
+        if not fields:
+            v.fail(path, "empty entry; expected 'activation_bw' and/or 'param_bw'")
+        out[name] = LayerOverride(
+            activation_bw=(v.int_in_range(fields["activation_bw"], join(path, "activation_bw"),
+                                          4, 32, what="an activation bit width")
+                           if "activation_bw" in fields else None),
+            param_bw=(v.int_in_range(fields["param_bw"], join(path, "param_bw"), 2, 32,
+                                     what="a parameter bit width")
+                      if "param_bw" in fields else None))
+    return MappingProxyType(out)
+
+
 def _parse(raw: Any, v: JsonValidator, source: str) -> QuantSimConfig:
     root = v.object(raw, "")
     v.check_keys(root, "", _TOP_KEYS, _TOP_REQUIRED)
@@ -375,5 +400,6 @@ def _parse(raw: Any, v: JsonValidator, source: str) -> QuantSimConfig:
             _parse_kernels(defaults["supported_kernels"], "defaults.supported_kernels", v,
                            param_required=True)
             if "supported_kernels" in defaults else ()),
+        layers=_parse_layers(root["layers"], v) if "layers" in root else _EMPTY,
         source=source,
     )

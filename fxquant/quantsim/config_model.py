@@ -25,6 +25,7 @@ from typing import Any, Mapping
 __all__ = [
     "EncodingConstraints",
     "KernelDtype",
+    "LayerOverride",
     "OpQuantSettings",
     "OpTypeConfig",
     "ParamOverride",
@@ -111,6 +112,20 @@ class SupportedKernel:
 
     activation: KernelDtype
     param: KernelDtype | None = None
+
+
+@dataclass(frozen=True)
+class LayerOverride:
+    """A ``layers`` entry (fxquant's extension of AIMET's format): bit widths for one layer.
+
+    Attributes:
+        activation_bw: bit width of every activation quantizer listed under the layer in a
+            ``_torch.encodings`` file (its output, and its inputs), or None.
+        param_bw: bit width of the layer's parameter quantizers, or None.
+    """
+
+    activation_bw: int | None = None
+    param_bw: int | None = None
 
 
 @dataclass(frozen=True)
@@ -207,6 +222,9 @@ class QuantSimConfig:
         unsigned_symmetric: ``defaults.unsigned_symmetric``.
         hw_version: ``defaults.hw_version`` (e.g. ``"V73"``), or ``None``.
         supported_kernels: ``defaults.supported_kernels`` (empty when absent).
+        layers: ``layers`` (fxquant's extension, absent in AIMET's format): per-layer bit widths
+            by layer name, e.g. ``{"conv2": LayerOverride(activation_bw=16)}``; AIMET rejects
+            a config that has it (unknown key), fxquant applies it after placing the quantizers.
         source: where it came from (file path, ``"built-in 'default'"``, ``"dict"``); not
             compared by ``==``.
     """
@@ -224,6 +242,7 @@ class QuantSimConfig:
     unsigned_symmetric: bool = False
     hw_version: str | None = None
     supported_kernels: tuple[SupportedKernel, ...] = ()
+    layers: Mapping[str, LayerOverride] = field(default_factory=lambda: _EMPTY, hash=False)
     source: str = field(default="", compare=False)
 
     def settings_for_op(self, onnx_op_type: str | None) -> ResolvedOpSettings:
@@ -334,6 +353,11 @@ class QuantSimConfig:
         }
         if self.supergroup_pass_list:
             result["supergroup_pass_list"] = list(self.supergroup_pass_list)
+        if self.layers:
+            result["layers"] = {name: {k: v for k, v in (("activation_bw", o.activation_bw),
+                                                         ("param_bw", o.param_bw))
+                                       if v is not None}
+                                for name, o in self.layers.items()}
         return result
 
 

@@ -30,7 +30,7 @@ from fxquant.core.layers import is_layer, iter_layers, param_quantizers
 from fxquant.core.onnx_args import OnnxExportApiArgs, as_export_kwargs
 from fxquant.errors import CalibrationError, ConfigError, FxQuantError, TraceError
 from fxquant.export import export_sim
-from fxquant.export.encodings_file import QuantizerArgs, write_encodings
+from fxquant.export.encodings_file import QuantizerArgs, torch_names, write_encodings
 from fxquant.model_resolution import graph_module_to_transform
 from fxquant.passes.base import Sequential
 from fxquant.passes.fold_batchnorm import FoldBatchNormPass, training_batch_norms
@@ -181,6 +181,8 @@ class QuantizationSimModel:
             self._propagate_shapes(model, gm, args)
         self._insert = InsertQuantizersPass(policy)(gm)
         self.model: torch.fx.GraphModule = self._insert.graph_module
+        if self.config.layers:
+            self._apply_layer_overrides()
         # (a bias the config quantizes gets a parameter quantizer, as in AIMET; int32 on request)
         self._bias_quantized = bool(quantize_bias) and (
             self.settings.default_data_type is QuantizationDataType.int)
@@ -223,6 +225,38 @@ class QuantizationSimModel:
                 f"{str(cause).splitlines()[0] if str(cause) else ''}. Expected "
                 f"{_signature(model)} with inputs of the shapes the model accepts; got "
                 f"{_describe(args)}.") from exc
+
+    def _apply_layer_overrides(self) -> None:
+        """Applies the config's ``layers`` bit widths (see :mod:`fxquant.quantsim.config`): a
+        layer's activation quantizers are those a ``_torch.encodings`` file lists under it."""
+        by_layer: dict[str, list[tuple[str, QuantizerBase]]] = {}
+        keys = torch_names(self)
+        for ref in self.quantizers():
+            if ref.kind == "param":
+                by_layer.setdefault(ref.layer, []).append(("param", ref.quantizer))
+            else:
+                for layer, _, _ in keys.get(ref.name, [(ref.name, "output", 0)]):
+                    by_layer.setdefault(layer, []).append(("activation", ref.quantizer))
+        layers = {name for name, _ in iter_layers(self.model)}
+        where = f"quantsim config {self.config.source or '(dict)'}: layers"
+        for name, override in self.config.layers.items():
+            if name not in layers:
+                import difflib
+
+                close = difflib.get_close_matches(name, sorted(layers), n=3)
+                raise ConfigError(f"{where}.{name}: no layer of that name in the model"
+                                  + (f"; did you mean {', '.join(map(repr, close))}?" if close
+                                     else f"; layers: {', '.join(sorted(layers)[:8])} ..."))
+            for kind, quantizer in by_layer.get(name, []):
+                bits = override.activation_bw if kind == "activation" else override.param_bw
+                if bits is None:
+                    continue
+                if not hasattr(quantizer, "bitwidth") or not hasattr(quantizer, "symmetric"):
+                    raise ConfigError(f"{where}.{name}: per-layer bit widths need integer "
+                                      "quantization (default_data_type=int)")
+                if quantizer.is_frozen:   # a fixed range (encoding_constraints) keeps its grid
+                    continue
+                quantizer.bitwidth = bits
 
     def _add_bias_quantizers(self) -> None:
         modules = dict(self.model.named_modules())
