@@ -407,7 +407,13 @@ class QuantizationSimModel:
                     ref.quantizer(original)
         progress = tqdm(desc="calibration forward passes", unit="batch", leave=False,
                         disable=None)
-        hook = self.model.register_forward_pre_hook(lambda *_: progress.update(1))
+        passes = [0]     # counted here: a disabled bar (no terminal) does not count
+
+        def count(*_: Any) -> None:
+            passes[0] += 1
+            progress.update(1)
+
+        hook = self.model.register_forward_pre_hook(count)
         try:
             with contextlib.ExitStack() as stack:
                 for ref in activations:
@@ -420,7 +426,7 @@ class QuantizationSimModel:
         finally:
             hook.remove()
             progress.close()
-        return progress.n
+        return passes[0]
 
     def __deepcopy__(self, memo: dict[int, Any]) -> QuantizationSimModel:
         """A fully independent sim: its own model, quantizers and statistics (the immutable

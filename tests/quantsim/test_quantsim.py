@@ -319,3 +319,12 @@ def test_rounding_mode_nearest_is_accepted_and_stochastic_refused() -> None:
     with pytest.raises(fxquant.ConfigError,
                        match=r"rounding_mode='stochastic' is not supported; valid values: 'nearest'"):
         QuantizationSimModel(_TinyNet().eval(), x, rounding_mode="stochastic")
+
+
+def test_compute_encodings_logs_the_number_of_forward_passes(caplog):
+    from tests.models import ConvBnNet
+
+    sim = QuantizationSimModel(ConvBnNet().eval(), torch.randn(1, 3, 8, 8))
+    with caplog.at_level("INFO", logger="fxquant.quantsim.quantsim"):
+        sim.compute_encodings(lambda m: [m(torch.randn(2, 3, 8, 8)) for _ in range(3)])
+    assert "over 3 forward passes" in caplog.text
