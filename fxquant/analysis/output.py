@@ -153,7 +153,7 @@ def ranges_files(weights: Mapping[str, Any], activations: Mapping[str, Any]
     for name, entry in {**weights, **activations}.items():
         if isinstance(entry, Mapping):
             files[f"min_max_ranges/{name}.html"] = ranges_page(
-                name, {k: tuple(v) for k, v in entry.items()})
+                name, {k: tuple(v) for k, v in entry.items()}, channels=True)
     return files
 
 

@@ -73,28 +73,39 @@ def sensitivity_page(title: str, scores: Mapping[str, float], *, fp32: float | N
     return html.page(title, body)
 
 
-def ranges_figure(ranges: Mapping[str, tuple[float, float]], title: str) -> Any:
-    """Vertical bars from min to max per entry, in order."""
+def ranges_figure(ranges: Mapping[str, tuple[float, float]], title: str, *,
+                  channels: bool = False) -> Any:
+    """Vertical bars from min to max per entry, in order; ``channels``: the entries are the
+    channels of one tensor (numbered axis, no name per tick)."""
     names = list(ranges)
-    fig = html.new_figure(max(8.0, min(0.16 * len(names), 40.0)), 4.2)
+    width = 9.0 if channels else max(8.0, min(0.16 * len(names), 40.0))
+    fig = html.new_figure(width, 3.6 if channels else 4.2)
     ax = fig.add_subplot()
     lo = [ranges[n][0] for n in names]
     hi = [ranges[n][1] for n in names]
-    ax.vlines(range(len(names)), lo, hi, linewidth=4, color="#0a58ca")
+    ax.vlines(range(len(names)), lo, hi, linewidth=4 if len(names) < 80 else 1.5,
+              color="#0a58ca")
     ax.axhline(0, color="#999", linewidth=0.6)
     ax.set_ylabel("encoding range")
     ax.set_title(title)
     ax.grid(True, axis="y", alpha=0.3)
-    _ticks(ax, names)
-    fig.subplots_adjust(left=0.07, right=0.99, top=0.92, bottom=0.35)
+    if channels:
+        ax.set_xlabel("channel")
+        fig.subplots_adjust(left=0.09, right=0.98, top=0.9, bottom=0.15)
+    else:
+        _ticks(ax, names)
+        fig.subplots_adjust(left=0.07, right=0.99, top=0.92, bottom=0.35)
     return fig
 
 
-def ranges_page(title: str, ranges: Mapping[str, tuple[float, float]]) -> str:
-    """``min_max_ranges/activations.html``, ``weights.html`` or a per-channel weight page."""
+def ranges_page(title: str, ranges: Mapping[str, tuple[float, float]], *,
+                channels: bool = False) -> str:
+    """``min_max_ranges/activations.html``, ``weights.html`` or a per-channel page
+    (``channels``)."""
     rows = [[name, format_number(lo, ".6g"), format_number(hi, ".6g"),
              format_number(hi - lo, ".6g")] for name, (lo, hi) in ranges.items()]
-    body = (html.figure(ranges_figure(ranges, title), alt=title) + "<h2>Ranges</h2>"
+    body = (html.figure(ranges_figure(ranges, title, channels=channels), alt=title)
+            + "<h2>Ranges</h2>"
             + html.table(["tensor", "min", "max", "width"], rows))
     return html.page(title, body)
 
