@@ -112,7 +112,9 @@ def _culprits(r: AnalysisResults, details: Sequence[CulpritDetail]) -> str:
             ranges += (f"<li>weight: [{format_number(d.weight_range[0], '.5g')}, "
                        f"{format_number(d.weight_range[1], '.5g')}]</li>")
         mse = "" if r.mse is None or d.layer not in r.mse else (
-            f"<li>MSE vs FP32: {format_number(r.mse[d.layer], '.4g')}</li>")
+            f"<li>MSE vs FP32: {format_number(r.mse[d.layer], '.4g')}"
+            + ("" if not r.sqnr or d.layer not in r.sqnr else
+               f" (SQNR {format_number(r.sqnr[d.layer], '.1f')} dB)") + "</li>")
         links = " · ".join(html.link(path, label) for label, path in d.pages.items())
         figure = ""
         if d.histogram is not None:

@@ -1,15 +1,17 @@
 """Per-layer MSE between FP32 and quantized layer outputs, streamed: per batch the sim runs once
 with its quantizers off (the FP32 model: the same folded graph) and once with them on, and every
-layer's squared error is summed on the device (no host synchronisation per batch).
+layer's comparison sums (:class:`fxquant.core.metrics.PairAccumulator`: signal and noise power,
+NaN/Inf count) are added up on the device (no host synchronisation per batch), so the same pass
+gives each layer's SQNR too.
 
 AIMET runs two forward passes per layer per batch (one module at a time); this runs two per
 batch for all layers at once. Its value is the mean over all elements and batches of
 ``(fp32 - quantized)²`` (AIMET divides the sum of per-batch means by the number of samples).
 
 Example:
-    >>> mse = per_layer_mse(sim, groups, batches, num_batches=4)
-    >>> mse["conv1"]
-    3.1e-05
+    >>> sums = per_layer_sums(sim, groups, batches, num_batches=4)
+    >>> sums["conv1"].noise / sums["conv1"].numel, sums["conv1"].sqnr_db      # MSE, SQNR
+    (3.1e-05, 38.2)
 """
 from __future__ import annotations
 
@@ -22,9 +24,10 @@ from tqdm.auto import tqdm
 
 from fxquant._fx_utils import as_args
 from fxquant.analysis.quantizer_groups import LayerQuantizers, enabled_refs, only_enabled
+from fxquant.core.metrics import PairAccumulator, PairSums
 from fxquant.quantsim.quantsim import QuantizationSimModel
 
-__all__ = ["per_layer_mse", "model_device", "to_device"]
+__all__ = ["per_layer_sums", "mse_of", "model_device", "to_device"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,9 +51,15 @@ def _first_tensor(value: Any) -> torch.Tensor | None:
     return leaves[0] if len(leaves) == 1 else None
 
 
-def per_layer_mse(sim: QuantizationSimModel, groups: Mapping[str, LayerQuantizers],
-                  batches: Iterable[Any], num_batches: int) -> dict[str, float]:
-    """``{layer: MSE}`` over the first ``num_batches`` batches, for the layers of ``groups``.
+def mse_of(sums: PairSums) -> float:
+    """The mean squared error of compared sums (NaN when nothing was compared)."""
+    return sums.noise / sums.numel if sums.numel else float("nan")
+
+
+def per_layer_sums(sim: QuantizationSimModel, groups: Mapping[str, LayerQuantizers],
+                   batches: Iterable[Any], num_batches: int) -> dict[str, PairSums]:
+    """``{layer: PairSums}`` of FP32 (reference) vs quantized outputs over the first
+    ``num_batches`` batches, for the layers of ``groups`` (:func:`mse_of` gives the MSE).
 
     A batch is passed as ``model(batch)``, or ``model(*batch)`` for a tuple or list. The
     quantized side of a layer is its output after its output quantizer (the layer's output
@@ -64,8 +73,7 @@ def per_layer_mse(sim: QuantizationSimModel, groups: Mapping[str, LayerQuantizer
     output_quantizers = {r.layer: r.module_path for r in sim.quantizers() if r.kind == "output"}
     device = model_device(model)
     reference: dict[tuple[str, int], torch.Tensor] = {}
-    sums: dict[str, torch.Tensor] = {}
-    counts: dict[str, int] = dict.fromkeys(groups, 0)
+    sums = {layer: PairAccumulator() for layer in groups}
     calls: dict[str, int] = {}
     phase = ["fp32"]
 
@@ -80,11 +88,8 @@ def per_layer_mse(sim: QuantizationSimModel, groups: Mapping[str, LayerQuantizer
                 reference[(layer, i)] = tensor.detach()
                 return
             ref = reference.pop((layer, i), None)
-            if ref is None or ref.shape != tensor.shape:
-                return
-            err = (tensor.detach().double() - ref.double()).square().sum()
-            sums[layer] = sums[layer] + err if layer in sums else err
-            counts[layer] += tensor.numel()
+            if ref is not None and ref.shape == tensor.shape:
+                sums[layer].update(ref, tensor.detach())
         return hook
 
     handles = []
@@ -117,5 +122,5 @@ def per_layer_mse(sim: QuantizationSimModel, groups: Mapping[str, LayerQuantizer
     if seen < num_batches:
         logger.warning("per-layer MSE: the dataset had %d batch(es), fewer than num_batches=%d",
                        seen, num_batches)
-    totals = {layer: float(s) for layer, s in sums.items()}   # one read-back at the end
-    return {layer: totals[layer] / counts[layer] for layer in groups if counts.get(layer)}
+    results = {layer: acc.result() for layer, acc in sums.items()}   # read back once each
+    return {layer: r for layer, r in results.items() if r.numel}

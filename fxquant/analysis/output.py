@@ -195,10 +195,12 @@ def histogram_files(groups: Mapping[str, LayerQuantizers]) -> dict[str, bytes | 
     return files
 
 
-def mse_files(mse: Mapping[str, float]) -> dict[str, bytes | str]:
-    """``per_layer_mse_loss.json`` (``{layer: mse}``) and ``per_layer_mse_loss.html``."""
+def mse_files(mse: Mapping[str, float], sqnr: Mapping[str, float] | None = None
+              ) -> dict[str, bytes | str]:
+    """``per_layer_mse_loss.json`` (``{layer: mse}``) and ``per_layer_mse_loss.html`` (with the
+    layers' SQNR when given)."""
     return {"per_layer_mse_loss.json": json_bytes(dict(mse)),
-            "per_layer_mse_loss.html": mse_page(mse)}
+            "per_layer_mse_loss.html": mse_page(mse, sqnr)}
 
 
 def culprit_detail(g: LayerQuantizers, weights: Mapping[str, Any],

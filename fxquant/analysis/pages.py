@@ -227,10 +227,14 @@ def mse_figure(mse: Mapping[str, float], width: float = 11.0) -> Any:
     return fig
 
 
-def mse_page(mse: Mapping[str, float]) -> str:
-    """``per_layer_mse_loss.html``."""
-    rows = [[i, n, format_number(v, ".4g")] for i, (n, v) in enumerate(mse.items())]
+def mse_page(mse: Mapping[str, float], sqnr: Mapping[str, float] | None = None) -> str:
+    """``per_layer_mse_loss.html`` (an SQNR column when ``sqnr`` is given)."""
+    sqnr = sqnr or {}
+    rows = [[i, n, format_number(v, ".4g"), format_number(sqnr.get(n), ".1f")]
+            for i, (n, v) in enumerate(mse.items())]
     body = ("<p>Mean squared error between each layer's FP32 output and its quantized output "
-            "(both models fed the same data).</p>" + html.figure(mse_figure(mse), alt="mse")
-            + "<h2>Layers</h2>" + html.table(["#", "layer", "MSE"], rows))
+            "(both models fed the same data; the error of a layer includes what it inherits "
+            "from the layers before it), and the same as SQNR.</p>"
+            + html.figure(mse_figure(mse), alt="mse") + "<h2>Layers</h2>"
+            + html.table(["#", "layer", "MSE", "SQNR dB"], rows))
     return html.page("per_layer_mse_loss", body)

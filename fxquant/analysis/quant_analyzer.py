@@ -39,11 +39,12 @@ from tqdm.auto import tqdm
 from fxquant.analysis import output
 from fxquant.analysis.errors import AnalysisError
 from fxquant.analysis.index_page import SUGGESTED_CONFIG, index_html
-from fxquant.analysis.mse import per_layer_mse
+from fxquant.analysis.mse import mse_of, per_layer_sums
 from fxquant.analysis.quantizer_groups import (LayerQuantizers, bitwidths, disabled, enabled_refs,
                                                layer_groups, only_enabled)
 from fxquant.analysis.results import (VARIANTS, AnalysisResults, Suggestion, choose_best,
                                       rank_culprits)
+from fxquant.core.metrics import PairSums
 from fxquant.errors import ConfigError, FxQuantError
 from fxquant.model_resolution import FLOAT, resolve_model
 from fxquant.quantsim.quant_scheme import QuantScheme
@@ -338,16 +339,22 @@ class QuantAnalyzer:
             >>> analyzer.export_per_layer_mse_loss(sim, "results")["conv1"]
             2.4e-05
         """
-        mse = self._mse(sim)
-        output.write(results_dir, output.mse_files(mse))
+        sums = self._mse(sim)
+        mse = {layer: mse_of(s) for layer, s in sums.items()}
+        output.write(results_dir, output.mse_files(mse, {k: s.sqnr_db for k, s in sums.items()}))
         return mse
 
-    def _mse(self, sim: QuantizationSimModel) -> dict[str, float]:
+    def _mse(self, sim: QuantizationSimModel) -> dict[str, PairSums]:
         if self._unlabeled_dataset_iterable is None or self._num_batches is None:
             raise ValueError("per-layer MSE needs data: call enable_per_layer_mse_loss("
                              "unlabeled_dataset_iterable, num_batches) first")
-        return per_layer_mse(sim, self._groups(sim), self._unlabeled_dataset_iterable,
-                             self._num_batches)
+        sums = per_layer_sums(sim, self._groups(sim), self._unlabeled_dataset_iterable,
+                              self._num_batches)
+        bad = [layer for layer, s in sums.items() if not s.finite]
+        if bad:
+            logger.warning("per-layer MSE: NaN or Inf outputs at %s (FP32 or quantized)",
+                           ", ".join(bad[:5]))
+        return sums
 
     def _suggestions(self, sim: QuantizationSimModel, culprits: Sequence[str]) -> list[Suggestion]:
         groups = self._groups(sim)
@@ -421,14 +428,17 @@ class QuantAnalyzer:
         disabled_scores = self._per_layer(sim, enabling=False)
         groups = self._groups(sim)
         weights, activations = output.min_max_ranges(groups)
-        mse = self._mse(sim) if self._unlabeled_dataset_iterable is not None else None
+        sums = self._mse(sim) if self._unlabeled_dataset_iterable is not None else None
+        mse = None if sums is None else {layer: mse_of(s) for layer, s in sums.items()}
+        sqnr = None if sums is None else {layer: s.sqnr_db for layer, s in sums.items()}
         culprits = rank_culprits(both, enabled, disabled_scores)
         suggestions = self._suggestions(sim, culprits[:k])
         s = sim.settings
         results = AnalysisResults(
             fp32=fp32, weight_quantized=w, activation_quantized=a, quantized=both,
             enabled=enabled, disabled=disabled_scores, weight_ranges=weights,
-            activation_ranges=activations, mse=mse, culprits=culprits, suggestions=suggestions,
+            activation_ranges=activations, mse=mse, sqnr=sqnr, culprits=culprits,
+            suggestions=suggestions,
             best=choose_best(suggestions, both, fp32),
             settings={"quant_scheme": s.quant_scheme.name,
                       "default_param_bw": s.default_param_bw,
@@ -443,7 +453,7 @@ class QuantAnalyzer:
         files.update(output.ranges_files(weights, activations))
         files.update(output.histogram_files(groups))
         if mse is not None:
-            files.update(output.mse_files(mse))
+            files.update(output.mse_files(mse, sqnr))
         if results.best is not None:
             config = sim.config.to_dict()
             config["layers"] = {**config.get("layers", {}), **results.best.config_layers()}

@@ -105,6 +105,8 @@ class AnalysisResults:
         disabled: per layer, the score with every quantizer on but that layer's.
         weight_ranges, activation_ranges: the ``min_max_ranges`` JSON contents.
         mse: per-layer MSE, or None when not enabled.
+        sqnr: per-layer SQNR (dB) of the quantized output against FP32, from the same pass as
+            ``mse`` (None when not enabled).
         culprits: layers from worst to least bad (:func:`rank_culprits`).
         suggestions: every measured change (:class:`Suggestion`).
         best: the suggested change (:func:`choose_best`) or None.
@@ -122,6 +124,7 @@ class AnalysisResults:
     weight_ranges: dict[str, Any] = dataclasses.field(default_factory=dict)
     activation_ranges: dict[str, Any] = dataclasses.field(default_factory=dict)
     mse: dict[str, float] | None = None
+    sqnr: dict[str, float] | None = None
     culprits: list[str] = dataclasses.field(default_factory=list)
     suggestions: list[Suggestion] = dataclasses.field(default_factory=list)
     best: Suggestion | None = None
@@ -158,6 +161,7 @@ class AnalysisResults:
             "per_layer_quant_enabled": numbers(self.enabled),
             "per_layer_quant_disabled": numbers(self.disabled),
             "per_layer_mse_loss": numbers(self.mse),
+            "per_layer_sqnr_db": numbers(self.sqnr),
             "suggestions": [s.to_dict() for s in self.suggestions],
             "best_suggestion": None if self.best is None else self.best.to_dict(),
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},

@@ -140,6 +140,9 @@ def test_every_file_with_aimets_shapes_per_channel(per_channel_run):
     assert not (d / "activations_pdf").exists() and not (d / "weights_pdf").exists()
     summary = json.loads((d / "summary.json").read_text())
     assert summary["best_suggestion"]["layers"] == ["relu1"]
+    sqnr = summary["per_layer_sqnr_db"]
+    assert list(sqnr) == layers and sqnr["relu2"] < 10 < sqnr["conv1"], sqnr
+    assert "SQNR dB" in (d / "per_layer_mse_loss.html").read_text()
     assert summary["scores"]["quantized"] == r.quantized
 
 
@@ -346,9 +349,10 @@ def test_mse_with_generator_shorter_than_num_batches(caplog):
     qa.enable_per_layer_mse_loss((x for x in unlabeled(2)), 4)
     sim = qa.create_quantsim_and_encodings("tf", 8, 8)
     with caplog.at_level("WARNING"):
-        mse = qa._mse(sim)
+        sums = qa._mse(sim)
     assert "had 2 batch(es), fewer than num_batches=4" in caplog.text
-    assert mse["relu1"] > 0
+    assert sums["relu1"].noise > 0 and sums["relu1"].numel == 2 * 64 * 17 * 8 * 8
+    assert sums["relu2"].sqnr_db < 10 < sums["conv1"].sqnr_db
     qa.enable_per_layer_mse_loss((x for x in []), 1)
     with pytest.raises(ValueError, match="yielded no batch"):
         qa._mse(sim)
