@@ -67,6 +67,9 @@ MIN_OPSET = 13
 _FX_NODE_KEY = "pkg.torch.onnx.fx_node"
 _FX_NAME = re.compile(r"^%([^\s:]+)\s*:")
 _FORBIDDEN_ARGS = ("dynamo", "f", "input_names", "output_names")
+#: One ONNX file is one protobuf message, which cannot exceed 2 GiB; larger models need ONNX's
+#: external data, which this export does not write yet.
+PROTOBUF_LIMIT = 2**31 - 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,6 +174,7 @@ def export_onnx(gm_or_model: nn.Module, dummy_input: Any, path: str | os.PathLik
         with torch.no_grad():
             ShapeProp(gm).propagate(*args)  # output types decide tuple and float layers
     kwargs = _export_kwargs(onnx_export_args)
+    _check_size(gm)
     try:
         program = torch.onnx.export(gm, args, dynamo=True, **kwargs)
     except Exception as exc:
@@ -192,6 +196,19 @@ def export_onnx(gm_or_model: nn.Module, dummy_input: Any, path: str | os.PathLik
         out_path = os.fspath(path)
         atomic_write(out_path, lambda tmp: onnx.save_model(model, tmp), suffix=".onnx")
     return OnnxExport(model, gm, layer_outputs, tuple(unmapped), fx_values, opset, out_path)
+
+
+def _check_size(gm: torch.fx.GraphModule) -> None:
+    """Raises ExportError, before the (long) export, when the weights alone pass the 2 GiB limit
+    of one ONNX file (protobuf would fail later with an opaque 'Failed to serialize proto')."""
+    tensors = {id(t): t for t in (*gm.parameters(), *gm.buffers())}
+    size = sum(t.numel() * t.element_size() for t in tensors.values())
+    if size > PROTOBUF_LIMIT:
+        raise ExportError(
+            f"the model holds {size / 2**30:.2f} GiB of weights, over the 2 GiB limit of one ONNX "
+            "(protobuf) file, and fxquant's ONNX export does not write ONNX external data yet; "
+            "export a smaller model, or export this one with torch.onnx.export(model, args, path, "
+            "dynamo=True, external_data=True) for now")
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")

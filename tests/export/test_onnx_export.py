@@ -125,3 +125,17 @@ def test_export_failure_with_leaves_torch_does_not_place(monkeypatch) -> None:
     assert isinstance(info.value.__cause__, RuntimeError)
     with pytest.raises(RuntimeError, match="step 1/3"):  # no leaves: torch's error as it is
         export_onnx(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)).eval(), torch.randn(1, 3, 8, 8))
+
+
+def test_model_over_the_protobuf_limit_is_refused_before_exporting(monkeypatch) -> None:
+    from fxquant.export import onnx_export
+    from fxquant.export.errors import ExportError
+
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64)).eval()   # 16.6 kB of weights
+    monkeypatch.setattr(onnx_export, "PROTOBUF_LIMIT", 10_000)
+    called = []
+    monkeypatch.setattr(torch.onnx, "export", lambda *a, **k: called.append(1))
+    with pytest.raises(ExportError, match=r"holds 0\.00 GiB of weights, over the 2 GiB limit of one "
+                                          r"ONNX .*external_data=True"):
+        export_onnx(model, torch.randn(1, 64))
+    assert called == []

@@ -168,3 +168,14 @@ def test_validation_leaves_the_model_unchanged() -> None:
     assert model.training and all(m.training for m in model.modules())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert [n for n, _ in model.named_modules()] == ["", "conv1", "conv2", "relu"]
+
+
+def test_model_over_the_onnx_size_limit_is_an_export_error_with_the_right_fix(monkeypatch) -> None:
+    from fxquant.export import onnx_export
+
+    monkeypatch.setattr(onnx_export, "PROTOBUF_LIMIT", 1_000)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU()).eval()
+    report = fxquant.validate(model, torch.randn(1, 64))
+    (finding,) = report.by_check("onnx_export")
+    assert finding.severity == ERROR and "2 GiB limit of one ONNX" in finding.message
+    assert "external_data=True" in finding.fix
