@@ -223,5 +223,5 @@ def culprit_detail(g: LayerQuantizers, weights: Mapping[str, Any],
         if f"min_max_ranges/{title}.html" in files:
             pages[f"{title} ranges"] = f"min_max_ranges/{title}.html"
     pages["activation ranges"] = "min_max_ranges/activations.html"
-    return CulpritDetail(g.layer, g.type_name, acts, weight_extent(weights.get(f"{g.layer}_weight")),
-                         histogram, pages)
+    extent = weight_extent(weights.get(f"{g.layer}_weight"))
+    return CulpritDetail(g.layer, g.type_name, acts, extent, histogram, pages)

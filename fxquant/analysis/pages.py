@@ -193,10 +193,11 @@ def histogram_page(title: str, counts: np.ndarray, edges: np.ndarray, enc_min: n
     rows = []
     for c in range(channels):
         seen_lo, seen_hi = _observed(counts[c], edges[c])
+        clipped = _clipped_fraction(counts[c], edges[c], enc_min[c], enc_max[c])
         rows.append([c, format_number(seen_lo, ".5g"), format_number(seen_hi, ".5g"),
                      format_number(float(enc_min[c]), ".5g"),
                      format_number(float(enc_max[c]), ".5g"),
-                     f"{100 * _clipped_fraction(counts[c], edges[c], enc_min[c], enc_max[c]):.3g}%"])
+                     f"{100 * clipped:.3g}%"])
     body = (html.figure(histogram_figure(counts, edges, enc_min, enc_max, title), alt=title)
             + "<h2>Channels</h2>"
             + html.table(["channel", "observed min", "observed max", "encoding min",

@@ -16,7 +16,8 @@ returns an :class:`~fxquant.analysis.results.AnalysisResults`.
 
 Example:
     >>> analyzer = fxquant.QuantAnalyzer(prepare_model(model), dummy_input,
-    ...                                  CallbackFunc(calibrate, None), CallbackFunc(evaluate, None))
+    ...                                  CallbackFunc(calibrate, None),
+    ...                                  CallbackFunc(evaluate, None))
     >>> analyzer.enable_per_layer_mse_loss(unlabeled_batches, num_batches=4)
     >>> results = analyzer.analyze(quant_scheme=QuantScheme.post_training_tf_enhanced,
     ...                            results_dir="./quant_analyzer_results/")
@@ -179,8 +180,9 @@ class QuantAnalyzer:
             matched = [n for n in layers if n == name or n.startswith(name + ".")]
             if not matched and name not in all_layers:
                 close = difflib.get_close_matches(name, layers, n=3)
+                more = " ..." if len(layers) > 8 else ""
                 hint = (f"; did you mean {', '.join(map(repr, close))}?" if close
-                        else f"; layers: {', '.join(layers[:8])}{' ...' if len(layers) > 8 else ''}")
+                        else f"; layers: {', '.join(layers[:8])}{more}")
                 raise ConfigError(f"QuantAnalyzer: modules_to_ignore: {shown} is not a layer of "
                                   f"the model{hint}")
             out.update(matched)

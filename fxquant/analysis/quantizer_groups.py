@@ -65,7 +65,8 @@ def activation_names(sim: QuantizationSimModel) -> dict[str, list[tuple[str, str
     return torch_names(sim)
 
 
-def layer_groups(sim: QuantizationSimModel, ignore: Iterable[str] = ()) -> dict[str, LayerQuantizers]:
+def layer_groups(sim: QuantizationSimModel, ignore: Iterable[str] = ()
+                 ) -> dict[str, LayerQuantizers]:
     """The enabled quantizers of ``sim`` grouped by layer, in graph order; layers without an
     enabled quantizer and the layers in ``ignore`` are left out.
 

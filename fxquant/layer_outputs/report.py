@@ -14,7 +14,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import html
 import math
 import os
 import pathlib
@@ -22,7 +21,7 @@ from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
-from fxquant.core import files
+from fxquant.core import files, html
 from fxquant.core.report import (Column, ComparisonReport, LayerComparison, MetricInfo,
                                  format_number, json_number)
 
@@ -299,32 +298,24 @@ class DumpComparisonReport(ComparisonReport):
             >>> "<table" in report.html_text()
             True
         """
-        esc = html.escape
-
         def cell(value: Any, spec: str) -> str:
-            return esc(format_number(value, spec, missing=""))
+            return format_number(value, spec, missing="")
 
         failures = self.check_failures()
-        rows = []
-        for r in self.layers:
-            mark = ' class="bad"' if r.status != "ok" else ""
-            rows.append(f"<tr{mark}><td>{esc(r.name)}</td><td>{cell(r.sqnr_db, '.1f')}</td>"
-                        f"<td>{cell(r.max_abs_diff, '.4g')}</td>"
-                        f"<td>{cell(r.max_diff_lsb, '.0f')}</td><td>{esc(r.status)}</td>"
-                        f"<td>{esc(r.note or (r.permutation or ''))}</td></tr>")
-        findings = "".join(f"<li><b>{esc(f.kind)}</b> {esc(f.name or '')}: {esc(f.detail)}</li>"
-                           for f in self.findings) or "<li>none</li>"
-        verdict = ("<p class=\"bad\">check fails: " + "; ".join(esc(x) for x in failures[:5])
-                   + "</p>") if failures else "<p>check passes</p>"
-        title = esc(f"{self.dir_b} vs {self.dir_a}")
-        return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>" + title +
-                "</title><style>body{font-family:sans-serif}td,th{padding:2px 8px;text-align:"
-                "right}td:first-child{text-align:left}.bad{color:#b00}</style></head><body>"
-                f"<h1>{title}</h1><pre>{esc(self.summary())}</pre>{verdict}"
-                f"<h2>Findings ({len(self.findings)})</h2><ul>{findings}</ul>"
-                "<h2>Tensors</h2><table><tr><th>tensor</th><th>SQNR dB</th><th>max|diff|</th>"
-                "<th>max LSB</th><th>status</th><th>note</th></tr>" + "".join(rows) +
-                "</table></body></html>\n")
+        rows = [[r.name, cell(r.sqnr_db, ".1f"), cell(r.max_abs_diff, ".4g"),
+                 cell(r.max_diff_lsb, ".0f"), r.status, r.note or (r.permutation or "")]
+                for r in self.layers]
+        classes = ["bad" if r.status != "ok" else "" for r in self.layers]
+        findings = "".join(f"<li><b>{html.escape(f.kind)}</b> {html.escape(f.name or '')}: "
+                           f"{html.escape(f.detail)}</li>" for f in self.findings)
+        findings = findings or "<li>none</li>"
+        shown = "; ".join(html.escape(x) for x in failures[:5])
+        verdict = f'<p class="bad">check fails: {shown}</p>' if failures else "<p>check passes</p>"
+        body = (f"<pre>{html.escape(self.summary())}</pre>{verdict}"
+                f"<h2>Findings ({len(self.findings)})</h2><ul>{findings}</ul><h2>Tensors</h2>"
+                + html.table(["tensor", "SQNR dB", "max|diff|", "max LSB", "status", "note"], rows,
+                             row_classes=classes))
+        return html.page(f"{self.dir_b} vs {self.dir_a}", body)
 
     def to_html(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> pathlib.Path:
         """Writes :meth:`html_text` to ``path`` (atomically).

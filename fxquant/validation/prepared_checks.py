@@ -270,8 +270,8 @@ def _export_finding(gm: torch.fx.GraphModule, args: tuple[Any, ...], exc: BaseEx
     fix = ("replace the op by ones ONNX has (see the reason), or keep it out of the exported "
            "model (move it to pre/post-processing)")
     if "2 GiB limit of one ONNX" in reason:
-        fix = ("export with torch.onnx.export(..., dynamo=True, external_data=True) until fxquant's "
-               "export writes external data, or quantize a smaller model")
+        fix = ("export with torch.onnx.export(..., dynamo=True, external_data=True) until "
+               "fxquant's export writes external data, or quantize a smaller model")
     message = f"the ONNX exporter cannot export this model: {reason}"
     if node is not None:
         message = f"the ONNX exporter cannot export {_describe(gm, node)}: {reason}"

@@ -212,7 +212,8 @@ def test_plain_callables_and_rerun_replaces_previous_analysis(tmp_path):
     assert not (tmp_path / "suggested_config.json").exists()
     assert (tmp_path / "mine.txt").read_text() == "keep me"
     assert [p for p in os.listdir(tmp_path) if p.startswith(".")] == []
-    with pytest.raises(fxquant.OutputExistsError, match="holds an earlier analysis.*overwrite=True"):
+    with pytest.raises(fxquant.OutputExistsError,
+                       match="holds an earlier analysis.*overwrite=True"):
         qa.analyze(quant_scheme="tf", results_dir=tmp_path, overwrite=False)
 
 
