@@ -3,6 +3,9 @@
 ``fxquant demo`` runs the main job on an embedded default (a torchvision model built with
 ``weights=None``, no download): trace → prepare → fold batch norms, and prints what changed.
 ``fxquant compare-outputs A B`` compares two layer-output dumps and names the first divergence.
+``fxquant validate MODEL`` runs the model validator; ``fxquant analyze MODEL --calib DATA --eval
+DATA --results-dir DIR`` the QuantAnalyzer (MODEL and DATA: :mod:`fxquant.cli.specs`). Bad input
+is one line on stderr and exit status 2 (``--debug`` shows the traceback instead).
 """
 from __future__ import annotations
 
@@ -13,6 +16,9 @@ import math
 import sys
 import time
 from typing import Sequence
+
+from fxquant.cli import analyze, validate
+from fxquant.errors import FxQuantError
 
 __all__ = ["main"]
 
@@ -119,6 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = argparse.ArgumentParser(prog="fxquant", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    parser.add_argument("--debug", action="store_true",
+                        help="on an error, show the traceback instead of one line")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="trace, prepare and fold a torchvision model")
     demo.add_argument("--model", default="resnet18", help="torchvision model name (resnet18)")
@@ -155,10 +163,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                      help="with --check: tensors and instances one side lacks do not fail it "
                           "(they are still reported)")
     cmp.set_defaults(func=_compare_outputs)
+    validate.add_parser(sub)
+    analyze.add_parser(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (FxQuantError, OSError, ValueError) as exc:
+        if args.debug:
+            raise
+        print(f"fxquant {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover
