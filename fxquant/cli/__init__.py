@@ -15,9 +15,9 @@ import logging
 import math
 import sys
 import time
-from typing import Sequence
+from typing import NoReturn, Sequence
 
-from fxquant.cli import analyze, validate
+from fxquant.cli import analyze, layer_outputs, quantize, validate
 from fxquant.errors import FxQuantError
 
 __all__ = ["main"]
@@ -117,17 +117,24 @@ def _one_line(exc: BaseException) -> str:
     return text if len(text) <= 2000 else text[:1997] + "..."
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors on one line: ``fxquant quantize: error: ... (see --help)``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fxquant`` console script.
 
     Example:
         $ fxquant demo --model mobilenet_v2
     """
-    parser = argparse.ArgumentParser(prog="fxquant", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="fxquant", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     parser.add_argument("--debug", action="store_true",
                         help="on an error, show the traceback instead of one line")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     demo = sub.add_parser("demo", help="trace, prepare and fold a torchvision model")
     demo.add_argument("--model", default="resnet18", help="torchvision model name (resnet18)")
     demo.add_argument("--size", type=int, default=224, help="input height and width (224)")
@@ -163,6 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                      help="with --check: tensors and instances one side lacks do not fail it "
                           "(they are still reported)")
     cmp.set_defaults(func=_compare_outputs)
+    quantize.add_parsers(sub)
+    layer_outputs.add_parser(sub)
     validate.add_parser(sub)
     analyze.add_parser(sub)
     args = parser.parse_args(argv)

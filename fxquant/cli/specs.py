@@ -1,10 +1,11 @@
 """What the command line takes as MODEL and DATA, turned into a model and batches.
 
 MODEL: ``torchvision:NAME`` (``weights=None``: nothing is downloaded), ``package.module:factory``
-or ``path/to/file.py:factory`` (the factory is called with no arguments), with ``--weights FILE``
-(a state dict, loaded with ``weights_only=True``). DATA: a folder of images (resized and
-center-cropped to ``--image-size``, ImageNet-normalized), an ``.npy`` / ``.pt`` tensor file, or
-``random:SHAPE`` (``random:4x3x64x64``, seeded) for smoke runs. Labeled data (``--eval``): a folder
+or ``path/to/file.py:factory`` (the factory is called with no arguments, after
+``torch.manual_seed(0)`` so that random initial weights are the same from one command to the
+next), with ``--weights FILE`` (a state dict, loaded with ``weights_only=True``). DATA: a folder
+of images (resized and center-cropped to ``--image-size``, ImageNet-normalized), an ``.npy`` /
+``.pt`` tensor file, or ``random:SHAPE`` (``random:4x3x64x64``, seeded) for smoke runs. Labeled data (``--eval``): a folder
 of class subfolders (classes in sorted order) or an ``.npz`` with ``x`` and ``y``.
 
 Every problem is a :class:`SpecError` whose message names the argument, what was given and what
@@ -85,6 +86,8 @@ def load_model(spec: str, weights: str | os.PathLike[str] | None = None) -> nn.M
     source, sep, name = spec.rpartition(":")
     if not sep or not source or not name:
         raise SpecError(f"MODEL: expected {_MODEL_FORMS}, got {spec!r}")
+    # random initial weights are seeded: separate commands on one MODEL see the same model
+    torch.manual_seed(0)
     if source == "torchvision":
         import torchvision
 
