@@ -5,8 +5,9 @@ or ``path/to/file.py:factory`` (the factory is called with no arguments, after
 ``torch.manual_seed(0)`` so that random initial weights are the same from one command to the
 next), with ``--weights FILE`` (a state dict, loaded with ``weights_only=True``). DATA: a folder
 of images (resized and center-cropped to ``--image-size``, ImageNet-normalized), an ``.npy`` /
-``.pt`` tensor file, or ``random:SHAPE`` (``random:4x3x64x64``, seeded) for smoke runs. Labeled data (``--eval``): a folder
-of class subfolders (classes in sorted order) or an ``.npz`` with ``x`` and ``y``.
+``.pt`` tensor file, or ``random:SHAPE`` (``random:4x3x64x64``, seeded) for smoke runs. Labeled
+data (``--eval``): a folder of class subfolders (classes in sorted order) or an ``.npz`` with
+``x`` and ``y``.
 
 Every problem is a :class:`SpecError` whose message names the argument, what was given and what
 is accepted (the CLI prints it on one line and exits with status 2).
