@@ -1,4 +1,5 @@
-"""The command line: `fxquant demo` (what `make demo` runs) and `fxquant compare-outputs`."""
+"""The command line: `fxquant prepare` and `fxquant compare-outputs` (the other commands:
+tests/cli/)."""
 from __future__ import annotations
 
 import json
@@ -14,8 +15,8 @@ from fxquant.cli import main
 from fxquant.layer_outputs.dump_writer import DumpWriter, HostInstance
 
 
-def test_demo_prints_what_changed(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo", "--size", "64"]) == 0
+def test_prepare_prints_what_changed(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["prepare", "--size", "64"]) == 0
     out = capsys.readouterr().out
     assert "functionals -> modules: 9" in out
     assert "layer1.0.module_add (Add)" in out

@@ -81,6 +81,11 @@ def _what_to_do(r: AnalysisResults, k: int) -> str:
                "your eval callback:</p>")
     out.append(html.table(["layers", "change", "eval score", "loss recovered",
                            "quantizers changed"], rows, raw=True, row_classes=classes))
+    if r.best is None and not r.fp32 > r.quantized:
+        out.append("<p class=\"verdict\">Quantization costs nothing measurable here (fully "
+                   f"quantized {_score(r.quantized)}, FP32 {_score(r.fp32)}): no change "
+                   "suggested.</p>")
+        return "".join(out)
     if r.best is None:
         out.append("<p class=\"verdict\">None of these changes improves on the fully quantized "
                    f"score {_score(r.quantized)}. Look at the ranges and histograms below: a "

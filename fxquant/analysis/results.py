@@ -75,7 +75,8 @@ def choose_best(candidates: Sequence[Suggestion], quantized: float, fp32: float,
                 tolerance: float = 0.01) -> Suggestion | None:
     """The best change: the highest score, and among the changes within ``tolerance`` of the
     quantization loss (``fp32 - quantized``) of it, the one touching fewest quantizers; None when
-    no change beats the fully quantized score.
+    no change beats the fully quantized score, or quantization lost nothing (``fp32 <=
+    quantized``).
 
     Example:
         >>> a = Suggestion(("conv1",), "A16", 16, None, 0.95, 1)
@@ -83,6 +84,8 @@ def choose_best(candidates: Sequence[Suggestion], quantized: float, fp32: float,
         >>> choose_best([a, b], quantized=0.4, fp32=0.97).variant
         'A16'
     """
+    if not fp32 > quantized:          # quantization lost nothing measurable: nothing to fix
+        return None
     better = [c for c in candidates if math.isfinite(c.score) and c.score > quantized]
     if not better:
         return None

@@ -1,7 +1,8 @@
 """The ``fxquant`` command line.
 
-``fxquant demo`` runs the main job on an embedded default (a torchvision model built with
-``weights=None``, no download): trace → prepare → fold batch norms, and prints what changed.
+``fxquant demo`` runs the whole pipeline on real data and writes a report
+(:mod:`fxquant.cli.demo`); ``fxquant prepare`` traces, prepares and folds a torchvision model
+(``weights=None``, no download) and prints what changed.
 ``fxquant compare-outputs A B`` compares two layer-output dumps and names the first divergence.
 ``fxquant validate MODEL`` runs the model validator; ``fxquant analyze MODEL --calib DATA --eval
 DATA --results-dir DIR`` the QuantAnalyzer (MODEL and DATA: :mod:`fxquant.cli.specs`). Bad input
@@ -17,13 +18,13 @@ import sys
 import time
 from typing import NoReturn, Sequence
 
-from fxquant.cli import analyze, layer_outputs, quantize, validate
+from fxquant.cli import analyze, demo, layer_outputs, quantize, validate
 from fxquant.errors import FxQuantError
 
 __all__ = ["main"]
 
 
-def _demo(args: argparse.Namespace) -> int:
+def _prepare(args: argparse.Namespace) -> int:
     import torch
     import torchvision
 
@@ -33,7 +34,7 @@ def _demo(args: argparse.Namespace) -> int:
     torch.manual_seed(0)
     model = torchvision.models.get_model(args.model, weights=None).eval()
     x = torch.randn(1, 3, args.size, args.size)
-    print(f"fxquant demo: {args.model} (weights=None), input {tuple(x.shape)}")
+    print(f"fxquant prepare: {args.model} (weights=None), input {tuple(x.shape)}")
     start = time.perf_counter()
     gm = trace(copy.deepcopy(model))  # trace shares modules with its input; folding edits them
     traced_s = time.perf_counter() - start
@@ -128,18 +129,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fxquant`` console script.
 
     Example:
-        $ fxquant demo --model mobilenet_v2
+        $ fxquant demo --out demo
     """
     parser = _Parser(prog="fxquant", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     parser.add_argument("--debug", action="store_true",
                         help="on an error, show the traceback instead of one line")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    demo = sub.add_parser("demo", help="trace, prepare and fold a torchvision model")
-    demo.add_argument("--model", default="resnet18", help="torchvision model name (resnet18)")
-    demo.add_argument("--size", type=int, default=224, help="input height and width (224)")
-    demo.add_argument("--show", type=int, default=5, help="rows to show per section (5)")
-    demo.set_defaults(func=_demo)
+    demo.add_parser(sub)
+    prep = sub.add_parser("prepare", help="trace, prepare and fold a torchvision model, and "
+                                          "print what changed")
+    prep.add_argument("--model", default="resnet18", help="torchvision model name (resnet18)")
+    prep.add_argument("--size", type=int, default=224, help="input height and width (224)")
+    prep.add_argument("--show", type=int, default=5, help="rows to show per section (5)")
+    prep.set_defaults(func=_prepare)
     cmp = sub.add_parser(
         "compare-outputs", help="compare two layer-output dumps and find the first divergence",
         description="Compares two layer-output dumps (fxquant.LayerOutputUtil, "

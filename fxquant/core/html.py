@@ -60,13 +60,14 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *,
         '<table><tr><th>a</th></tr><tr><td>1</td></tr></table>'
     """
     head = "".join(f"<th>{escape(h)}</th>" for h in headers)
+    head_row = f"<tr>{head}</tr>" if any(headers) else ""   # all-empty headers: no header row
     body = []
     for i, row in enumerate(rows):
         cls = row_classes[i] if row_classes and row_classes[i] else ""
         attr = f' class="{escape(cls)}"' if cls else ""
         cells = "".join(f"<td>{c if raw else escape(c)}</td>" for c in row)
         body.append(f"<tr{attr}>{cells}</tr>")
-    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+    return f"<table>{head_row}{''.join(body)}</table>"
 
 
 def link(href: str, text: str) -> str:

@@ -84,4 +84,5 @@ def test_rank_and_choose():
     worse = Suggestion(("a",), "A16", 16, None, 0.3, 1)
     assert choose_best([costly, cheap, worse], quantized=0.4, fp32=0.95) is cheap
     assert choose_best([worse], quantized=0.4, fp32=0.95) is None
+    assert choose_best([cheap], quantized=0.4, fp32=0.4) is None     # nothing was lost
     assert cheap.config_layers() == {"b": {"activation_bw": 16}}
