@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from fxquant.cli.specs import add_model_arguments
+
 __all__ = ["add_parser"]
 
 EXAMPLE = """example:
@@ -24,9 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "quantization with top-1 accuracy on --eval, and writes "
                                    "AIMET's files, index.html and suggested_config.json.",
                        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", metavar="MODEL",
-                   help="torchvision:NAME, package.module:factory or path/to/file.py:factory")
-    p.add_argument("--weights", help="state dict to load (torch.load weights_only=True)")
+    add_model_arguments(p)
     p.add_argument("--calib", required=True, metavar="DATA", help="calibration data")
     p.add_argument("--eval", required=True, metavar="DATA", dest="eval_data",
                    help="labeled evaluation data")

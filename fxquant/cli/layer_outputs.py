@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from fxquant.cli.specs import add_model_arguments
+
 __all__ = ["add_parser"]
 
 EXAMPLE = """example:
@@ -19,10 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "and its export do) or from an .onnx file run by ONNX Runtime "
                                    "(e.g. the _qdq.onnx of fxquant quantize).",
                        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", metavar="MODEL|ONNX",
-                   help="torchvision:NAME, package.module:factory, path/to/file.py:factory, or "
-                        "a .onnx file")
-    p.add_argument("--weights", help="state dict to load into MODEL (weights_only=True)")
+    add_model_arguments(p, onnx=True)
     p.add_argument("--data", required=True, metavar="DATA",
                    help="inputs: a folder of images, .npy/.pt, or random:SHAPE")
     p.add_argument("--out", required=True, help="dump folder (must be empty unless --overwrite)")

@@ -6,6 +6,8 @@ import argparse
 import os
 from typing import Any
 
+from fxquant.cli.specs import add_model_arguments
+
 __all__ = ["add_parsers"]
 
 SCHEMES = ("tf", "tf_enhanced", "percentile", "mse")
@@ -21,9 +23,7 @@ COMPARE_EXAMPLE = """example:
 
 
 def _sim_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", metavar="MODEL",
-                   help="torchvision:NAME, package.module:factory or path/to/file.py:factory")
-    p.add_argument("--weights", help="state dict to load (torch.load weights_only=True)")
+    add_model_arguments(p)
     p.add_argument("--calib", required=True, metavar="DATA",
                    help="calibration data: a folder of images, .npy/.pt, or random:SHAPE")
     p.add_argument("--scheme", choices=SCHEMES, default="tf_enhanced",

@@ -35,7 +35,7 @@ from torch import nn
 
 from fxquant.errors import FxQuantError
 
-__all__ = ["SpecError", "load_model", "parse_shape", "load_batches", "load_labeled",
+__all__ = ["SpecError", "add_model_arguments", "load_model", "parse_shape", "load_batches", "load_labeled",
            "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
@@ -47,6 +47,14 @@ _STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
 
 class SpecError(FxQuantError, ValueError):
     """A MODEL or DATA argument that cannot be used (the message says why and what works)."""
+
+
+def add_model_arguments(parser: Any, *, onnx: bool = False) -> None:
+    """Adds the MODEL positional argument (``onnx``: or a ``.onnx`` file) and ``--weights``."""
+    forms = _MODEL_FORMS + (", or a .onnx file" if onnx else "")
+    parser.add_argument("model", metavar="MODEL|ONNX" if onnx else "MODEL", help=forms)
+    parser.add_argument("--weights", help="state dict to load into MODEL (torch.load "
+                                          "weights_only=True)")
 
 
 def parse_shape(text: str, what: str = "--input-shape") -> tuple[int, ...]:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from fxquant.cli.specs import add_model_arguments
+
 __all__ = ["add_parser"]
 
 EXAMPLE = """example:
@@ -18,9 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "random input of --input-shape and prints one finding per "
                                    "problem: check, module, source line, severity and fix.",
                        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", metavar="MODEL",
-                   help="torchvision:NAME, package.module:factory or path/to/file.py:factory")
-    p.add_argument("--weights", help="state dict to load (torch.load weights_only=True)")
+    add_model_arguments(p)
     p.add_argument("--input-shape", default="1x3x224x224",
                    help="shape of the random example input (1x3x224x224)")
     p.add_argument("--skip", nargs="+", default=(), metavar="CHECK",
