@@ -1,6 +1,6 @@
 """Shared by the tutorials: a stand-in for calibration data on models built with ``weights=None``.
 
-Not a tutorial itself (``tests/test_tutorials.py`` runs every ``tutorials/*.py`` not starting with
+Not a tutorial itself (``tests/tutorials/test_tutorials.py`` runs every ``tutorials/*.py`` not starting with
 an underscore).
 """
 from __future__ import annotations

@@ -1,46 +1,15 @@
-"""Every tutorial runs to completion and prints the figures it claims.
-
-Each tutorial's output is parsed and its numbers checked: counts (layers, quantizers, folds)
-exactly, SQNR and error figures against floors a little below the values measured on the seeded
-run (CPU, torch 2.14), so that a regression in what the tutorial demonstrates fails here.
-"""
+"""Checks tutorials/numeric_suite_sqnr.py's printed figures and files."""
 from __future__ import annotations
 
 import json
 import pathlib
 import re
-import runpy
-import sys
-from typing import Callable
 
-import pytest
-
-TUTORIAL_DIR = pathlib.Path(__file__).parent.parent / "tutorials"
-TUTORIALS = sorted(p for p in TUTORIAL_DIR.glob("*.py") if not p.name.startswith("_"))
-
-NUMBER = r"(-?[\d.]+(?:e[+-]?\d+)?)"
+from tests.tutorials.parsing import NUMBER
+from tests.tutorials.parsing import find as _find
 
 
-def _find(pattern: str, out: str) -> tuple[str, ...]:
-    match = re.search(pattern, out)
-    assert match, f"the tutorial did not print a line matching {pattern!r}; it printed:\n{out}"
-    return match.groups()
-
-
-def _check_custom_pass(out: str, folder: pathlib.Path) -> None:
-    (rewritten,) = _find(r"rewrote (\d+) hardswish modules, e\.g\. \['features\.0\.2', ", out)
-    assert int(rewritten) == 19  # every Hardswish of mobilenet_v3_small
-    (folded,) = _find(r"folded (\d+) batch norms", out)
-    assert int(folded) == 34
-    (converted,) = _find(r"then converted (\d+) new ops to modules", out)
-    assert int(converted) == 3 * int(rewritten)  # add, mul, div per rewritten hardswish
-    (diff,) = _find(rf"relative difference to the original model: {NUMBER}", out)
-    assert 0.0 < float(diff) < 1e-5  # measured 1.9e-06: equal up to float rounding, not bit-exact
-    _find(r"as expected: ReplaceHardswishWithReLU6Scaled\(\) requires \['prepared'\] but the graph "
-          r"module has \[\] \(passes run so far: none\)", out)
-
-
-def _check_numeric_suite_sqnr(out: str, folder: pathlib.Path) -> None:
+def check(out: str, folder: pathlib.Path) -> None:
     quantizers, enabled = _find(r"W8A8, (\d+) quantizers \((\d+) enabled\)", out)
     # 118 + one output quantizer per depthwise conv (17): supergroups never start at one
     assert int(quantizers) == int(enabled) == 135
@@ -79,26 +48,3 @@ def _check_numeric_suite_sqnr(out: str, folder: pathlib.Path) -> None:
     report = json.loads((folder / "report.json").read_text())
     assert (report["model_a"], report["model_b"], report["num_batches"]) == ("fp32", "int8", 3)
     assert len(report["layers"]) == int(table_layers) and report["unmatched"] == []
-
-
-CHECKS: dict[str, Callable[[str, pathlib.Path], None]] = {
-    "custom_pass": _check_custom_pass,
-    "numeric_suite_sqnr": _check_numeric_suite_sqnr,
-}
-
-
-def test_every_tutorial_has_checks() -> None:
-    assert {p.stem for p in TUTORIALS} == set(CHECKS)
-
-
-@pytest.mark.parametrize("path", TUTORIALS, ids=lambda p: p.stem)
-def test_tutorial_prints_its_figures(path: pathlib.Path, tmp_path: pathlib.Path,
-                                     capsys: pytest.CaptureFixture[str],
-                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FXQUANT_TUTORIAL_OUT", str(tmp_path))
-    monkeypatch.setattr(sys, "path", list(sys.path))  # tutorials add their folder
-    try:
-        runpy.run_path(str(path), run_name="__main__")
-    finally:
-        sys.modules.pop("_common", None)
-    CHECKS[path.stem](capsys.readouterr().out, tmp_path)
