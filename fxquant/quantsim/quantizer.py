@@ -180,7 +180,10 @@ class AffineQuantizer(QuantizerBase):
             return None
         qmin, qmax = self._qrange
         grid = self._grid
-        return QuantEncoding(scale=self.scale.detach().clone(),
+        # a learned scale is used clamped to MIN_SCALE by forward(); report what forward uses
+        scale = self.scale.detach().clamp_min(MIN_SCALE) if isinstance(self.scale, nn.Parameter) \
+            else self.scale.detach().clone()
+        return QuantEncoding(scale=scale,
                              zero_point=torch.round(self.zero_point.detach()).clamp(qmin, qmax),
                              bitwidth=grid.bitwidth, signed=grid.signed, symmetric=grid.symmetric,
                              strict=grid.strict, axis=self.axis)

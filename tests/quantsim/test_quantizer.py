@@ -11,7 +11,7 @@ from fxquant.core import kernels
 from fxquant.core.kernels import quantize_dequantize
 from fxquant.errors import ConfigError, FxQuantError
 from fxquant.quantsim import quantizer as quantizer_module
-from fxquant.quantsim.encoding import CalibrationError, QuantEncoding
+from fxquant.quantsim.encoding import MIN_SCALE, CalibrationError, QuantEncoding
 from fxquant.quantsim.quant_scheme import QuantScheme
 from fxquant.quantsim.quantizer import AffineQuantizer, FloatQuantizer, create_quantizer
 
@@ -49,6 +49,19 @@ def test_learn_range_quantizer_trains_with_an_optimizer():
     assert not sym.scale.requires_grad
     sym.unfreeze_encoding()
     assert sym.scale.requires_grad
+
+
+def test_learned_scale_driven_non_positive_is_reported_as_forward_uses_it():
+    """An optimizer can push a learned scale to 0 or below; forward() clamps it to MIN_SCALE, and
+    the encoding (what export and save write) must be that same value, never the raw one."""
+    q = AffineQuantizer(8, learn_range=True, name="fc.output")
+    q.set_encoding(QuantEncoding.from_min_max(0.0, 1.0, 8, symmetric=False))
+    with torch.no_grad():
+        q.scale.fill_(-0.5)
+    x = torch.tensor([0.0, 1e-6, 2e-6])
+    enc = q.encoding
+    assert float(enc.scale) == MIN_SCALE
+    assert torch.equal(q(x), quantize_dequantize(x, enc.scale, enc.zero_point, enc.qmin, enc.qmax))
 
 
 # -------------------------------------------------------------------------------------------------
