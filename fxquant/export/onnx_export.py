@@ -215,9 +215,25 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _CALL_MODULE_TARGET = re.compile(r"call_module\[target=([^\]]+)\]")
 
 
-def _torch_reason(exc: BaseException) -> str:
-    """One line saying why torch.export failed: the underlying error's first line."""
-    inner = exc.__cause__ or exc
+def torch_export_reason(exc: BaseException) -> str:
+    """One line saying why torch.export / the ONNX exporter failed: the first line of the
+    innermost error of the ``__cause__`` chain (the exporter wraps the real error, e.g.
+    ``GuardOnDataDependentSymNode``, in a generic "Failed to export the model" one).
+
+    Example:
+        >>> try:
+        ...     try:
+        ...         raise ValueError("data-dependent: u0 > 6")
+        ...     except ValueError as e:
+        ...         raise RuntimeError("Failed to export the model") from e
+        ... except RuntimeError as err:
+        ...     torch_export_reason(err)
+        'ValueError: data-dependent: u0 > 6'
+    """
+    inner, seen = exc, {id(exc)}
+    while inner.__cause__ is not None and id(inner.__cause__) not in seen:
+        inner = inner.__cause__
+        seen.add(id(inner))
     text = _ANSI.sub("", str(inner)).strip()
     line = text.splitlines()[0] if text else ""
     return f"{type(inner).__name__}: {line}" if line else type(inner).__name__
@@ -231,7 +247,7 @@ def _leaf_export_error(exc: BaseException, leaves: tuple[AutoLeaf, ...]) -> Expo
     blocking = [leaf for leaf in leaves
                 if leaf.module_path in targets
                 or any(t.startswith(leaf.module_path + ".") for t in targets if leaf.module_path)]
-    reason = _torch_reason(exc)
+    reason = torch_export_reason(exc)
     if blocking:
         leaf = blocking[0]
         where = f" at {leaf.source}" if getattr(leaf, "source", None) else ""

@@ -25,7 +25,7 @@ from fxquant import _meta
 from fxquant.core.layers import is_layer, type_name
 from fxquant.core.report import format_number
 from fxquant.export import export_onnx
-from fxquant.export.onnx_export import _origin_names
+from fxquant.export.onnx_export import _origin_names, torch_export_reason
 from fxquant.passes import fold_batchnorm
 from fxquant.validation.context import PERCENTILE, ValidationContext
 from fxquant.validation.graph_checks import finding_at
@@ -107,7 +107,8 @@ def functional_op(ctx: ValidationContext) -> Iterator[Finding]:
             "functional_op", WARNING,
             f"{type_name(gm, node)} stays a function: the preparer has no module for it, so no "
             "quantizer follows it and its output reaches the next op unquantized",
-            "wrap it in an nn.Module and call that module in forward (it then gets quantizers)",
+            "wrap it in an nn.Module whose class sets _fxquant_leaf = True (traced as one "
+            "layer, so it gets an output quantizer) and call that module in forward",
             node)
 
 
@@ -253,9 +254,7 @@ def _reason(exc: BaseException) -> str:
         if "No ONNX function found" in line or "DispatchError" in line:
             return line.strip().lstrip("<").replace("class 'torch.onnx._internal.exporter."
                                                     "_errors.", "").replace("'>", "")
-    inner = exc.__cause__ or exc
-    lines = _ANSI.sub("", str(inner)).strip().splitlines()
-    return f"{type(inner).__name__}: {lines[0] if lines else ''}"
+    return torch_export_reason(exc)
 
 
 def _export_finding(gm: torch.fx.GraphModule, args: tuple[Any, ...], exc: BaseException
@@ -269,7 +268,10 @@ def _export_finding(gm: torch.fx.GraphModule, args: tuple[Any, ...], exc: BaseEx
         node = nodes[0] if nodes else None
     fix = ("replace the op by ones ONNX has (see the reason), or keep it out of the exported "
            "model (move it to pre/post-processing)")
-    if "2 GiB limit of one ONNX" in reason:
+    if "DataDependent" in reason or "data-dependent" in reason:
+        fix = ("make the control flow traceable: torch.where / torch.clamp / torch.cond instead "
+               "of a Python `if` on tensor values, no shapes that depend on the data")
+    elif "2 GiB limit of one ONNX" in reason:
         fix = ("export with torch.onnx.export(..., dynamo=True, external_data=True) until "
                "fxquant's export writes external data, or quantize a smaller model")
     message = f"the ONNX exporter cannot export this model: {reason}"

@@ -101,6 +101,16 @@ def test_onnx_export_failure_names_the_op_and_the_exporters_reason() -> None:
     _at(finding, "eigh")
 
 
+def test_onnx_export_failure_on_data_dependent_control_flow_gives_the_real_reason() -> None:
+    """torch's exporter wraps the real error in a generic "Failed to export the model with
+    torch.export" one; the finding names the innermost error and the fix for control flow."""
+    report = fxquant.validate(nets.DataDependentChild().eval(), X)
+    finding = _one(report, "onnx_export", ERROR)
+    assert "GuardOnDataDependentSymNode" in finding.message, finding.message
+    assert "Failed to export the model" not in finding.message
+    assert "torch.where" in finding.fix and "_Gate" in finding.message
+
+
 def test_data_dependent_shape() -> None:
     report = fxquant.validate(nets.Masked().eval(), torch.randn(2, 4), skip=_NO_EXPORT)
     finding = _one(report, "data_dependent_shape", WARNING)
