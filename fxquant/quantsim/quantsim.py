@@ -322,6 +322,38 @@ class QuantizationSimModel:
                     out[f"{name}.{pname}"] = quantizer
         return out
 
+    def compile(self, enabled: bool = True) -> QuantizationSimModel:
+        """Runs every quantizer's fake quantization as one compiled loop instead of four tensor
+        passes (divide, round, clamp, multiply), in place; returns the sim.
+
+        The float ops of the model stay eager, and the compiled loop performs the same IEEE
+        operations in the same order (``fxquant.core.kernels.compiled_qdq``), so outputs stay
+        **bit-identical** to the uncompiled sim: the sim is still ONNX Runtime's reference. Each
+        quantizer costs about one copy of its tensor instead of four passes. Applies on CPU to
+        contiguous tensors outside autograd (inference, evaluation, QuantAnalyzer sweeps); other
+        cases, and QAT steps, take the eager ops. ``enabled``, encodings and ``load_encodings``
+        keep working as before: nothing is specialised to their current values. The first call
+        of each tensor rank compiles (seconds, once per process).
+
+        For the most speed, ``torch.compile(sim.model)`` compiles the whole model: it traces with
+        no graph break (quantizers, parametrized weights, ``enabled`` flags are guarded and
+        recompile when changed), but inductor re-implements float ops (convolution layouts,
+        reductions such as average pooling), so outputs match the eager sim only up to float32
+        rounding of those ops.
+
+        Args:
+            enabled: False turns the compiled loop off again.
+
+        Example:
+            >>> sim.compile()
+            >>> torch.equal(sim.model(x), eager_output)
+            True
+        """
+        for ref in self.quantizers():
+            if hasattr(ref.quantizer, "fused"):
+                ref.quantizer.fused = bool(enabled)
+        return self
+
     def set_percentile_value(self, percentile: float) -> None:
         """Sets the percentile of every percentile-calibrated quantizer (e.g. 99.99).
 
