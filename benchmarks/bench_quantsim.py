@@ -4,18 +4,22 @@ For each model (CPU, batch 8, 224×224, ``torch.set_num_threads(2)``) prints, in
   sim forward / FP32 forward                       (goal ≤ 1.3×)
   min-max calibration over N batches / N FP32 forwards  (goal ≤ 1.5×)
   TF-enhanced calibration / FP32 over the same data     (goal ≤ 2.5×)
+  sim.compile() forward / FP32 (quantizers as compiled loops, bit-identical)  (goal ≤ 1.3×)
+  torch.compile(FP32), torch.compile(sim) / FP32 and / compiled FP32       (goal ≤ 1.3×)
+  compile time of torch.compile(sim) / of torch.compile(FP32)              (goal ≤ 3×)
 and the same for aimet-torch 2.42 (run in a subprocess with the python of
 ../shared/tools/aimet-venv.sh or $AIMET_PYTHON), with fxquant/AIMET ratios (goal ≤ 0.5× for each
 calibration). Both sides prepare the model and fold its batch norms first.
 
 Run: .venv/bin/python benchmarks/bench_quantsim.py [--models resnet18 mobilenet_v2] [--batches 4]
-     [--rounds 7]
+     [--rounds 7] [--no-compile] [--no-aimet]
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -55,8 +59,11 @@ print(json.dumps(result))
 """
 
 
-def bench_fxquant(name: str, batches: int, batch: int, rounds: int) -> dict[str, float]:
-    """Median ratios to FP32 (and FP32 seconds) of fxquant's sim forward and calibrations."""
+def bench_fxquant(name: str, batches: int, batch: int, rounds: int,
+                  compile_models: bool = True) -> dict[str, float]:
+    """Median ratios to FP32 (and FP32 seconds) of fxquant's sim forward and calibrations; with
+    ``compile_models`` also ``sim.compile()``, ``torch.compile`` of FP32 and of the sim (and the
+    seconds of each one's first, compiling, call)."""
     torch.manual_seed(0)
     model = torchvision.models.get_model(name, weights=None).eval()
     data = [torch.randn(batch, 3, 224, 224) for _ in range(batches)]
@@ -74,7 +81,30 @@ def bench_fxquant(name: str, batches: int, batch: int, rounds: int) -> dict[str,
     for key, sim in sims.items():    # calibrations before the sim forward (in warm-up too)
         fns[key] = lambda sim=sim: sim.compute_encodings(run)
     fns["sim"] = lambda: run(sims["tf"].model)
-    return interleaved_ratios(fns, "fp32", rounds)
+    if compile_models:
+        # separate sims (calibrated once) so that no fn flips a flag another one's graph guards
+        fused, whole = (QuantizationSimModel(model, torch.randn(1, 3, 224, 224), quant_scheme="tf")
+                        for _ in range(2))
+        for sim in (fused, whole):
+            sim.compute_encodings(run)
+        fused.compile()
+        torch._dynamo.reset()
+        compiled_fp32 = torch.compile(fp32_model)
+        compiled_sim = torch.compile(whole.model)
+        times = {}
+        for key, m in (("compile_fp32", compiled_fp32), ("compile_sim", compiled_sim),
+                       ("compile_fused", fused.model)):
+            start = time.perf_counter()
+            with torch.no_grad():
+                m(data[0])   # first call: compiles (dynamo + inductor; for fused, the Q/DQ loops)
+            times[key] = time.perf_counter() - start
+        fns["sim_fused"] = lambda: run(fused.model)
+        fns["fp32_compiled"] = lambda: run(compiled_fp32)
+        fns["sim_compiled"] = lambda: run(compiled_sim)
+    ratios = interleaved_ratios(fns, "fp32", rounds)
+    if compile_models:
+        ratios.update(times)
+    return ratios
 
 
 def main() -> None:
@@ -84,12 +114,16 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-compile", action="store_true",
+                        help="skip sim.compile() and torch.compile (minutes to compile on 2 cores)")
+    parser.add_argument("--no-aimet", action="store_true", help="fxquant only")
     args = parser.parse_args()
     use_steady_allocator()
     logging.disable(logging.WARNING)
     torch.set_num_threads(args.threads)
-    ours = {m: bench_fxquant(m, args.batches, args.batch, args.rounds) for m in args.models}
-    aimet = run_worker(AIMET_WORKER, {"models": args.models, "batches": args.batches,
+    ours = {m: bench_fxquant(m, args.batches, args.batch, args.rounds, not args.no_compile)
+            for m in args.models}
+    aimet = None if args.no_aimet else run_worker(AIMET_WORKER, {"models": args.models, "batches": args.batches,
                                       "batch": args.batch, "rounds": args.rounds,
                                       "threads": args.threads,
                                       "benchmarks_dir": str(Path(__file__).parent)})
@@ -116,6 +150,18 @@ def main() -> None:
             else:
                 line += f"{'n/a':>10}{'n/a':>11}"
             print(line + f"{goals[key]:>10}")
+        if "sim_fused" not in o:
+            continue
+        rows = (("sim.compile() forward / FP32", o["sim_fused"], "≤1.3×"),
+                ("compiled FP32 / FP32", o["fp32_compiled"], ""),
+                ("torch.compile(sim) / FP32", o["sim_compiled"], "≤1.3×"),
+                ("torch.compile(sim) / compiled FP32", o["sim_compiled"] / o["fp32_compiled"],
+                 "≤1.3×"))
+        for label, value, goal in rows:
+            print(f"{'':<14}{label:<36}{value:>9.2f}×{'':>21}{goal:>10}")
+        print(f"{'':<14}{'compile time: FP32, sim (s)':<36}{o['compile_fp32']:>9.1f} "
+              f"{o['compile_sim']:>9.1f}   sim / FP32 {o['compile_sim'] / o['compile_fp32']:.2f}× "
+              f"(goal ≤3×); sim.compile() first call {o['compile_fused']:.1f} s")
 
 
 if __name__ == "__main__":
