@@ -26,7 +26,8 @@ def write_index(out: str, summary: Mapping[str, Any], exported: Mapping[str, str
             ["sim vs ONNX Runtime: logits SQNR", f"{s['logits_sqnr_db']:.1f} dB"],
             ["worst layers by SQNR", ", ".join(f"{n} ({v:.1f} dB)"
                                                for n, v in s["worst_sqnr_layers"])],
-            ["worst layers by the analyzer", ", ".join(s["worst_analyzer_layers"])],
+            ["worst layers by the analyzer", ", ".join(s["worst_analyzer_layers"])
+             or "none: no single layer costs accuracy"],
             ["model validator", s["validation"]],
             ["time", f"{s['seconds']:.0f} s"]]
     with open(os.path.join(out, "numeric_suite.png"), "rb") as f:

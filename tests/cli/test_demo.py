@@ -25,7 +25,9 @@ def test_summary_figures(demo):
     assert abs(s["ort_accuracy"] - s["sim_accuracy"]) <= 0.5, s
     assert s["sim_ort_agreement"] >= 99.5, s
     assert s["logits_sqnr_db"] > 30.0, s
-    assert len(s["worst_sqnr_layers"]) == 3 and len(s["worst_analyzer_layers"]) == 3
+    assert len(s["worst_sqnr_layers"]) == 3
+    # W8A8 costs nothing on the test digits here (sim == FP32): no layer is named as costly
+    assert s["worst_analyzer_layers"] == [] and s["sim_accuracy"] == s["fp32_accuracy"], s
     assert s["validation"].endswith("0 error, 0 warning, 6 fixed-by-preparer"), s["validation"]
 
 
