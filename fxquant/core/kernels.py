@@ -38,7 +38,8 @@ from torch import Tensor
 from fxquant.core.encoding import INT32_MAX, INT32_MIN
 from fxquant.errors import ConfigError
 
-__all__ = ["quantize_dequantize", "quantize", "dequantize", "ste_round", "compiled_qdq"]
+__all__ = ["quantize_dequantize", "quantize", "dequantize", "ste_round", "compiled_qdq",
+           "compiled_variant"]
 
 
 def _compute_dtype(x: Tensor) -> torch.dtype:
@@ -158,9 +159,25 @@ def compiled_qdq(variant: str = "") -> Callable[[Tensor, Tensor, Tensor, Tensor]
         >>> compiled_qdq()(x, torch.tensor(0.5), torch.tensor(-3.0), torch.tensor(4.0)).tolist()
         [0.0, 1.0, 2.0]
     """
-    name = f"_qdq_chain_{variant}" if variant else "_qdq_chain"
-    code = _qdq_chain.__code__.replace(co_name=name, co_qualname=name)
-    return torch.compile(types.FunctionType(code, _qdq_chain.__globals__, name), dynamic=True)
+    return compiled_variant(_qdq_chain, variant)
+
+
+@functools.cache
+def compiled_variant(fn: Callable[..., Any], variant: str = "") -> Callable[..., Any]:
+    """``torch.compile(fn, dynamic=True)`` on a copy of ``fn``'s code named after ``variant``:
+    dynamo keeps one cache (and one recompile limit) per code object, so each variant of a kernel
+    called with many shapes gets its own.
+
+    Example:
+        >>> double = compiled_variant(lambda t: t * 2, "f32")
+        >>> double(torch.ones(3)).tolist()
+        [2.0, 2.0, 2.0]
+    """
+    name = f"{fn.__name__}_{variant}" if variant else fn.__name__
+    name = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in name)
+    code = fn.__code__.replace(co_name=name, co_qualname=name)
+    copy = types.FunctionType(code, fn.__globals__, name, fn.__defaults__, fn.__closure__)
+    return torch.compile(copy, dynamic=True)
 
 
 def _fused_qdq(x: Tensor, s: Tensor, lo: Tensor, hi: Tensor, axis: int | None) -> Tensor:

@@ -331,7 +331,9 @@ class QuantizationSimModel:
         **bit-identical** to the uncompiled sim: the sim is still ONNX Runtime's reference. Each
         quantizer costs about one copy of its tensor instead of four passes. Applies on CPU to
         contiguous tensors outside autograd (inference, evaluation, QuantAnalyzer sweeps); other
-        cases, and QAT steps, take the eager ops. ``enabled``, encodings and ``load_encodings``
+        cases, and QAT steps, take the eager ops. Calibration's histograms (TF-enhanced,
+        percentile, MSE) count with one compiled pass per batch too (the same counts), so call it
+        before ``compute_encodings``. ``enabled``, encodings and ``load_encodings``
         keep working as before: nothing is specialised to their current values. The first call
         of each tensor rank compiles (seconds, once per process).
 
@@ -352,6 +354,9 @@ class QuantizationSimModel:
         for ref in self.quantizers():
             if hasattr(ref.quantizer, "fused"):
                 ref.quantizer.fused = bool(enabled)
+            analyzer = getattr(ref.quantizer, "encoding_analyzer", None)
+            if analyzer is not None:
+                analyzer.fused = bool(enabled)
         return self
 
     def set_percentile_value(self, percentile: float) -> None:

@@ -267,3 +267,49 @@ def test_inductor_compiled_sim_matches_the_eager_sim_on_conv_and_linear() -> Non
     for a, b in zip(grads(sim.model), grads(compiled)):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
         assert torch.equal(a == 0, b == 0)   # the same straight-through masks
+
+
+# -- calibration statistics -------------------------------------------------------------------------
+@pytest.mark.parametrize("scheme", ["tf_enhanced", "percentile", "mse"])
+@pytest.mark.parametrize("axis", [None, 1])
+def test_fused_histograms_count_exactly_as_the_eager_loop(scheme: str, axis: int | None,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Several batches (the extent widens, old counts are re-binned), ReLU zeros, values exactly
+    on bin edges: counts, edges and the encoding are identical with and without the fused pass."""
+    from fxquant.quantsim import histogram_analyzers
+    from fxquant.quantsim.encoding_analyzer import get_encoding_analyzer
+
+    calls: list[int] = []
+    original = histogram_analyzers._fused_histogram_index
+    monkeypatch.setattr(histogram_analyzers, "_fused_histogram_index",
+                        lambda *a: calls.append(1) or original(*a))
+    gen = torch.Generator().manual_seed(0)
+    batches = [torch.randn(4, 6, 9, 9, generator=gen).relu() * (1 + k) for k in range(3)]
+    batches[1].view(-1)[:50] = torch.linspace(0, float(batches[0].max()), 50)  # on the edges
+    analyzers = [get_encoding_analyzer(scheme, axis=axis, name="t") for _ in range(2)]
+    analyzers[1].fused = True
+    for analyzer in analyzers:
+        for x in batches:
+            analyzer.update_stats(x)
+    assert len(calls) == len(batches)
+    (counts_a, edges_a), (counts_b, edges_b) = (a.histogram() for a in analyzers)
+    assert torch.equal(counts_a, counts_b) and torch.equal(edges_a, edges_b)
+    assert float(counts_a.sum()) == pytest.approx(batches[0].numel() * len(batches))  # re-binned
+    enc_a, enc_b = (a.compute_encoding(8, symmetric=False) for a in analyzers)
+    assert torch.equal(enc_a.scale, enc_b.scale) and torch.equal(enc_a.zero_point,
+                                                                  enc_b.zero_point)
+
+
+def test_sim_compile_before_calibration_gives_the_same_encodings() -> None:
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None).eval()
+    x = torch.randn(2, 3, 64, 64)
+    sims = [fxquant.QuantizationSimModel(model, x[:1], quant_scheme="tf_enhanced")
+            for _ in range(2)]
+    sims[1].compile()
+    for sim in sims:
+        sim.compute_encodings(lambda m: [m(x), m(x * 1.5)])
+    for a, b in zip(sims[0].quantizers(), sims[1].quantizers()):
+        ea, eb = a.quantizer.encoding, b.quantizer.encoding
+        assert a.name == b.name
+        assert torch.equal(ea.scale, eb.scale) and torch.equal(ea.zero_point, eb.zero_point)
