@@ -28,9 +28,7 @@ Example:
 """
 from __future__ import annotations
 
-import functools
-import types
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -38,8 +36,7 @@ from torch import Tensor
 from fxquant.core.encoding import INT32_MAX, INT32_MIN
 from fxquant.errors import ConfigError
 
-__all__ = ["quantize_dequantize", "quantize", "dequantize", "ste_round", "compiled_qdq",
-           "compiled_variant"]
+__all__ = ["quantize_dequantize", "quantize", "dequantize", "ste_round"]
 
 
 def _compute_dtype(x: Tensor) -> torch.dtype:
@@ -138,72 +135,8 @@ def _qdq_cpu_scalar(x: Tensor, s: Tensor, lo: float, hi: float) -> Tensor:
     return out
 
 
-def _qdq_chain(x: Tensor, s: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
-    """``clamp(round(x / s), lo, hi) * s``: what :func:`compiled_qdq` compiles."""
-    return torch.div(x, s).round().clamp(lo, hi).mul(s)
-
-
-@functools.cache
-def compiled_qdq(variant: str = "") -> Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]:
-    """The fake-quantization chain compiled by ``torch.compile`` (inductor, dynamic shapes): one
-    fused loop (one read, one write of ``x``) instead of four tensor passes, bit-identical to the
-    eager chain (a true division, round half to even, clamp, multiply: the same IEEE operations
-    in the same order). Built on first use.
-
-    Each ``variant`` (a layout and dtype, see :func:`_fused_qdq`) gets its own copy of the
-    function's code, so its own dynamo cache: the shapes of every layer then share one compiled
-    graph per variant instead of exhausting one cache's recompile limit.
-
-    Example:
-        >>> x = torch.tensor([0.25, 0.75, 99.0])
-        >>> compiled_qdq()(x, torch.tensor(0.5), torch.tensor(-3.0), torch.tensor(4.0)).tolist()
-        [0.0, 1.0, 2.0]
-    """
-    return compiled_variant(_qdq_chain, variant)
-
-
-@functools.cache
-def compiled_variant(fn: Callable[..., Any], variant: str = "") -> Callable[..., Any]:
-    """``torch.compile(fn, dynamic=True)`` on a copy of ``fn``'s code named after ``variant``:
-    dynamo keeps one cache (and one recompile limit) per code object, so each variant of a kernel
-    called with many shapes gets its own.
-
-    Example:
-        >>> double = compiled_variant(lambda t: t * 2, "f32")
-        >>> double(torch.ones(3)).tolist()
-        [2.0, 2.0, 2.0]
-    """
-    name = f"{fn.__name__}_{variant}" if variant else fn.__name__
-    name = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in name)
-    code = fn.__code__.replace(co_name=name, co_qualname=name)
-    copy = types.FunctionType(code, fn.__globals__, name, fn.__defaults__, fn.__closure__)
-    return torch.compile(copy, dynamic=True)
-
-
-def _fused_qdq(x: Tensor, s: Tensor, lo: Tensor, hi: Tensor, axis: int | None) -> Tensor:
-    """:func:`compiled_qdq` on ``x`` viewed as 1-D (per tensor) or as ``[A, C, B]`` (per channel,
-    ``C`` along ``axis``) without its size-1 dimensions: dynamic shapes specialise sizes 0 and
-    1, so dropping them keeps every layer of one layout on one compiled graph. Callers are
-    outside autograd: inputs are detached so that a parameter's ``requires_grad`` does not make
-    a graph of its own."""
-    x, s, lo, hi = x.detach(), s.detach(), lo.detach(), hi.detach()
-    dtype = str(x.dtype).removeprefix("torch.")
-    if s.numel() == 1:
-        flat = (s.reshape(()), lo.reshape(()), hi.reshape(()))
-        return compiled_qdq(f"t_{dtype}")(x.view(-1), *flat).view(x.shape)
-    ax = axis % x.dim() if axis is not None else 0
-    c = x.shape[ax]
-    full = (x.shape[:ax].numel(), c, x.shape[ax + 1:].numel())
-    keep = [i for i, n in enumerate(full) if n != 1 or i == 1]
-    shape = [full[i] for i in keep]
-    param = [c if i == 1 else 1 for i in keep]
-    out = compiled_qdq(f"c{''.join(map(str, keep))}_{dtype}")(
-        x.view(shape), s.view(param), lo.view(param), hi.view(param))
-    return out.view(x.shape)
-
-
 def quantize_dequantize(x: Tensor, scale: Tensor | float, zero_point: Tensor | float, qmin: int,
-                        qmax: int, axis: int | None = None, *, fused: bool = False) -> Tensor:
+                        qmax: int, axis: int | None = None) -> Tensor:
     """Fake-quantize ``x``: ONNX QuantizeLinear followed by DequantizeLinear, bit for bit.
 
     Differentiable with the straight-through estimator (and LSQ gradients for ``scale`` and
@@ -216,9 +149,6 @@ def quantize_dequantize(x: Tensor, scale: Tensor | float, zero_point: Tensor | f
         qmin: smallest integer of the grid, e.g. 0 (uint8) or -128 (int8).
         qmax: largest integer of the grid, e.g. 255 or 127.
         axis: channel axis of per-channel scales (0 for Conv/Linear weights, 1 for ConvTranspose).
-        fused: on CPU, outside autograd, for contiguous ``x``: run the chain as one compiled loop
-            (:func:`compiled_qdq`, bit-identical, about half the time of the four eager passes).
-            Other cases (and code being compiled by ``torch.compile``) take the eager ops.
 
     Returns:
         A tensor shaped and typed like ``x``.
@@ -238,13 +168,10 @@ def quantize_dequantize(x: Tensor, scale: Tensor | float, zero_point: Tensor | f
         # clamp(round(x/s) + z, qmin, qmax) - z == clamp(round(x/s), qmin - z, qmax - z) exactly
         # while integers stay exact in float32 (anything larger saturates either way): four
         # memory passes instead of six.
-        if (fused and xc.device.type == "cpu" and xc.is_contiguous() and xc.numel() > 0
-                and not torch.compiler.is_compiling()):
-            out = _fused_qdq(xc, s, qmin - z, qmax - z, axis)
-        elif z.numel() == 1 and z.device.type == "cpu" and not torch.compiler.is_compiling():
+        if z.numel() == 1 and z.device.type == "cpu" and not torch.compiler.is_compiling():
             # scalar bounds take clamp's vectorized path (a tensor-bound clamp is ~10× slower
-            # on CPU in eager); reading a CPU scalar costs no device sync. Compiled, the
-            # tensor-bound chain below fuses into one loop and .item() would break the graph.
+            # on CPU in eager); reading a CPU scalar costs no device sync. Under torch.compile
+            # the tensor-bound chain below fuses into one loop and .item() would break the graph
             zp = z.item()
             out = _qdq_cpu_scalar(xc, s, qmin - zp, qmax - zp)
         else:

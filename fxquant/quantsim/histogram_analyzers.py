@@ -32,7 +32,6 @@ import torch
 from torch import Tensor
 
 from fxquant.core.encoding import MIN_SCALE, scale_zero_point_from_min_max
-from fxquant.core.kernels import compiled_variant
 from fxquant.errors import ConfigError
 from fxquant.quantsim.minmax_analyzer import EncodingAnalyzer, StatsScratch, _reads_back_freely
 
@@ -74,29 +73,6 @@ def _magnitude(lo: Tensor, hi: Tensor) -> Tensor:
     """``max(|lo|, |hi|)`` per channel, 0 where either end is not finite (empty extents)."""
     valid = torch.isfinite(lo) & torch.isfinite(hi)
     return torch.where(valid, torch.maximum(lo.abs(), hi.abs()), 0.0)
-
-
-def _histogram_index(x2: Tensor, start: Tensor, inv: Tensor, top: int, row: int, lanes: int,
-                     slots: int, dtype: torch.dtype) -> Tensor:
-    """Flat counter index of every value of ``x2 [C, M]``: bin ``trunc(clamp((x - start) * inv,
-    0, top))`` of channel ``c`` in lane ``j % lanes``: what the eager loop of
-    ``_HistogramAnalyzer._histogram`` computes in four passes, as one."""
-    c, m = x2.shape
-    bins = ((x2 - start) * inv).clamp(0, top).to(dtype)
-    channel = torch.arange(c, device=x2.device, dtype=dtype)[:, None] * row
-    lane = (torch.arange(m, device=x2.device, dtype=dtype) % lanes)[None, :] * slots
-    return bins + channel + lane
-
-
-def _fused_histogram_index(x2: Tensor, start: Tensor, inv: Tensor, bins: int, lanes: int,
-                           slots: int, dtype: torch.dtype | None) -> Tensor:
-    """:func:`_histogram_index` compiled (one variant per index dtype and channel-count class);
-    bit-identical to the eager passes (the same subtraction, multiplication, clamp and
-    truncation per value)."""
-    dtype = dtype or torch.int64
-    variant = f"hist_{'c' if x2.shape[0] > 1 else 't'}_{str(dtype).removeprefix('torch.')}"
-    fn = compiled_variant(_histogram_index, variant)
-    return fn(x2, start, inv, bins - 1, bins + 1, lanes, slots, dtype)
 
 
 def _bincount(index: Tensor, length: int, scatter: bool | None = None) -> Tensor:
@@ -234,13 +210,6 @@ class _HistogramAnalyzer(EncodingAnalyzer):
         unit = _reads_back_freely(x2.device) and bool((p == 1).all())
         offsets = self._slot_offsets(channels, min(scratch.step, x2.shape[1]), lanes,
                                      scratch.index_dtype, x2.device)
-        if (self.fused and finite and unit and x2.device.type == "cpu" and x2.is_contiguous()
-                and not torch.compiler.is_compiling()):
-            index = _fused_histogram_index(x2, start[:, None], inv, bins, lanes, slots,
-                                           scratch.index_dtype)
-            hist = _bincount(index.view(-1), lanes * slots)
-            hist = hist.reshape(lanes, channels, bins + 1).sum(0)
-            return hist[:, :bins], hist[:, bins].sum()
         hist = torch.zeros(lanes * slots, dtype=torch.int64, device=x2.device)
         for chunk, pos, index in scratch.chunks():
             if finite and unit:

@@ -82,9 +82,6 @@ class EncodingAnalyzer:
                               f"got {axis!r}")
         self.axis = axis
         self.name = name
-        #: compute per-value statistics (histogram bins) in one compiled loop on CPU;
-        #: ``sim.compile()`` sets it; the statistics are bit-identical either way
-        self.fused = False
         self.reset()
 
     # -- statistics -------------------------------------------------------------------------------

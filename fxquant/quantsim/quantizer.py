@@ -92,9 +92,6 @@ class AffineQuantizer(QuantizerBase):
         self._signed = None if signed is None else bool(signed)
         self.unsigned_symmetric = bool(unsigned_symmetric)
         self.axis = axis
-        #: run the fake quantization as one compiled loop on CPU (``sim.compile()`` sets it);
-        #: bit-identical to the eager ops, see ``fxquant.core.kernels.quantize_dequantize``
-        self.fused = False
         self.quant_scheme = scheme
         if encoding_analyzer is None:
             encoding_analyzer = get_encoding_analyzer(scheme, axis=axis, name=name or None)
@@ -384,8 +381,7 @@ class AffineQuantizer(QuantizerBase):
             scale = scale.clamp_min(MIN_SCALE)
         if isinstance(zero_point, nn.Parameter):
             zero_point = ste_round(zero_point).clamp(qmin, qmax)
-        return quantize_dequantize(x, scale, zero_point, qmin, qmax, axis=self.axis,
-                                   fused=self.fused)
+        return quantize_dequantize(x, scale, zero_point, qmin, qmax, axis=self.axis)
 
     def extra_repr(self) -> str:
         parts = [f"bitwidth={self._bitwidth}", f"symmetric={self._symmetric}"]

@@ -322,41 +322,31 @@ class QuantizationSimModel:
                     out[f"{name}.{pname}"] = quantizer
         return out
 
-    def compile(self, enabled: bool = True) -> QuantizationSimModel:
-        """Runs every quantizer's fake quantization as one compiled loop instead of four tensor
-        passes (divide, round, clamp, multiply), in place; returns the sim.
+    def compile(self, **compile_kwargs: Any) -> QuantizationSimModel:
+        """Compiles ``sim.model`` in place with ``torch.compile`` (``nn.Module.compile``: the
+        module stays the same object, its calls run the compiled code); returns the sim.
 
-        The float ops of the model stay eager, and the compiled loop performs the same IEEE
-        operations in the same order (``fxquant.core.kernels.compiled_qdq``), so outputs stay
-        **bit-identical** to the uncompiled sim: the sim is still ONNX Runtime's reference. Each
-        quantizer costs about one copy of its tensor instead of four passes. Applies on CPU to
-        contiguous tensors outside autograd (inference, evaluation, QuantAnalyzer sweeps); other
-        cases, and QAT steps, take the eager ops. Calibration's histograms (TF-enhanced,
-        percentile, MSE) count with one compiled pass per batch too (the same counts), so call it
-        before ``compute_encodings``. ``enabled``, encodings and ``load_encodings``
-        keep working as before: nothing is specialised to their current values. The first call
-        of each tensor rank compiles (seconds, once per process).
-
-        For the most speed, ``torch.compile(sim.model)`` compiles the whole model: it traces with
-        no graph break (quantizers, parametrized weights, ``enabled`` flags are guarded and
-        recompile when changed), but inductor re-implements float ops (convolution layouts,
-        reductions such as average pooling), so outputs match the eager sim only up to float32
-        rounding of those ops.
+        The sim traces as one graph: quantizers, parametrized weights and ``enabled`` flags
+        compile without a graph break. Flags are guarded (changing one recompiles; dynamo keeps
+        up to ``torch._dynamo.config.recompile_limit`` variants, then runs eagerly), encodings are
+        read live (``load_encodings`` and in-place changes take effect without recompiling). The
+        fake quantization stays ONNX's arithmetic (a true division, round half to even) fused
+        into its neighbours; the float ops are inductor's: with ``options={"layout_optimization":
+        False}`` convolutions and GEMMs run eager torch's kernels on the same layouts (outputs
+        bit-identical on conv/linear/ReLU/add nets), while reductions such as average pooling and
+        transcendental functions differ from eager torch by float32 rounding, which can move a
+        value across a quantization step. Use the eager sim as ONNX Runtime's reference and the
+        compiled one for speed (evaluation, QAT); sweeps that flip many flags (QuantAnalyzer)
+        are better eager.
 
         Args:
-            enabled: False turns the compiled loop off again.
+            **compile_kwargs: passed to ``torch.compile`` (``mode``, ``options``, ``backend``).
 
         Example:
             >>> sim.compile()
-            >>> torch.equal(sim.model(x), eager_output)
-            True
+            >>> logits = sim.model(x)    # the first call compiles (seconds to a minute on CPU)
         """
-        for ref in self.quantizers():
-            if hasattr(ref.quantizer, "fused"):
-                ref.quantizer.fused = bool(enabled)
-            analyzer = getattr(ref.quantizer, "encoding_analyzer", None)
-            if analyzer is not None:
-                analyzer.fused = bool(enabled)
+        self.model.compile(**compile_kwargs)
         return self
 
     def set_percentile_value(self, percentile: float) -> None:
