@@ -85,6 +85,9 @@ def bench_fxquant(name: str, batches: int, batch: int, rounds: int,
         whole = QuantizationSimModel(model, torch.randn(1, 3, 224, 224), quant_scheme="tf")
         whole.compute_encodings(run)
         torch._dynamo.reset()
+        # cold compiles on both sides: inductor's on-disk caches would make a re-run's compile
+        # times (and their ratio) depend on what earlier runs left behind
+        torch._inductor.config.force_disable_caches = True
         compiled_fp32 = torch.compile(fp32_model)
         whole.compile()                           # nn.Module.compile on whole.model, in place
         times = {}
