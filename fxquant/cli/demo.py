@@ -1,4 +1,4 @@
-"""``fxquant demo``: the whole pipeline on real data, in about a minute on two CPU cores.
+"""``fxquant demo``: the whole pipeline on real data, in about half a minute on two CPU cores.
 
 scikit-learn's digits (shipped with the package, no download) → a small CNN with BatchNorm,
 trained here (seeded) → model validator → W8A8 QuantSim (prepare, BN fold, TF-enhanced,
