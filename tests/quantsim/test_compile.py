@@ -82,6 +82,14 @@ def test_torch_compile_of_the_sim_never_uses_stale_quantizer_state(tmp_path) -> 
     assert same()
 
 
+def _grads(model: nn.Module, params: list[nn.Parameter], x: torch.Tensor) -> list[torch.Tensor]:
+    """The gradients of ``params`` after one QAT-style step (mean square of the output)."""
+    for p in params:
+        p.grad = None
+    model(x).square().mean().backward()
+    return [p.grad.clone() for p in params]
+
+
 @pytest.mark.parametrize("scheme", ["tf", "training_range_learning_with_tf_init"])
 def test_compiled_qat_step_has_the_eager_gradients(scheme: str) -> None:
     """AOTAutograd traces the straight-through / LSQ backward; with eager kernels (aot_eager) the
@@ -91,15 +99,9 @@ def test_compiled_qat_step_has_the_eager_gradients(scheme: str) -> None:
     sim = _sim(_Net(), x, quant_scheme=scheme)
     params = [p for p in sim.model.parameters() if p.requires_grad]
 
-    def grads(model: nn.Module) -> list[torch.Tensor]:
-        for p in params:
-            p.grad = None
-        model(x).square().mean().backward()
-        return [p.grad.clone() for p in params]
-
-    eager = grads(sim.model)
+    eager = _grads(sim.model, params, x)
     torch._dynamo.reset()
-    compiled = grads(torch.compile(sim.model, backend="aot_eager"))
+    compiled = _grads(torch.compile(sim.model, backend="aot_eager"), params, x)
     assert len(eager) == len(params) >= (6 if scheme == "tf" else 12)
     for a, b in zip(eager, compiled):
         assert torch.equal(a, b)
@@ -119,13 +121,7 @@ def test_inductor_compiled_sim_matches_the_eager_sim_on_conv_and_linear() -> Non
         assert torch.equal(compiled(x), sim.model(x))
     params = [p for p in sim.model.parameters() if p.requires_grad]
 
-    def grads(model: nn.Module) -> list[torch.Tensor]:
-        for p in params:
-            p.grad = None
-        model(x).square().mean().backward()
-        return [p.grad.clone() for p in params]
-
-    for a, b in zip(grads(sim.model), grads(compiled)):
+    for a, b in zip(_grads(sim.model, params, x), _grads(compiled, params, x)):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
         assert torch.equal(a == 0, b == 0)   # the same straight-through masks
 
