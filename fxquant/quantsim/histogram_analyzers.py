@@ -43,6 +43,9 @@ _COST_CHUNK_ELEMENTS = {"cpu": 1 << 20, "other": 1 << 25}
 # CPU histograms count consecutive values into this many interleaved copies of the bins, summed at
 # the end: a run of equal bin indices (ReLU zeros) otherwise serialises on one counter.
 _CPU_HISTOGRAM_LANES = 4
+# A finite batch inside the histogram's extent is binned without a clamp up to this many bins: its
+# positions (x - start) / width then stay below bins * (1 + 3 * 2**-24) < bins + 1.
+_UNCLAMPED_MAX_BINS = 1 << 16
 
 
 def _histogram_lanes(device: torch.device) -> int:
@@ -110,6 +113,9 @@ class _HistogramAnalyzer(EncodingAnalyzer):
         self._limit_fixed: Tensor | None = None
         self._counts: Tensor | None = None
         self._offsets: tuple[tuple[object, ...], Tensor] | None = None   # see _slot_offsets
+        self._ext: tuple[Tensor, Tensor, Tensor, Tensor] | None = None  # _extent_parts(lo, hi)
+        self._binning: tuple[Tensor, Tensor, Tensor, bool, bool] | None = None  # _binning_of(_ext)
+        self._limits_settled = False   # host-side: every channel's widening limit is fixed
 
     def _update(self, x2: Tensor) -> None:
         channels, bins = x2.shape[0], self.num_bins
@@ -121,21 +127,36 @@ class _HistogramAnalyzer(EncodingAnalyzer):
             self._limit_hi = torch.full((channels,), _INF, device=dev)
             self._limit_fixed = torch.zeros(channels, dtype=torch.bool, device=dev)
             self._counts = torch.zeros(channels, bins, dtype=torch.float64, device=dev)
+        # Where reading back is free (CPU), decisions that skip work are taken on the host: an
+        # extent that did not move is neither re-derived nor re-binned, and a batch inside it is
+        # binned without the clamp (see _histogram). Elsewhere every step runs, branch-free.
+        host = _reads_back_freely(x2.device)
         lanes = _histogram_lanes(x2.device)
         small = lanes * channels * (bins + 1) < 2 ** 31
         scratch = StatsScratch(x2, torch.int32 if lanes > 1 and small else torch.int64)
         batch_min, batch_max, finite = self._merge_min_max(scratch)
-        new_lo, new_hi = self._widen(batch_min, batch_max)
-        if self._num_batches:        # nothing to move before the first batch
-            self._counts = self._rebin(new_lo, new_hi)
-        self._lo, self._hi = new_lo, new_hi
-        hist, excluded = self._histogram(scratch, finite)
+        new_lo, new_hi = self._widen(batch_min, batch_max, host)
+        moved = not (host and self._ext is not None and torch.equal(new_lo, self._lo)
+                     and torch.equal(new_hi, self._hi))
+        ext = self._extent_parts(new_lo, new_hi, bins) if moved else self._ext
+        if self._num_batches and moved:        # nothing to move before the first batch
+            self._counts = self._rebin(new_lo, new_hi, ext)
+        if moved:
+            self._binning = self._binning_of(ext, host)
+        self._lo, self._hi, self._ext = new_lo, new_hi, ext
+        inside = (host and finite and bins <= _UNCLAMPED_MAX_BINS
+                  and bool((batch_min >= new_lo).all()) and bool((batch_max <= new_hi).all()))
+        hist, excluded = self._histogram(scratch, finite, inside)
         self._counts += hist
-        self._nonfinite += excluded
+        if excluded is not None:
+            self._nonfinite += excluded
 
-    def _widen(self, batch_min: Tensor, batch_max: Tensor) -> tuple[Tensor, Tensor]:
+    def _widen(self, batch_min: Tensor, batch_max: Tensor,
+               host: bool = False) -> tuple[Tensor, Tensor]:
         lo = torch.minimum(self._lo, batch_min)
         hi = torch.maximum(self._hi, batch_max)
+        if self._limits_settled:       # no limit left to fix: the steps below would keep them
+            return torch.maximum(lo, self._limit_lo), torch.minimum(hi, self._limit_hi)
         # range-relative (see _pow2_scale): hi - lo of a channel near float32's limit overflows
         p = _pow2_scale(_magnitude(lo, hi), _HISTOGRAM_EXPONENT_LIMIT)
         lo_s, hi_s = lo * p, hi * p
@@ -147,36 +168,49 @@ class _HistogramAnalyzer(EncodingAnalyzer):
         self._limit_lo = torch.where(fix, (centre - half) / p, self._limit_lo)
         self._limit_hi = torch.where(fix, (centre + half) / p, self._limit_hi)
         self._limit_fixed = self._limit_fixed | fix
+        if host:
+            self._limits_settled = bool(self._limit_fixed.all())
         return torch.maximum(lo, self._limit_lo), torch.minimum(hi, self._limit_hi)
 
     @staticmethod
-    def _extent_scaled(lo: Tensor, hi: Tensor, bins: int) -> tuple[Tensor, Tensor, Tensor]:
-        """Range-relative (start, bin width, p): ``start * p`` and ``width * p`` with the power of
-        two ``p`` of :func:`_pow2_scale` (``hi - lo`` near float32's limit would overflow)."""
+    def _extent_parts(lo: Tensor, hi: Tensor, bins: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(start, start * p, width * p, p)``: the sanitised start (0 for empty extents) and the
+        range-relative start and bin width with the power of two ``p`` of :func:`_pow2_scale`
+        (``hi - lo`` near float32's limit would overflow)."""
         valid = hi >= lo
         start = torch.where(valid, lo, 0.0)
         p = _pow2_scale(_magnitude(start, torch.where(valid, hi, 0.0)),
                         _HISTOGRAM_EXPONENT_LIMIT)
         width = torch.where(valid, (hi * p - lo * p) / bins, 0.0)
-        return start * p, torch.nan_to_num(width, nan=0.0, posinf=0.0), p
+        return start, start * p, torch.nan_to_num(width, nan=0.0, posinf=0.0), p
+
+    @classmethod
+    def _extent_scaled(cls, lo: Tensor, hi: Tensor, bins: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Range-relative (start, bin width, p): ``start * p`` and ``width * p``."""
+        return cls._extent_parts(lo, hi, bins)[1:]
 
     @classmethod
     def _extent(cls, lo: Tensor, hi: Tensor, bins: int) -> tuple[Tensor, Tensor]:
         """Sanitised (start, bin width): (0, 0) for empty extents."""
-        valid = hi >= lo
-        _, width, p = cls._extent_scaled(lo, hi, bins)
-        return torch.where(valid, lo, 0.0), width / p
+        return cls._extent_of(cls._extent_parts(lo, hi, bins))
+
+    @staticmethod
+    def _extent_of(parts: tuple[Tensor, Tensor, Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        """(start, bin width) from :meth:`_extent_parts`."""
+        return parts[0], parts[2] / parts[3]
 
     def _extent_end(self) -> Tensor:
         """``start + width * num_bins`` in float64 (float32 can overflow near its limit)."""
         start, width, p = self._extent_scaled(self._lo, self._hi, self.num_bins)
         return (start + width * self.num_bins).double() / p.double()
 
-    def _rebin(self, new_lo: Tensor, new_hi: Tensor) -> Tensor:
-        """Old counts redistributed onto the (wider) new bins, proportionally to the overlap."""
+    def _rebin(self, new_lo: Tensor, new_hi: Tensor,
+               new_parts: tuple[Tensor, Tensor, Tensor, Tensor]) -> Tensor:
+        """Old counts redistributed onto the (wider) new bins, proportionally to the overlap.
+        ``new_parts``: :meth:`_extent_parts` of the new extent."""
         bins, counts = self.num_bins, self._counts
-        old_start, old_w = (t.double() for t in self._extent(self._lo, self._hi, bins))
-        new_start, new_w = (t.double() for t in self._extent(new_lo, new_hi, bins))
+        old_start, old_w = (t.double() for t in self._extent_of(self._ext))
+        new_start, new_w = (t.double() for t in self._extent_of(new_parts))
         index = torch.arange(bins, device=counts.device, dtype=torch.float64)
         left = old_start[:, None] + index * old_w[:, None]
         inv_new = torch.where(new_w > 0, 1.0 / torch.where(new_w > 0, new_w, 1.0), 0.0)
@@ -191,42 +225,68 @@ class _HistogramAnalyzer(EncodingAnalyzer):
         unchanged = (self._lo == new_lo) & (self._hi == new_hi)
         return torch.where(unchanged[:, None], counts, out)
 
-    def _histogram(self, scratch: StatsScratch, finite: bool) -> tuple[Tensor, Tensor]:
+    def _histogram(self, scratch: StatsScratch, finite: bool,
+                   inside: bool = False) -> tuple[Tensor, Tensor | None]:
         """This batch's ``[C, bins]`` counts over the current extent, and the number of excluded
-        values.
+        values (None for a batch known to be ``finite``).
 
         Unless the batch is known to be ``finite``, NaN/Inf become NaN, survive the clamp and land
-        in an extra slot per channel that counts them."""
+        in an extra slot per channel that counts them. A finite batch known to lie ``inside`` the
+        extent skips the clamp: its bin positions are then in ``[0, bins]`` (``bins`` only for the
+        extent's upper end, within rounding; see ``_UNCLAMPED_MAX_BINS``), and the extra slot's
+        count moves to the last bin, where the clamp would have put it."""
         x2 = scratch.x2
         channels, bins = x2.shape[0], self.num_bins
         slots = channels * (bins + 1)
         lanes = _histogram_lanes(x2.device)
-        # range-relative: (x * p - start * p) / (width * p), exact for p == 1 (see _pow2_scale)
-        start, width, p = self._extent_scaled(self._lo, self._hi, bins)
-        inv = 1.0 / torch.where(width > 0, width, 1.0)
-        inv = torch.where((width > 0) & torch.isfinite(inv), inv, 0.0)
-        neg_start, inv, p = -start[:, None], inv[:, None], p[:, None]
-        # CPU reads back for free: skip the (slower) scaled subtraction when no channel needs it
-        unit = _reads_back_freely(x2.device) and bool((p == 1).all())
+        neg_start, inv, p, unit, zero_start = self._binning
+        from_zero = finite and zero_start
         offsets = self._slot_offsets(channels, min(scratch.step, x2.shape[1]), lanes,
                                      scratch.index_dtype, x2.device)
-        hist = torch.zeros(lanes * slots, dtype=torch.int64, device=x2.device)
+        hist = None
         for chunk, pos, index in scratch.chunks():
-            if finite and unit:
-                torch.sub(chunk, -neg_start, out=pos).mul_(inv).clamp_(0, bins - 1)
+            if from_zero:
+                torch.mul(chunk, inv, out=pos)
+            elif finite and unit:
+                torch.sub(chunk, -neg_start, out=pos).mul_(inv)
             elif finite:
-                torch.addcmul(neg_start, chunk, p, out=pos).mul_(inv).clamp_(0, bins - 1)
+                torch.addcmul(neg_start, chunk, p, out=pos).mul_(inv)
             else:
                 torch.nan_to_num(chunk, nan=math.nan, posinf=math.nan, neginf=math.nan, out=pos)
                 if not unit:
                     pos.mul_(p)
-                pos.add_(neg_start).mul_(inv).clamp_(0, bins - 1).nan_to_num_(nan=float(bins))
+                pos.add_(neg_start).mul_(inv)
+            if not inside:
+                pos.clamp_(0, bins - 1)
+            if not finite:
+                pos.nan_to_num_(nan=float(bins))
             index.copy_(pos)                          # truncation == floor: pos >= 0
             if offsets is not None:
                 index += offsets[:, :index.shape[1]]
-            hist += _bincount(index.reshape(-1), lanes * slots)
+            counts = _bincount(index.reshape(-1), lanes * slots)
+            hist = counts if hist is None else hist.add_(counts)
         hist = hist.reshape(lanes, channels, bins + 1).sum(0)
-        return hist[:, :bins], hist[:, bins].sum()
+        counts = hist[:, :bins]
+        if inside:
+            counts[:, bins - 1] += hist[:, bins]
+        return counts, (None if finite else hist[:, bins].sum())
+
+    @staticmethod
+    def _binning_of(parts: tuple[Tensor, Tensor, Tensor, Tensor],
+                    host: bool) -> tuple[Tensor, Tensor, Tensor, bool, bool]:
+        """What binning a batch over the extent ``parts`` (:meth:`_extent_parts`) needs, computed
+        once per extent: ``[C, 1]`` columns ``-start * p``, ``1 / (width * p)`` (0 for an empty or
+        degenerate extent) and ``p`` — bin positions are range-relative, ``(x * p - start * p) /
+        (width * p)``, exact for p == 1 (see :func:`_pow2_scale`) — and, read on the ``host`` where
+        that is free, whether no channel needs the scaling (``p == 1``: the cheaper unscaled
+        subtraction) and whether every channel also starts at 0 (``x - 0 == x`` bit for bit: no
+        subtraction). Both False elsewhere."""
+        _, start, width, p = parts
+        inv = 1.0 / torch.where(width > 0, width, 1.0)
+        inv = torch.where((width > 0) & torch.isfinite(inv), inv, 0.0)
+        unit = host and bool((p == 1).all())
+        zero_start = unit and bool((start == 0).all())
+        return -start[:, None], inv[:, None], p[:, None], unit, zero_start
 
     def _slot_offsets(self, channels: int, columns: int, lanes: int, dtype: torch.dtype,
                       device: torch.device) -> Tensor | None:

@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator
 
 import torch
@@ -166,7 +167,11 @@ class EncodingAnalyzer:
         x2 = scratch.x2
         if _reads_back_freely(x2.device):
             batch_min, batch_max = x2.amin(dim=1), x2.amax(dim=1)
-            if bool(torch.isfinite(batch_min).all() and torch.isfinite(batch_max).all()):
+            if x2.shape[0] == 1:        # per tensor: two reads instead of four small ops
+                finite = math.isfinite(batch_min.item()) and math.isfinite(batch_max.item())
+            else:
+                finite = bool(torch.isfinite(batch_min).all() and torch.isfinite(batch_max).all())
+            if finite:
                 self._min = torch.minimum(self._min, batch_min)
                 self._max = torch.maximum(self._max, batch_max)
                 return batch_min, batch_max, True

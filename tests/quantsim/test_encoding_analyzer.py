@@ -518,3 +518,90 @@ def test_histogram_of_huge_values_has_finite_edges_and_all_counts():
     assert torch.isfinite(edges).all() and float(counts.sum()) == 10001
     # uniform data: every bin holds about the same count (no pile-up in an edge bin)
     assert float(counts.max()) <= 2.2 * 10001 / 512
+
+
+# -------------------------------------------------------------------------------------------------
+# Host-side shortcuts of the CPU histogram (issue 14): an extent that did not move is neither
+# re-derived nor re-binned, a batch inside the extent is binned without the clamp (its upper end
+# folded into the last bin), a histogram starting at 0 skips the subtraction. Each must give what
+# the branch-free path (the one accelerators take) gives, bit for bit.
+# -------------------------------------------------------------------------------------------------
+def _edge_batch(analyzer, per_channel: bool) -> torch.Tensor:
+    """Values on every bin edge of the analyzer's current extent (the two ends included)."""
+    _, edges = analyzer.histogram()
+    return edges if per_channel else edges.reshape(-1)
+
+
+def _sequence(kind: str, g: torch.Generator) -> list[torch.Tensor]:
+    def r(*shape):
+        return torch.randn(*shape, generator=g)
+    if kind == "relu_inside":       # starts at 0; later batches inside the first one's extent
+        first = r(4, 6, 50).relu() * 3
+        return [first, first * 0.5, r(4, 6, 50).relu().clamp(max=float(first.max())), first]
+    if kind == "signed_growing":    # moves on most batches
+        return [r(4, 6, 50) * (1 + i / 2) + i / 4 for i in range(5)]
+    if kind == "beyond_limit":      # later batches clipped at the 3x limit
+        return [r(4, 6, 50), r(4, 6, 50) * 10, r(4, 6, 50) * 0.1]
+    if kind == "negative":
+        return [-torch.rand(4, 6, 50, generator=g) - 1, -torch.rand(4, 6, 50, generator=g) * 1.5]
+    if kind == "constant_then_spread":
+        return [torch.zeros(4, 6, 50), torch.full((4, 6, 50), 2.0), r(4, 6, 50)]
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("scheme", ["tf_enhanced", "percentile", "mse"])
+@pytest.mark.parametrize("axis", [None, 1])
+@pytest.mark.parametrize("num_bins", [512, 1000])
+@pytest.mark.parametrize("kind", ["relu_inside", "signed_growing", "beyond_limit", "negative",
+                                  "constant_then_spread"])
+def test_host_shortcuts_match_the_branch_free_path(scheme, axis, num_bins, kind, monkeypatch):
+    g = torch.Generator().manual_seed(len(kind) + num_bins)
+    batches = _sequence(kind, g)
+
+    def run() -> tuple[object, list[torch.Tensor]]:
+        a = get_encoding_analyzer(scheme, axis=axis, num_bins=num_bins)
+        seen = []
+        for b in batches:
+            a.update_stats(b)
+            seen.append(a.histogram()[0])
+        # values exactly on every edge of the extent: positions k, the upper end exactly num_bins
+        edges = _edge_batch(a, axis is not None)
+        a.update_stats(edges[None, :, :].movedim(1, axis) if axis is not None else edges)
+        seen.append(a.histogram()[0])
+        return a, seen
+
+    fast, fast_seen = run()
+    monkeypatch.setattr(histogram_analyzers, "_reads_back_freely", lambda device: False)
+    plain, plain_seen = run()
+    for f, p in zip(fast_seen, plain_seen):
+        assert torch.equal(f, p)
+    assert torch.equal(fast.histogram()[1], plain.histogram()[1])
+    assert int(fast.num_nonfinite) == int(plain.num_nonfinite) == 0
+    for bitwidth, symmetric in ((8, False), (8, True), (4, False)):
+        assert (fast.compute_encoding(bitwidth, symmetric)
+                == plain.compute_encoding(bitwidth, symmetric))
+
+
+def test_unclamped_batch_counts_its_upper_end_in_the_last_bin():
+    """A batch inside the extent skips the clamp; the extent's upper end (position == bins)
+    still counts in the last bin, and nothing is lost."""
+    a = TfEnhancedEncodingAnalyzer(num_bins=8)
+    a.update_stats(torch.tensor([0.0, 8.0]))
+    a.update_stats(torch.tensor([8.0, 8.0, 7.5, 0.0, 3.0]))
+    counts, edges = a.histogram()
+    assert edges[0, [0, -1]].tolist() == [0.0, 8.0]
+    assert counts[0].tolist() == [2, 0, 0, 1, 0, 0, 0, 4]
+
+
+def test_unmoved_extent_is_not_rebinned(monkeypatch):
+    """A batch inside the extent leaves the bins where they are: no re-binning runs."""
+    a = TfEnhancedEncodingAnalyzer()
+    a.update_stats(torch.linspace(-1, 3, 1000))
+    calls = []
+    original = histogram_analyzers._HistogramAnalyzer._rebin
+    monkeypatch.setattr(histogram_analyzers._HistogramAnalyzer, "_rebin",
+                        lambda self, *args: calls.append(1) or original(self, *args))
+    a.update_stats(torch.linspace(-0.5, 2, 1000))
+    assert calls == []
+    a.update_stats(torch.linspace(-2, 3, 1000))
+    assert calls == [1]
