@@ -147,9 +147,9 @@ class _HistogramAnalyzer(EncodingAnalyzer):
         inside = (host and finite and bins <= _UNCLAMPED_MAX_BINS
                   and bool((batch_min >= new_lo).all()) and bool((batch_max <= new_hi).all()))
         hist, excluded = self._histogram(scratch, finite, inside)
-        self._counts += hist
+        self._counts = self._counts + hist        # never in place (see EncodingAnalyzer)
         if excluded is not None:
-            self._nonfinite += excluded
+            self._nonfinite = self._nonfinite + excluded
 
     def _widen(self, batch_min: Tensor, batch_max: Tensor,
                host: bool = False) -> tuple[Tensor, Tensor]:

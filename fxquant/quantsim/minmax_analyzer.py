@@ -72,6 +72,10 @@ class StatsScratch:
 class EncodingAnalyzer:
     """Base class: per-tensor or per-channel statistics plus ``compute_encoding``.
 
+    Statistics tensors are never modified in place: each update binds new tensors to the
+    attributes. A snapshot of the attributes (``dict(vars(analyzer))``, as
+    ``QuantizerBase.state_snapshot`` takes) therefore stays valid without copying them.
+
     Args:
         axis: channel axis for per-channel statistics; None for per tensor.
         name: the layer/quantizer name used in messages.
@@ -277,7 +281,7 @@ class MinMaxEncodingAnalyzer(EncodingAnalyzer):
             # x - x is 0 for finite values and NaN for NaN/Inf: a count without a boolean mask
             indicator = torch.sub(chunk, chunk, out=buf).nan_to_num_(nan=1.0)
             excluded += indicator.sum(dtype=torch.float64)
-        self._nonfinite += excluded.to(torch.int64)
+        self._nonfinite = self._nonfinite + excluded.to(torch.int64)   # never in place (above)
 
     def _compute(self, qmin: int, qmax: int, symmetric: bool,
                  signed: bool) -> tuple[Tensor, Tensor]:

@@ -264,3 +264,51 @@ def test_state_snapshot_restores_encoding_flags_and_statistics() -> None:
     q.restore_snapshot(snap)
     assert torch.equal(q(x), out) and list(q.state_dict()) == ["scale", "zero_point",
                                                                 "_extra_state"]
+
+
+@pytest.mark.parametrize("scheme", ["tf", "tf_enhanced", "percentile", "mse"])
+def test_snapshot_survives_statistics_updated_without_reset(scheme) -> None:
+    """Snapshots hold fxquant's analyzer statistics by reference (no copy); that is only right
+    because updates never modify them in place. Update the analyzer directly, without the reset
+    calibration does first, with NaN/Inf and a wider range: restoring gives the old statistics."""
+    from fxquant.quantsim.quantizer import AffineQuantizer
+
+    q = AffineQuantizer(8, name="act", quant_scheme=scheme)
+    with q.calibration():
+        q(torch.tensor([-1.0, float("nan"), 0.5, 1.0]))
+    a = q.encoding_analyzer
+    before = ([t.clone() for t in a.observed_min_max()], int(a.num_nonfinite),
+              None if scheme == "tf" else [t.clone() for t in a.histogram()])
+    snap = q.state_snapshot()
+    for batch in (torch.tensor([float("inf"), 0.25, 0.75]), torch.linspace(-3, 4, 100)):
+        a.update_stats(batch)
+    assert int(a.num_nonfinite) == 2
+    q.restore_snapshot(snap)
+    a = q.encoding_analyzer
+    assert all(torch.equal(x, y) for x, y in zip(a.observed_min_max(), before[0]))
+    assert int(a.num_nonfinite) == before[1] == 1
+    if before[2] is not None:
+        assert all(torch.equal(x, y) for x, y in zip(a.histogram(), before[2]))
+
+
+def test_snapshot_copies_the_state_of_a_user_analyzer() -> None:
+    """A user's analyzer may keep state it changes in place: its state is copied."""
+    from fxquant.quantsim.minmax_analyzer import MinMaxEncodingAnalyzer
+    from fxquant.quantsim.quantizer import AffineQuantizer
+
+    class Seen(MinMaxEncodingAnalyzer):
+        def reset(self) -> None:
+            super().reset()
+            self.seen: list[float] = []
+
+        def _update(self, x2: torch.Tensor) -> None:
+            super()._update(x2)
+            self.seen.append(float(x2.sum()))      # in place
+
+    q = AffineQuantizer(8, name="act")
+    q.encoding_analyzer = Seen()
+    q.encoding_analyzer.update_stats(torch.tensor([1.0, 2.0]))
+    snap = q.state_snapshot()
+    q.encoding_analyzer.update_stats(torch.tensor([5.0]))
+    q.restore_snapshot(snap)
+    assert q.encoding_analyzer.seen == [3.0]
