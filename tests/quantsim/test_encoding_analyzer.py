@@ -452,6 +452,30 @@ def test_update_stats_never_syncs(scheme):
     assert analyzer.compute_encoding(8, False).scale.device.type == "cuda"
 
 
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("axis", [None, 0])
+def test_accelerator_path_reads_nothing_back(scheme, axis, monkeypatch):
+    """The path accelerators take (no free read-back) must never bring a value to the host while
+    collecting statistics (a per-batch sync): run it on CPU with every read-back raising, over
+    batches that widen, stay inside and hold NaN/Inf."""
+    for module in (minmax_analyzer, histogram_analyzers):
+        monkeypatch.setattr(module, "_reads_back_freely", lambda device: False)
+    analyzer = get_encoding_analyzer(scheme, axis=axis)
+    batches = [torch.randn(8, 300), torch.randn(8, 300) * 0.5, torch.randn(8, 300) * 4]
+    batches[2][3, 7] = float("nan")
+
+    def read_back(*args, **kwargs):
+        raise AssertionError("read back to the host while collecting statistics")
+
+    with monkeypatch.context() as m:
+        for name in ("item", "tolist", "__bool__", "__int__", "__float__", "__index__"):
+            m.setattr(torch.Tensor, name, read_back)
+        for b in batches:
+            analyzer.update_stats(b)
+    assert int(analyzer.num_nonfinite) == 1
+    assert analyzer.compute_encoding(8, False).scale.shape == (() if axis is None else (8,))
+
+
 # -------------------------------------------------------------------------------------------------
 # Extreme magnitudes (issue 11 item 5): histograms and costs are range-relative
 # -------------------------------------------------------------------------------------------------
