@@ -208,9 +208,19 @@ class _HistogramAnalyzer(EncodingAnalyzer):
                new_parts: tuple[Tensor, Tensor, Tensor, Tensor]) -> Tensor:
         """Old counts redistributed onto the (wider) new bins, proportionally to the overlap.
         ``new_parts``: :meth:`_extent_parts` of the new extent."""
-        bins, counts = self.num_bins, self._counts
-        old_start, old_w = (t.double() for t in self._extent_of(self._ext))
-        new_start, new_w = (t.double() for t in self._extent_of(new_parts))
+        return self._rebinned(self._counts, self._lo, self._hi, self._ext, new_lo, new_hi,
+                              new_parts)
+
+    @classmethod
+    def _rebinned(cls, counts: Tensor, lo: Tensor, hi: Tensor,
+                  parts: tuple[Tensor, Tensor, Tensor, Tensor], new_lo: Tensor, new_hi: Tensor,
+                  new_parts: tuple[Tensor, Tensor, Tensor, Tensor]) -> Tensor:
+        """``counts`` over the extent ``[lo, hi]`` (:meth:`_extent_parts` ``parts``) moved onto the
+        bins of ``[new_lo, new_hi]`` (``new_parts``), which contains it, proportionally to the
+        overlap of old and new bins; channels whose extent is unchanged keep their counts."""
+        bins = counts.shape[1]
+        old_start, old_w = (t.double() for t in cls._extent_of(parts))
+        new_start, new_w = (t.double() for t in cls._extent_of(new_parts))
         index = torch.arange(bins, device=counts.device, dtype=torch.float64)
         left = old_start[:, None] + index * old_w[:, None]
         inv_new = torch.where(new_w > 0, 1.0 / torch.where(new_w > 0, new_w, 1.0), 0.0)
@@ -222,8 +232,48 @@ class _HistogramAnalyzer(EncodingAnalyzer):
         j = j.long()
         out = torch.zeros_like(counts).scatter_add_(1, j, first)
         out.scatter_add_(1, (j + 1).clamp_(max=bins - 1), counts - first)
-        unchanged = (self._lo == new_lo) & (self._hi == new_hi)
+        unchanged = (lo == new_lo) & (hi == new_hi)
         return torch.where(unchanged[:, None], counts, out)
+
+    # -- merging statistics (see EncodingAnalyzer.merge) ------------------------------------------
+    _EXTREME_ROWS = EncodingAnalyzer._EXTREME_ROWS + 5
+
+    def _extremes(self) -> Tensor:
+        fixed = torch.where(self._limit_fixed, -1.0, 0.0)     # min over ranks == any fixed
+        return torch.cat([super()._extremes(), torch.stack(
+            [self._lo, -self._hi, self._limit_lo, -self._limit_hi, fixed])])
+
+    def _sums(self, extremes: Tensor) -> Tensor:
+        lo, hi = extremes[2], -extremes[3]
+        counts = self._rebinned(self._counts, self._lo, self._hi, self._ext, lo, hi,
+                                self._extent_parts(lo, hi, self.num_bins))
+        return torch.cat([super()._sums(extremes), counts.reshape(-1)])
+
+    def _neutral(self, channels: int, device: torch.device) -> None:
+        super()._neutral(channels, device)
+        self._lo = torch.full((channels,), _INF, device=device)
+        self._hi = torch.full((channels,), -_INF, device=device)
+        self._limit_lo = torch.full((channels,), _INF, device=device)
+        self._limit_hi = torch.full((channels,), -_INF, device=device)
+        self._limit_fixed = torch.zeros(channels, dtype=torch.bool, device=device)
+        self._counts = torch.zeros(channels, self.num_bins, dtype=torch.float64, device=device)
+        self._ext = self._extent_parts(self._lo, self._hi, self.num_bins)
+
+    def _install(self, extremes: Tensor, sums: Tensor) -> None:
+        channels = extremes.shape[1]
+        rest = super()._install(extremes, sums)
+        lo, hi = extremes[2], -extremes[3]
+        self._limit_lo = extremes[4]
+        self._limit_hi = -extremes[5]
+        self._limit_fixed = extremes[6] < 0
+        self._limits_settled = False
+        self._lo, self._hi = lo, hi
+        self._ext = self._extent_parts(lo, hi, self.num_bins)
+        self._binning = self._binning_of(self._ext, _reads_back_freely(lo.device))
+        self._counts = rest.reshape(channels, self.num_bins)
+
+    def _merge_key(self) -> tuple[object, ...]:
+        return (*super()._merge_key(), self.num_bins)
 
     def _histogram(self, scratch: StatsScratch, finite: bool,
                    inside: bool = False) -> tuple[Tensor, Tensor | None]:

@@ -256,6 +256,96 @@ class EncodingAnalyzer:
             logger.warning("%s: %d channel(s) had no finite calibration value; they get a minimal "
                            "encoding around 0", self._label(), empty)
 
+    # -- merging statistics (several shards of the calibration data, or processes) ---------------
+    #: rows of :meth:`_extremes` (values every merge reduces with a minimum)
+    _EXTREME_ROWS = 2
+
+    def state(self) -> dict[str, Tensor]:
+        """The statistics collected so far, by name (``min``, ``max``, ``nonfinite``,
+        ``num_batches``, ``num_values``; histogram analyzers add ``lo``, ``hi``, ``counts`` and the
+        widening limits). The tensors are the analyzer's own (never modified in place).
+
+        Raises:
+            CalibrationError: no statistics yet.
+
+        Example:
+            >>> a = MinMaxEncodingAnalyzer()
+            >>> a.update_stats(torch.tensor([1.0, -2.0]))
+            >>> a.state()["min"].tolist(), int(a.state()["num_values"])
+            ([-2.0], 2)
+        """
+        self._require_stats()
+        out = {"min": self._min, "max": self._max, "nonfinite": self._nonfinite,
+               "num_batches": torch.tensor(self._num_batches),
+               "num_values": torch.tensor(self._num_values)}
+        for key in ("lo", "hi", "limit_lo", "limit_hi", "limit_fixed", "counts"):
+            if hasattr(self, f"_{key}"):
+                out[key] = getattr(self, f"_{key}")
+        return out
+
+    def merge(self, other: EncodingAnalyzer) -> None:
+        """Add the statistics of ``other`` (the same kind of analyzer over the same channels, fed
+        other data) to these, as if this analyzer had seen both: min/max and counts exactly;
+        histograms are first brought onto the bins of the union of both extents (each moved
+        proportionally to the overlap of old and new bins, as a widening batch does), then summed.
+        An analyzer without statistics contributes nothing. ``fxquant.distributed`` reduces the
+        statistics of several processes the same way.
+
+        Raises:
+            ConfigError: ``other`` is another kind of analyzer or has other channels / bins.
+
+        Example:
+            >>> a, b = MinMaxEncodingAnalyzer(), MinMaxEncodingAnalyzer()
+            >>> a.update_stats(torch.tensor([0.0, 1.0])); b.update_stats(torch.tensor([-3.0]))
+            >>> a.merge(b)
+            >>> [float(v) for v in a.observed_min_max()]
+            [-3.0, 1.0]
+        """
+        if not other.has_stats:
+            return
+        if not self.has_stats:
+            self._neutral(other._num_channels, other._min.device)
+        if self._merge_key() != other._merge_key():
+            raise ConfigError(f"{self._label()}: cannot merge the statistics of {other._label()}: "
+                              f"{self._merge_key()} vs {other._merge_key()} (kind, channels, "
+                              f"bins must match)")
+        extremes = torch.minimum(self._extremes(), other._extremes())
+        self._install(extremes, self._sums(extremes) + other._sums(extremes))
+
+    def _merge_key(self) -> tuple[object, ...]:
+        """What two analyzers must share to merge: kind and channels (histograms: and bins)."""
+        return (type(self).__name__, self._num_channels)
+
+    def _extremes(self) -> Tensor:
+        """``[_EXTREME_ROWS, C]`` float32: the statistics a merge reduces with a minimum (maxima
+        negated)."""
+        return torch.stack([self._min, -self._max])
+
+    def _sums(self, extremes: Tensor) -> Tensor:
+        """Float64 statistics a merge adds, given the merged ``extremes``: excluded values,
+        batches and values (exact in float64 up to 2**53), then what subclasses add."""
+        counts = torch.tensor([self._num_batches, self._num_values], dtype=torch.float64,
+                              device=self._min.device)
+        return torch.cat([self._nonfinite.to(torch.float64).reshape(1), counts])
+
+    def _neutral(self, channels: int, device: torch.device) -> None:
+        """Empty statistics over ``channels`` that change nothing in a merge."""
+        self._num_channels = channels
+        self._min = torch.full((channels,), _INF, device=device)
+        self._max = torch.full((channels,), -_INF, device=device)
+        self._nonfinite = torch.zeros((), dtype=torch.int64, device=device)
+        self._num_batches = self._num_values = 0
+
+    def _install(self, extremes: Tensor, sums: Tensor) -> Tensor:
+        """Take the merged statistics; returns the part of ``sums`` a subclass adds. (Merged
+        statistics of analyzers that all saw nothing are no statistics: callers then
+        ``reset()``.)"""
+        self._min, self._max = extremes[0], -extremes[1]
+        self._nonfinite = sums[0].round().to(torch.int64)
+        num_batches, num_values = sums[1:3].tolist()
+        self._num_batches, self._num_values = int(num_batches), int(num_values)
+        return sums[3:]
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(axis={self.axis}, name={self.name!r})"
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import datetime
 import inspect
 import logging
 import os
@@ -28,6 +29,8 @@ from fxquant._fx_utils import as_args
 from fxquant.bn_reestimation import keep_bn_statistics
 from fxquant.core.layers import is_layer, iter_layers, param_quantizers
 from fxquant.core.onnx_args import OnnxExportApiArgs, as_export_kwargs
+from fxquant.distributed import (DEFAULT_TIMEOUT, agree_on_failure, is_distributed,
+                                 reduce_statistics)
 from fxquant.errors import CalibrationError, ConfigError, FxQuantError, TraceError
 from fxquant.export import export_sim
 from fxquant.export.encodings_file import QuantizerArgs, torch_names, write_encodings
@@ -43,7 +46,7 @@ from fxquant.quantsim.encoding import QuantEncoding
 from fxquant.quantsim.encoding_analyzer import PercentileEncodingAnalyzer
 from fxquant.quantsim.policy import ConfigPolicy, QuantSimSettings
 from fxquant.quantsim.quant_scheme import QuantizationDataType, QuantScheme
-from fxquant.quantsim.quantizer import QuantizerBase
+from fxquant.quantsim.quantizer import AffineQuantizer, QuantizerBase
 from fxquant.validation.report import WARNING
 from fxquant.validation.validator import graph_report
 
@@ -60,6 +63,10 @@ class _NotGiven:
 
 
 _NOT_GIVEN: Any = _NotGiven()
+# compute_encodings' process group when there is nothing to reduce over (None is the world group)
+_SINGLE_PROCESS: Any = _NotGiven()
+# stages after which the other ranks no longer wait in the failure check
+_BEFORE_REDUCTION = ("computing parameter encodings", "running forward_pass_callback")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -366,7 +373,9 @@ class QuantizationSimModel:
 
     # -- calibration ---------------------------------------------------------------------------
     def compute_encodings(self, forward_pass_callback: Callable[..., Any],
-                          forward_pass_callback_args: Any = _NOT_GIVEN) -> None:
+                          forward_pass_callback_args: Any = _NOT_GIVEN, *,
+                          process_group: Any = None,
+                          timeout: datetime.timedelta = DEFAULT_TIMEOUT) -> None:
         """Calibrates every quantizer, all or nothing.
 
         Parameter encodings are computed from the weights first; then the callback runs the
@@ -378,6 +387,13 @@ class QuantizationSimModel:
         If anything fails (the callback raises, a quantizer sees no data, Ctrl-C), every quantizer
         of the sim — encodings, enabled and frozen flags, analyzer statistics — is put back as it
         was before the call, so the sim never mixes new and stale encodings.
+
+        Under ``torch.distributed`` (initialized, more than one rank in ``process_group``, default
+        the world) each rank runs the callback on its own shard of the calibration data; the
+        activation statistics are then reduced across the ranks (``fxquant.distributed``:
+        min/max exactly, histograms on a common grid) and every rank computes the same encodings.
+        A rank whose callback raised makes every rank raise ``CalibrationError`` naming it; a rank
+        that does not reach a collective within ``timeout`` makes the others raise.
 
         Raises:
             CalibrationError: the callback raised (the original exception is chained as
@@ -398,9 +414,15 @@ class QuantizationSimModel:
         snapshots = [(q, q.state_snapshot()) for q in quantizers]
         computed = self._encodings_computed
         stage = ["computing parameter encodings"]
+        group = process_group if is_distributed(process_group) else _SINGLE_PROCESS
         try:
-            passes = self._calibrate(forward_pass_callback, args, stage)
+            passes = self._calibrate(forward_pass_callback, args, stage, group, timeout)
         except BaseException as exc:
+            if (group is not _SINGLE_PROCESS and isinstance(exc, Exception)
+                    and stage[0] in _BEFORE_REDUCTION):
+                # the other ranks are waiting in the failure check: tell them (never a hang)
+                with contextlib.suppress(CalibrationError):
+                    agree_on_failure(True, group, timeout)
             for quantizer, snapshot in snapshots:
                 quantizer.restore_snapshot(snapshot)
             self._encodings_computed = computed
@@ -419,9 +441,11 @@ class QuantizationSimModel:
                     len(quantizers), passes)
 
     def _calibrate(self, forward_pass_callback: Callable[..., Any], args: tuple[Any, ...],
-                   stage: list[str]) -> int:
+                   stage: list[str], group: Any = None,
+                   timeout: datetime.timedelta = DEFAULT_TIMEOUT) -> int:
         """The calibration itself (see ``compute_encodings``); returns the number of forward
-        passes. ``stage[0]`` says what it is doing, for the error message."""
+        passes. ``stage[0]`` says what it is doing, for the error message. ``group``: the process
+        group to reduce statistics over, or ``_SINGLE_PROCESS``."""
         refs = self.quantizers()
         params = [r for r in refs if r.kind == "param"]
         activations = [r for r in refs if r.kind != "param"]
@@ -449,6 +473,17 @@ class QuantizationSimModel:
                 stack.enter_context(parametrize.cached())
                 stage[0] = "running forward_pass_callback"
                 forward_pass_callback(*args)
+                if group is not _SINGLE_PROCESS:
+                    stage[0] = "checking that every rank calibrated"
+                    failing = agree_on_failure(False, group, timeout)
+                    if failing:
+                        raise CalibrationError(
+                            f"rank(s) {', '.join(map(str, failing))} failed during calibration "
+                            f"(see their errors); this rank's calibration is rolled back")
+                    stage[0] = "reducing statistics across ranks"
+                    reduce_statistics([ref.quantizer.encoding_analyzer for ref in activations
+                                       if isinstance(ref.quantizer, AffineQuantizer)
+                                       and not ref.quantizer.is_frozen], group, timeout)
                 stage[0] = "computing activation encodings"
         finally:
             hook.remove()
