@@ -53,6 +53,11 @@ def is_distributed(process_group: dist.ProcessGroup | None = None) -> bool:
         >>> is_distributed()        # a plain python process
         False
     """
+    if process_group is not None and not (dist.is_available()
+                                          and isinstance(process_group, dist.ProcessGroup)):
+        raise ConfigError(f"process_group must be a torch.distributed ProcessGroup (from "
+                          f"dist.new_group) or None for the default group, got "
+                          f"{type(process_group).__name__}")
     return (dist.is_available() and dist.is_initialized()
             and dist.get_world_size(process_group) > 1)
 

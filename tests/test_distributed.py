@@ -175,6 +175,13 @@ def test_single_process_is_not_distributed():
     assert not is_distributed()
 
 
+def test_process_group_must_be_a_process_group():
+    sim = _sims()["tf"]
+    with pytest.raises(fxquant.ConfigError, match="process_group must be a torch.distributed "
+                                                  "ProcessGroup .* got str"):
+        sim.compute_encodings(_calibrate(_shard(0)), process_group="world")
+
+
 # -------------------------------------------------------------------------------------------------
 # The reduction's arithmetic in one process: EncodingAnalyzer.merge
 # -------------------------------------------------------------------------------------------------
