@@ -118,6 +118,35 @@ def _failing_worker(rank: int, store: str, out: str, mode: str) -> None:
     os._exit(0)     # skip the process group's teardown, which would wait for the dead peer
 
 
+def _qat_worker(rank: int, store: str, out: str) -> None:
+    """Range-learning QAT under DistributedDataParallel: calibrate on this rank's shard (reduced),
+    then two SGD steps on this rank's own batches."""
+    _init(rank, store)
+    try:
+        torch.manual_seed(0)
+        model = torchvision.models.resnet18(weights=None, num_classes=10).train()
+        sim = QuantizationSimModel(model.eval(), torch.randn(1, 3, 32, 32),
+                                   quant_scheme="training_range_learning_with_tf_init")
+        shard = [x[:, :, :32, :32] for x in _shard(rank)]
+        sim.compute_encodings(_calibrate(shard))
+        calibrated = _encodings(sim)
+        ddp = torch.nn.parallel.DistributedDataParallel(sim.model.train())
+        opt = torch.optim.SGD(ddp.parameters(), lr=0.01)
+        g = torch.Generator().manual_seed(rank)
+        for _ in range(2):
+            x, y = torch.randn(4, 3, 32, 32, generator=g), torch.randint(0, 10, (4,), generator=g)
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(ddp(x), y).backward()
+            opt.step()
+        trained = _encodings(sim)
+        torch.save({"calibrated": calibrated, "trained": trained,
+                    "weights": {k: v.detach().clone() for k, v in sim.model.state_dict().items()
+                                if isinstance(v, torch.Tensor)}},
+                   f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
 def _spawn(fn, tmp_path: Path, *args) -> str:
     """Runs ``fn(rank, store, out, *args)`` in WORLD spawned processes and waits for all of them
     (torch's own ``spawn`` would terminate the others as soon as one exits non-zero)."""
@@ -169,6 +198,23 @@ def test_a_failing_rank_makes_every_rank_raise(tmp_path, mode):
         assert rank1.startswith("CalibrationError") and "bad batch on rank 1" in rank1, rank1
     else:
         assert "did not join" in message or "failed during calibration" in message, rank0
+
+
+@pytest.mark.slow
+def test_range_learning_qat_under_ddp_keeps_every_rank_identical(tmp_path):
+    """Learned scales and offsets are parameters: DDP averages their gradients like the weights',
+    so after calibration on different shards (reduced) and two steps on different batches every
+    rank holds the same encodings and weights, and the steps did move the ranges."""
+    out = _spawn(_qat_worker, tmp_path)
+    ranks = [torch.load(f"{out}.{r}", weights_only=False) for r in range(WORLD)]
+    for stage in ("calibrated", "trained"):
+        for name, enc in ranks[0][stage].items():
+            assert enc == ranks[1][stage][name], (stage, name)
+    for key, value in ranks[0]["weights"].items():
+        assert torch.equal(value, ranks[1]["weights"][key]), key
+    moved = [n for n, e in ranks[0]["trained"].items()
+             if not torch.equal(e.scale, ranks[0]["calibrated"][n].scale)]
+    assert len(moved) > 10, moved
 
 
 def test_single_process_is_not_distributed():
