@@ -3,6 +3,7 @@ each calibrating on its own shard, against one process calibrated on the union."
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import time
 import traceback
@@ -147,6 +148,41 @@ def _qat_worker(rank: int, store: str, out: str) -> None:
         dist.destroy_process_group()
 
 
+def _analyzer(process_group=None):
+    from fxquant import CallbackFunc, QuantAnalyzer
+    from tests.analysis.fragile import calibrate, evaluate, fragile_net
+
+    return QuantAnalyzer(fragile_net(), torch.zeros(1, 1, 8, 8), CallbackFunc(calibrate, 2),
+                         CallbackFunc(evaluate, None), process_group=process_group)
+
+
+def _analyzer_worker(rank: int, store: str, out: str, fail: bool) -> None:
+    _init(rank, store)
+    qa = _analyzer()
+    if fail and rank == 1:
+        qa._eval_callback = _raise_on_second_call()
+    try:
+        results = qa.analyze(quant_scheme="tf", results_dir=f"{out}.dir{rank}")
+        Path(f"{out}.{rank}").write_text(f"ok {results.evaluations}")
+    except Exception as exc:                # noqa: BLE001 - the test reads what was raised
+        Path(f"{out}.{rank}").write_text(f"{type(exc).__name__}: {exc}")
+    finally:
+        dist.destroy_process_group()
+
+
+class _raise_on_second_call:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, model):
+        from tests.analysis.fragile import evaluate
+
+        self.calls += 1
+        if self.calls == 6:                 # inside the per-layer sweep
+            raise ValueError("evaluation data missing on rank 1")
+        return evaluate(model)
+
+
 def _spawn(fn, tmp_path: Path, *args) -> str:
     """Runs ``fn(rank, store, out, *args)`` in WORLD spawned processes and waits for all of them
     (torch's own ``spawn`` would terminate the others as soon as one exits non-zero)."""
@@ -215,6 +251,42 @@ def test_range_learning_qat_under_ddp_keeps_every_rank_identical(tmp_path):
     moved = [n for n, e in ranks[0]["trained"].items()
              if not torch.equal(e.scale, ranks[0]["calibrated"][n].scale)]
     assert len(moved) > 10, moved
+
+
+@pytest.mark.slow
+def test_sharded_analysis_equals_one_process(tmp_path):
+    """Two ranks share the per-layer sweeps and the what-ifs (same evaluation data): the
+    per-layer JSON files rank 0 writes equal a one-process analysis's; rank 1 writes nothing and
+    each rank ran about half of the evaluations."""
+    out = _spawn(_analyzer_worker, tmp_path, False)
+    single_dir = tmp_path / "single"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)        # as the ranks (float sums depend on the thread count)
+    try:
+        single = _analyzer().analyze(quant_scheme="tf", results_dir=str(single_dir))
+    finally:
+        torch.set_num_threads(threads)
+    shared = [Path(f"{out}.{r}").read_text() for r in range(WORLD)]
+    assert all(text.startswith("ok ") for text in shared), shared
+    for name in ("per_layer_quant_enabled.json", "per_layer_quant_disabled.json"):
+        assert (Path(f"{out}.dir0") / name).read_text() == (single_dir / name).read_text(), name
+    summary = json.loads((Path(f"{out}.dir0") / "summary.json").read_text())
+    expected = json.loads((single_dir / "summary.json").read_text())
+    for key in ("scores", "verdict", "culprits", "suggestions", "best_suggestion"):
+        assert summary[key] == expected[key], key
+    assert not Path(f"{out}.dir1").exists()
+    evaluations = [int(text.split()[1]) for text in shared]
+    assert sum(evaluations) < single.evaluations + 2 * 4 + 1      # sensitivity runs on both
+    assert max(evaluations) < single.evaluations
+
+
+@pytest.mark.slow
+def test_a_failing_rank_fails_the_sharded_analysis_everywhere(tmp_path):
+    out = _spawn(_analyzer_worker, tmp_path, True)
+    rank0, rank1 = (Path(f"{out}.{r}").read_text() for r in range(WORLD))
+    assert rank0.startswith("AnalysisError") and "rank(s) 1 failed" in rank0, rank0
+    assert "evaluation data missing on rank 1" in rank1, rank1
+    assert not Path(f"{out}.dir0").exists() and not Path(f"{out}.dir1").exists()
 
 
 def test_single_process_is_not_distributed():

@@ -25,6 +25,7 @@ Example:
 """
 from __future__ import annotations
 
+import datetime
 import difflib
 import logging
 import math
@@ -34,6 +35,7 @@ from typing import Any, Callable, Collection, Iterable, Sequence
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -46,6 +48,7 @@ from fxquant.analysis.quantizer_groups import (LayerQuantizers, bitwidths, disab
 from fxquant.analysis.results import (VARIANTS, AnalysisResults, Suggestion, choose_best,
                                       rank_culprits)
 from fxquant.core.metrics import PairSums
+from fxquant.distributed import DEFAULT_TIMEOUT, agree_on_failure, is_distributed
 from fxquant.errors import ConfigError, FxQuantError
 from fxquant.model_resolution import FLOAT, resolve_model
 from fxquant.quantsim.quant_scheme import QuantScheme
@@ -68,6 +71,12 @@ class QuantAnalyzer:
             callable, as above. It runs in eval mode under ``torch.no_grad()``.
         modules_to_ignore: modules (of ``model``) or their names, left unquantized and out of
             every report (a module with sub-layers ignores all of them).
+        process_group: under ``torch.distributed`` (more than one rank), the per-layer sweeps and
+            the 16-bit what-ifs are shared among the ranks of this group (default: the world):
+            each evaluates its share, every rank gets all scores, and rank 0 alone writes the
+            files. Every rank must run the same analysis with the same evaluation data;
+            calibration statistics are reduced across the ranks (``compute_encodings``).
+        timeout: how long a rank waits for the others in each exchange.
 
     Raises:
         ConfigError: a callback is not callable.
@@ -81,7 +90,9 @@ class QuantAnalyzer:
 
     def __init__(self, model: nn.Module, dummy_input: Any,
                  forward_pass_callback: Callable[..., Any], eval_callback: Callable[..., Any],
-                 modules_to_ignore: Sequence[nn.Module | str] | None = None) -> None:
+                 modules_to_ignore: Sequence[nn.Module | str] | None = None, *,
+                 process_group: Any = None,
+                 timeout: datetime.timedelta = DEFAULT_TIMEOUT) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"QuantAnalyzer: model must be a torch.nn.Module, got "
                             f"{type(model).__qualname__}")
@@ -101,6 +112,9 @@ class QuantAnalyzer:
         self._evaluations = 0
         self._ignored: set[str] = set()
         self.num_suggestions = 3
+        is_distributed(process_group)            # validates it (ConfigError)
+        self._process_group = process_group
+        self._timeout = timeout
 
     # -- configuration -------------------------------------------------------------------------
     def enable_per_layer_mse_loss(self, unlabeled_dataset_iterable: Collection[Any] | Iterable[Any],
@@ -154,7 +168,8 @@ class QuantAnalyzer:
         for layer in self._ignored:
             for ref in groups.get(layer, LayerQuantizers(layer, "", (), {})).quantizers:
                 ref.quantizer.enabled = False
-        sim.compute_encodings(self._timed(self._forward_pass_callback))
+        sim.compute_encodings(self._timed(self._forward_pass_callback),
+                              process_group=self._process_group, timeout=self._timeout)
         return sim
 
     _create_quantsim_and_encodings = create_quantsim_and_encodings  # AIMET's (private) name
@@ -266,16 +281,53 @@ class QuantAnalyzer:
                 else "perform_per_layer_analysis_by_disabling_quant_wrappers")
         groups = self._groups(sim)
         pool = enabled_refs(sim)
-        scores = {}
-        for layer, group in tqdm(groups.items(), desc="layers " + ("on" if enabling else "off"),
-                                 unit="layer", leave=False, disable=None):
+
+        def score(layer: str) -> float:
+            group = groups[layer]
             block = only_enabled(sim, group.quantizers, pool) if enabling else disabled(
                 group.quantizers)
             with block:
-                scores[layer] = self._evaluate(
+                return self._evaluate(
                     sim.model, name, f"layer {layer!r} ({'only it' if enabling else 'all but it'} "
                                      "quantized)")
-        return scores
+
+        return self._sharded(list(groups), score, name, "layers " + ("on" if enabling else "off"),
+                             "layer")
+
+    def _sharded(self, keys: list[Any], evaluate: Callable[[Any], float], analysis: str,
+                 desc: str, unit: str) -> dict[Any, float]:
+        """``{key: evaluate(key)}`` in the order of ``keys``; under ``torch.distributed`` each
+        rank evaluates every world-th key and the scores are exchanged (a rank whose evaluation
+        raised makes every rank raise, naming it)."""
+        if not is_distributed(self._process_group):
+            return {key: evaluate(key) for key in tqdm(keys, desc=desc, unit=unit, leave=False,
+                                                        disable=None)}
+        group = self._process_group
+        rank, world = dist.get_rank(group), dist.get_world_size(group)
+        mine: dict[Any, float] = {}
+        error: Exception | None = None
+        try:
+            for key in tqdm(keys[rank::world], desc=f"{desc} (rank {rank})", unit=unit,
+                            leave=False, disable=None):
+                mine[key] = evaluate(key)
+        except Exception as exc:            # told to the other ranks first, then raised
+            error = exc
+        failing = agree_on_failure(error is not None, group, self._timeout)
+        if error is not None:
+            raise error
+        if failing:
+            raise AnalysisError(f"{analysis}: rank(s) {', '.join(map(str, failing))} failed "
+                                f"while evaluating their share (see their errors); nothing was "
+                                f"written")
+        shares: list[dict[Any, float] | None] = [None] * world
+        dist.all_gather_object(shares, mine, group=group)
+        scores = {key: value for share in shares for key, value in (share or {}).items()}
+        return {key: scores[key] for key in keys}
+
+    def _writes(self) -> bool:
+        """Whether this process writes result files: always, except on ranks other than 0
+        of a distributed analysis."""
+        return not is_distributed(self._process_group) or dist.get_rank(self._process_group) == 0
 
     def perform_per_layer_analysis_by_enabling_quant_wrappers(
             self, sim: QuantizationSimModel, results_dir: str) -> dict[str, float]:
@@ -287,7 +339,8 @@ class QuantAnalyzer:
             {'conv1': 0.95, ...}
         """
         scores = self._per_layer(sim, enabling=True)
-        output.write(results_dir, output.sensitivity_files("per_layer_quant_enabled", scores))
+        if self._writes():
+            output.write(results_dir, output.sensitivity_files("per_layer_quant_enabled", scores))
         return scores
 
     def perform_per_layer_analysis_by_disabling_quant_wrappers(
@@ -300,7 +353,8 @@ class QuantAnalyzer:
             {'conv1': 0.42, ...}
         """
         scores = self._per_layer(sim, enabling=False)
-        output.write(results_dir, output.sensitivity_files("per_layer_quant_disabled", scores))
+        if self._writes():
+            output.write(results_dir, output.sensitivity_files("per_layer_quant_disabled", scores))
         return scores
 
     def export_per_layer_encoding_min_max_range(self, sim: QuantizationSimModel,
@@ -316,7 +370,8 @@ class QuantAnalyzer:
             [0.0, 5.73]
         """
         weights, activations = output.min_max_ranges(self._groups(sim))
-        output.write(results_dir, output.ranges_files(weights, activations))
+        if self._writes():
+            output.write(results_dir, output.ranges_files(weights, activations))
         return weights, activations
 
     def export_per_layer_stats_histogram(self, sim: QuantizationSimModel, results_dir: str) -> None:
@@ -327,7 +382,8 @@ class QuantAnalyzer:
         Example:
             >>> analyzer.export_per_layer_stats_histogram(sim, "results")
         """
-        output.write(results_dir, output.histogram_files(self._groups(sim)))
+        if self._writes():
+            output.write(results_dir, output.histogram_files(self._groups(sim)))
 
     def export_per_layer_mse_loss(self, sim: QuantizationSimModel,
                                   results_dir: str) -> dict[str, float]:
@@ -343,7 +399,9 @@ class QuantAnalyzer:
         """
         sums = self._mse(sim)
         mse = {layer: mse_of(s) for layer, s in sums.items()}
-        output.write(results_dir, output.mse_files(mse, {k: s.sqnr_db for k, s in sums.items()}))
+        if self._writes():
+            sqnr = {k: s.sqnr_db for k, s in sums.items()}
+            output.write(results_dir, output.mse_files(mse, sqnr))
         return mse
 
     def _mse(self, sim: QuantizationSimModel) -> dict[str, PairSums]:
@@ -364,7 +422,8 @@ class QuantAnalyzer:
         out: list[Suggestion] = []
         worst = [groups[c] for c in culprits if c in groups]
         sets = [[g] for g in worst] + ([worst] if len(worst) > 1 else [])
-        for members in tqdm(sets, desc="16-bit what-ifs", unit="set", leave=False, disable=None):
+        tasks = []
+        for members in sets:
             for variant, abw, pbw in VARIANTS:
                 changes: list[tuple[QuantizerRef, int]] = []
                 for g in members:
@@ -374,13 +433,18 @@ class QuantAnalyzer:
                         changes += [(r, pbw) for r in g.params if _int_quantizer(r)]
                 wanted = (abw is None or any(g.activations for g in members)) and (
                     pbw is None or any(g.params for g in members))
-                if not changes or not wanted:
-                    continue
-                layers = tuple(g.layer for g in members)
-                with bitwidths(changes):
-                    score = self._evaluate(sim.model, name, f"{', '.join(layers)} at {variant}")
-                out.append(Suggestion(layers, variant, abw, pbw, score,
-                                      len({id(r.quantizer) for r, _ in changes})))
+                if changes and wanted:
+                    tasks.append((tuple(g.layer for g in members), variant, abw, pbw, changes))
+
+        def score(index: int) -> float:
+            layers, variant, _, _, changes = tasks[index]
+            with bitwidths(changes):
+                return self._evaluate(sim.model, name, f"{', '.join(layers)} at {variant}")
+
+        scores = self._sharded(list(range(len(tasks))), score, name, "16-bit what-ifs", "set")
+        for index, (layers, variant, abw, pbw, changes) in enumerate(tasks):
+            out.append(Suggestion(layers, variant, abw, pbw, scores[index],
+                                  len({id(r.quantizer) for r, _ in changes})))
         return out
 
     # -- everything ------------------------------------------------------------------------------
@@ -420,7 +484,8 @@ class QuantAnalyzer:
         k = self.num_suggestions if num_suggestions is None else num_suggestions
         if isinstance(k, bool) or not isinstance(k, int) or k < 0:
             raise ValueError(f"analyze: num_suggestions must be a non-negative integer, got {k!r}")
-        output.check_results_dir(results_dir, overwrite=overwrite)
+        if self._writes():
+            output.check_results_dir(results_dir, overwrite=overwrite)
         start = time.perf_counter()
         self._callback_seconds, self._evaluations = 0.0, 0
         sim = self.create_quantsim_and_encodings(quant_scheme, default_param_bw,
@@ -447,32 +512,40 @@ class QuantAnalyzer:
                       "default_output_bw": s.default_output_bw,
                       "config": sim.config.source or "default",
                       "ignored_layers": sorted(self._ignored)})
+        results.evaluations = self._evaluations
+        total = time.perf_counter() - start
+        results.timings = {"total": total, "callbacks": self._callback_seconds,
+                           "other": total - self._callback_seconds}
+        if self._writes():              # the pages are drawn by the one writer only
+            self._write_all(results_dir, results, sim, groups, k)
+        results.timings["total"] = time.perf_counter() - start
+        results.timings["other"] = results.timings["total"] - self._callback_seconds
+        logger.info("QuantAnalyzer: %s; results in %s", results.verdict(), results_dir)
+        return results
+
+    def _write_all(self, results_dir: str, results: AnalysisResults, sim: QuantizationSimModel,
+                   groups: dict[str, LayerQuantizers], k: int) -> None:
+        """Every file of ``analyze``, moved into ``results_dir`` at once."""
+        fp32, both = results.fp32, results.quantized
+        weights, activations = results.weight_ranges, results.activation_ranges
         files = {}
-        files.update(output.sensitivity_files("per_layer_quant_enabled", enabled,
+        files.update(output.sensitivity_files("per_layer_quant_enabled", results.enabled,
                                               fp32=fp32, quantized=both))
-        files.update(output.sensitivity_files("per_layer_quant_disabled", disabled_scores,
+        files.update(output.sensitivity_files("per_layer_quant_disabled", results.disabled,
                                               fp32=fp32, quantized=both))
         files.update(output.ranges_files(weights, activations))
         files.update(output.histogram_files(groups))
-        if mse is not None:
-            files.update(output.mse_files(mse, sqnr))
+        if results.mse is not None:
+            files.update(output.mse_files(results.mse, results.sqnr))
         if results.best is not None:
             config = sim.config.to_dict()
             config["layers"] = {**config.get("layers", {}), **results.best.config_layers()}
             files[SUGGESTED_CONFIG] = output.json_bytes(config)
         details = [output.culprit_detail(groups[c], weights, activations, files)
-                   for c in culprits[:k] if c in groups]
-        results.evaluations = self._evaluations
-        total = time.perf_counter() - start
-        results.timings = {"total": total, "callbacks": self._callback_seconds,
-                           "other": total - self._callback_seconds}
+                   for c in results.culprits[:k] if c in groups]
         files["summary.json"] = output.json_bytes(results.to_dict())
         files["index.html"] = index_html(results, sorted(files), details, k).encode("utf-8")
         output.write(results_dir, files, replace_all=True)
-        results.timings["total"] = time.perf_counter() - start
-        results.timings["other"] = results.timings["total"] - self._callback_seconds
-        logger.info("QuantAnalyzer: %s; results in %s", results.verdict(), results_dir)
-        return results
 
 
 def _int_quantizer(ref: QuantizerRef) -> bool:
