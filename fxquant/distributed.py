@@ -110,10 +110,13 @@ def _kind(analyzer: EncodingAnalyzer) -> int:
 
 def reduce_statistics(analyzers: Sequence[EncodingAnalyzer],
                       process_group: dist.ProcessGroup | None = None,
-                      timeout: datetime.timedelta = DEFAULT_TIMEOUT) -> None:
+                      timeout: datetime.timedelta = DEFAULT_TIMEOUT) -> int:
     """Replaces the statistics of ``analyzers`` on every rank by those of all ranks together
     (see the module docstring). Every rank must pass the same analyzers in the same order (those
     of the same sim); an analyzer that saw no data on a rank takes part with empty statistics.
+
+    Returns:
+        The bytes this rank contributed to the collectives (each all-reduce's buffer once).
 
     Raises:
         ConfigError: the ranks' analyzers differ (kind, channels or bins).
@@ -132,6 +135,7 @@ def reduce_statistics(analyzers: Sequence[EncodingAnalyzer],
     probe = torch.cat([channels, torch.where(channels > 0, -channels, -(2 ** 62)), kinds, -kinds,
                        torch.tensor([n, -n], device=device)])
     _all_reduce(probe, dist.ReduceOp.MAX, process_group, timeout, "channel count exchange")
+    sent = probe.numel() * probe.element_size()
     values = probe.tolist()
     if values[-2:] != [n, -n]:
         raise ConfigError(f"rank {dist.get_rank(process_group)} has {n} analyzers to reduce and "
@@ -146,7 +150,7 @@ def reduce_statistics(analyzers: Sequence[EncodingAnalyzer],
                               f"calibrate the same sim")
     live = [(a, c) for a, c in zip(analyzers, most) if c]
     if not live:
-        return
+        return sent
     # a rank that saw nothing for an analyzer joins with empty statistics on its peers' device
     home = next((a._min.device for a, _ in live if a.has_stats), device)
     for analyzer, count in live:
@@ -155,6 +159,7 @@ def reduce_statistics(analyzers: Sequence[EncodingAnalyzer],
     extremes = [a._extremes() for a, _ in live]
     flat = _all_reduce(torch.cat([e.to(device).reshape(-1) for e in extremes]),
                        dist.ReduceOp.MIN, process_group, timeout, "min/max exchange")
+    sent += flat.numel() * flat.element_size()
     merged, start = [], 0
     for (analyzer, _), e in zip(live, extremes):
         merged.append(flat[start:start + e.numel()].reshape(e.shape).to(e.device))
@@ -162,11 +167,13 @@ def reduce_statistics(analyzers: Sequence[EncodingAnalyzer],
     sums = [a._sums(m) for (a, _), m in zip(live, merged)]
     flat = _all_reduce(torch.cat([s.to(device) for s in sums]), dist.ReduceOp.SUM, process_group,
                        timeout, "histogram exchange")
+    sent += flat.numel() * flat.element_size()
     start = 0
     for (analyzer, _), m, s in zip(live, merged, sums):
         analyzer._install(m, flat[start:start + s.numel()].to(s.device))
         start += s.numel()
         if analyzer._num_batches == 0:
             analyzer.reset()
-    logger.debug("reduced the statistics of %d analyzers over %d ranks", len(live),
-                 dist.get_world_size(process_group))
+    logger.info("reduced the statistics of %d analyzers over %d ranks (%d bytes a rank)",
+                len(live), dist.get_world_size(process_group), sent)
+    return sent
