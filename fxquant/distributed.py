@@ -3,10 +3,10 @@ the union of all ranks' calibration data, hence identical encodings.
 
 ``QuantizationSimModel.compute_encodings`` calls :func:`reduce_statistics` when
 ``torch.distributed`` is initialized and the process group has more than one rank (single-process
-calibration is untouched). The reduction is three collectives whatever the number of quantizers:
+calibration is untouched). The reduction is four collectives whatever the number of quantizers:
 
-1. the channel count of every analyzer (MAX; a rank that saw nothing for a quantizer joins with
-   empty statistics), checked to agree across ranks;
+1. the number of analyzers, then the channel count and kind of every analyzer (MAX; a rank that
+   saw nothing for a quantizer joins with empty statistics), checked to agree across ranks;
 2. every minimum and (negated) maximum, histogram extent and widening limit, in one MIN
    all-reduce: min-max statistics are then exactly those of the union;
 3. every histogram, first moved onto the bins of the merged extent (proportionally to the overlap
@@ -127,20 +127,25 @@ def reduce_statistics(analyzers: Sequence[EncodingAnalyzer],
     """
     device = _device(process_group)
     n = len(analyzers)
+    # first the number of analyzers (a fixed size): ranks that disagree would exchange buffers
+    # of different sizes below, which no backend checks
+    count = torch.tensor([n, -n], dtype=torch.int64, device=device)
+    _all_reduce(count, dist.ReduceOp.MAX, process_group, timeout, "analyzer count exchange")
+    sent = count.numel() * count.element_size()
+    most, fewest = count[0].item(), -count[1].item()
+    if most != fewest:
+        raise ConfigError(f"the ranks have between {fewest} and {most} analyzers to reduce (rank "
+                          f"{dist.get_rank(process_group)}: {n}): every rank must calibrate the "
+                          f"same sim")
     channels = torch.tensor([(a._num_channels or 0) if a.has_stats else 0 for a in analyzers],
                             dtype=torch.int64, device=device)
     kinds = torch.tensor([_kind(a) for a in analyzers], dtype=torch.int64, device=device)
     # one MAX gives the largest and (negated) the smallest non-empty channel count and kind per
-    # analyzer, and the number of analyzers: ranks that disagree would exchange different sizes
-    probe = torch.cat([channels, torch.where(channels > 0, -channels, -(2 ** 62)), kinds, -kinds,
-                       torch.tensor([n, -n], device=device)])
+    # analyzer
+    probe = torch.cat([channels, torch.where(channels > 0, -channels, -(2 ** 62)), kinds, -kinds])
     _all_reduce(probe, dist.ReduceOp.MAX, process_group, timeout, "channel count exchange")
-    sent = probe.numel() * probe.element_size()
+    sent += probe.numel() * probe.element_size()
     values = probe.tolist()
-    if values[-2:] != [n, -n]:
-        raise ConfigError(f"rank {dist.get_rank(process_group)} has {n} analyzers to reduce and "
-                          f"another rank has {values[-2]} or {-values[-1]}: every rank must "
-                          f"calibrate the same sim")
     most, fewest = values[:n], [-v for v in values[n:2 * n]]
     kind_hi, kind_lo = values[2 * n:3 * n], [-v for v in values[3 * n:4 * n]]
     for analyzer, hi, lo, k_hi, k_lo in zip(analyzers, most, fewest, kind_hi, kind_lo):

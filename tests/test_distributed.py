@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
 import time
 import traceback
 from pathlib import Path
@@ -183,6 +184,26 @@ class _raise_on_second_call:
         return evaluate(model)
 
 
+def _mismatch_worker(rank: int, store: str, out: str, mismatch: str) -> None:
+    """Each rank reduces analyzers that do not match the other rank's."""
+    _init(rank, store)
+    if mismatch == "count":
+        analyzers = [get_encoding_analyzer("tf") for _ in range(1 + rank)]
+    elif mismatch == "kind":
+        analyzers = [get_encoding_analyzer("tf_enhanced" if rank == 0 else "percentile")]
+    else:   # channels
+        analyzers = [get_encoding_analyzer("tf", axis=0)]
+    for a in analyzers:
+        a.update_stats(torch.randn(2 + rank if mismatch == "channels" else 2, 10))
+    try:
+        reduce_statistics(analyzers, timeout=datetime.timedelta(seconds=20))
+        message = "no error"
+    except Exception as exc:                # noqa: BLE001 - the test reads what was raised
+        message = f"{type(exc).__name__}: {exc}"
+    Path(f"{out}.{rank}").write_text(message)
+    dist.destroy_process_group()
+
+
 def _spawn(fn, tmp_path: Path, *args) -> str:
     """Runs ``fn(rank, store, out, *args)`` in WORLD spawned processes and waits for all of them
     (torch's own ``spawn`` would terminate the others as soon as one exits non-zero)."""
@@ -287,6 +308,23 @@ def test_a_failing_rank_fails_the_sharded_analysis_everywhere(tmp_path):
     assert rank0.startswith("AnalysisError") and "rank(s) 1 failed" in rank0, rank0
     assert "evaluation data missing on rank 1" in rank1, rank1
     assert not Path(f"{out}.dir0").exists() and not Path(f"{out}.dir1").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mismatch, message", [
+    ("count", r"ConfigError: the ranks have between 1 and 2 analyzers to reduce \(rank \d: \d\)"),
+    ("kind", r"ConfigError: unnamed \w+EncodingAnalyzer: the ranks' analyzers differ \(channels "
+             r"1 vs 1, kind/bins code"),
+    ("channels", r"ConfigError: unnamed MinMaxEncodingAnalyzer: the ranks' analyzers differ "
+                 r"\(channels 2 vs 3"),
+])
+def test_ranks_with_different_analyzers_are_refused(tmp_path, mismatch, message):
+    """Ranks that would exchange buffers of different sizes (or merge different statistics)
+    raise ConfigError on every rank instead of corrupting or hanging."""
+    out = _spawn(_mismatch_worker, tmp_path, mismatch)
+    for rank in range(WORLD):
+        assert re.match(message, Path(f"{out}.{rank}").read_text()), (
+            rank, Path(f"{out}.{rank}").read_text())
 
 
 def test_single_process_is_not_distributed():
