@@ -28,10 +28,11 @@ from fxquant.model_preparer import prepare_model
 from fxquant.core.report import ComparisonReport
 from fxquant.numeric_suite import compare
 from fxquant.numeric_suite.errors import NoMatchingLayersError, NumericSuiteError, PairingError
-from fxquant.passes import (FoldBatchNormPass, InsertLoggersPass, InsertQuantizersPass,
+from fxquant.passes import (EqualizeLayersPass, FoldBatchNormPass, InsertLoggersPass, InsertQuantizersPass,
                             InsertShadowsPass, Pass, PassResult, PrepareModelPass,
                             RemoveQuantizersPass, Sequential)
 from fxquant.passes.fold_batchnorm import BatchNormFoldError
+from fxquant.ptq import equalize_model
 from fxquant.quantsim.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from fxquant.quantsim.checkpoint import EncodingsFileError, load_encodings_to_sim
 from fxquant.quantsim.quant_scheme import QuantizationDataType, QuantScheme
@@ -56,6 +57,7 @@ __all__ = [
     "DumpFormatError",
     "DumpWriteError",
     "EncodingsFileError",
+    "EqualizeLayersPass",
     "ExportError",
     "FileWriteError",
     "FoldBatchNormPass",
@@ -91,6 +93,7 @@ __all__ = [
     "auto_leaves",
     "compare",
     "compare_layer_outputs",
+    "equalize_model",
     "export_onnx",
     "fold_all_batch_norms",
     "fold_all_batch_norms_to_scale",

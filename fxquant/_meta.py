@@ -184,6 +184,8 @@ TAG_FLOAT = "float"
 TAG_LOGGERS = "loggers"
 #: Model B's shadows are in place (InsertShadowsPass).
 TAG_SHADOWED = "shadowed"
+#: Consecutive layers are cross-layer equalized (EqualizeLayersPass).
+TAG_EQUALIZED = "equalized"
 
 
 def state_tags(gm: torch.nn.Module) -> frozenset[str]:

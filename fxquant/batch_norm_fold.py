@@ -252,13 +252,32 @@ def _shape_prop(gm: torch.fx.GraphModule, input_shapes: Any, dummy_input: Any) -
 def _write_back(model: nn.Module, gm: torch.fx.GraphModule, before: dict[str, nn.Module],
                 folded: list[tuple[str, str]]) -> None:
     """Makes ``model`` compute what the folded ``gm`` computes: the folded weights and biases are
-    written into the parameters the model's layers use (the traced layers share them), a new
-    bias goes to the module that owns the weight, and folded BNs become ``nn.Identity``."""
+    written into the parameters the model's layers use (see :func:`write_layers_back`) and
+    folded BNs become ``nn.Identity``."""
+    write_layers_back(model, gm, before, [layer for layer, _ in folded])
+    for _, bn_name in folded:
+        parent_name, _, attr = bn_name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, attr, nn.Identity())
+
+
+def write_layers_back(model: nn.Module, gm: torch.fx.GraphModule, before: dict[str, nn.Module],
+                      layers: Sequence[str]) -> None:
+    """Writes the weight and bias of each layer of ``gm`` named in ``layers`` into the parameters
+    ``model``'s layer uses: ``before[name]`` is the module ``gm`` held at that path before a pass
+    put a new one there (the traced model's own module, whose parameters ``model`` uses). A new
+    bias goes to the module that owns the weight.
+
+    Example:
+        >>> before = {n: gm.get_submodule(n) for n in ("conv1",)}
+        >>> EqualizeLayersPass()(gm)
+        >>> write_layers_back(model, gm, before, ["conv1"])
+    """
     owners = {}
     for module in model.modules():
         for pname, param in module.named_parameters(recurse=False):
             owners[id(param)] = (module, pname)
-    for layer_path, bn_name in folded:
+    for layer_path in layers:
         new, old = gm.get_submodule(layer_path), before[layer_path]
         with torch.no_grad():
             old.weight.copy_(new.weight)
@@ -271,9 +290,6 @@ def _write_back(model: nn.Module, gm: torch.fx.GraphModule, before: dict[str, nn
                     owner.bias = bias
                 if owner is not old:
                     old.bias = bias
-        parent_name, _, attr = bn_name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, attr, nn.Identity())
 
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)

@@ -23,6 +23,7 @@ PUBLIC = {
     "fold_all_batch_norms_to_scale",
     "ModelValidator", "ValidationReport", "validate",
     "QuantAnalyzer", "AnalysisError", "AnalysisResults",
+    "EqualizeLayersPass", "equalize_model",
 }
 
 

@@ -30,6 +30,7 @@ import fxquant
 import fxquant.passes
 from fxquant.batch_norm_fold import folded_names
 from fxquant.passes.base import pass_history, state_tags
+from fxquant.passes.equalize import EqualizeLayersPass
 from fxquant.passes.fold_batchnorm import FoldBatchNormPass
 from fxquant.passes.insert_loggers import InsertLoggersPass
 from fxquant.passes.insert_quantizers import InsertQuantizersPass
@@ -128,6 +129,8 @@ CASES = {
     "InsertLoggersPass": Case(InsertLoggersPass, _float,
                               lambda m, x: InsertLoggersPass(Recorder, log_inputs=True)),
     "InsertShadowsPass": Case(InsertShadowsPass, _float, _shadows),
+    "EqualizeLayersPass": Case(EqualizeLayersPass, lambda m, x: fxquant.prepare_model(m),
+                               lambda m, x: EqualizeLayersPass(), exact=False),
 }
 
 MODELS = [
@@ -282,3 +285,25 @@ def test_prepare_and_fold_preserve_numerics_on_random_nets(blocks, channels, see
     for i, spec in enumerate(blocks):
         if spec["bn"] == "after":
             assert (f"layers.{i}.op", f"layers.{i}.bn") in folded_names(folded)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(blocks=st.lists(block, min_size=1, max_size=5), channels=st.integers(2, 6),
+       seed=st.integers(0, 2**16), spread=st.floats(0.0, 3.0))
+def test_equalize_preserves_numerics_on_random_nets(blocks, channels, seed, spread) -> None:
+    """Cross-layer scaling (no high-bias absorption, ReLU6 kept) on random stacks whose weights
+    span up to 10**spread per channel: float32-close, and a second run changes nothing."""
+    torch.manual_seed(seed)
+    model = randomize_batch_norms(RandomNet(blocks, channels), seed=seed).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight.mul_(torch.logspace(-spread, spread, m.out_channels).view(-1, 1, 1, 1))
+    x = torch.randn(4, channels, 6, 6)
+    with torch.no_grad():
+        expected = model(x)
+        gm = fxquant.prepare_model(model)
+        EqualizeLayersPass()(gm)
+        scale = float(expected.abs().max())
+        torch.testing.assert_close(gm(x), expected, rtol=1e-4, atol=1e-5 * max(scale, 1.0))
+        assert not EqualizeLayersPass()(gm).modified
