@@ -21,7 +21,7 @@ from fxquant.distributed import is_distributed, reduce_statistics
 from fxquant.core.encoding import quant_range
 from fxquant.errors import CalibrationError
 from fxquant.quantsim.encoding_analyzer import get_encoding_analyzer
-from fxquant.quantsim.histogram_analyzers import _candidate_costs
+from fxquant.quantsim.histogram_costs import _candidate_costs
 from fxquant.quantsim.quantsim import QuantizationSimModel
 
 SCHEMES = ["tf", "tf_enhanced", "percentile", "mse"]

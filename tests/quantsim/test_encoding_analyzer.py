@@ -16,7 +16,8 @@ from fxquant.quantsim.encoding_analyzer import (
     MinMaxEncodingAnalyzer, MseEncodingAnalyzer, PercentileEncodingAnalyzer,
     TfEnhancedEncodingAnalyzer, get_encoding_analyzer,
 )
-from fxquant.quantsim.histogram_analyzers import _bincount, _candidate_costs
+from fxquant.quantsim.histogram_analyzers import _bincount
+from fxquant.quantsim.histogram_costs import _candidate_costs
 from fxquant.quantsim.quant_scheme import QuantizationDataType, QuantScheme
 
 SCHEMES = ["tf", "tf_enhanced", "percentile", "mse"]
