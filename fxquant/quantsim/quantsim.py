@@ -561,6 +561,40 @@ class QuantizationSimModel:
         """
         return install_encodings(self, path, strict=strict, partial=True, freeze=freeze)
 
+    def set_and_freeze_param_encodings(self, encoding_path: str | os.PathLike[str]) -> list[str]:
+        """Sets the parameter encodings of a file (e.g. the one ``Adaround.apply_adaround``
+        writes) and freezes them, so that ``compute_encodings`` keeps them (AIMET's method).
+
+        The file is read and validated as by :meth:`load_encodings` (versions 0.6.1, 1.0.0,
+        2.0.0); as in AIMET, every entry must name a quantizer of this sim, quantizers without an
+        entry are left as they are, and activation entries are ignored (the activation
+        quantizers are left exactly as they were).
+
+        Returns:
+            The names of the parameter quantizers that got a frozen encoding.
+
+        Raises:
+            EncodingsFileError: (a ``ConfigError``) the file is unreadable or malformed, an
+                encoding does not fit its quantizer, or an entry names no quantizer of this sim;
+                nothing was installed.
+
+        Example:
+            >>> sim = QuantizationSimModel(ada_model, dummy_input, default_param_bw=4)
+            >>> sim.set_and_freeze_param_encodings("out/adaround.encodings")[:1]
+            ['conv1.weight']
+            >>> sim.compute_encodings(calibrate)     # the weights' encodings stay
+        """
+        refs = self.quantizers()
+        activations = [(r.quantizer, r.quantizer.state_snapshot()) for r in refs
+                       if r.kind != "param"]
+        computed = self._encodings_computed
+        loaded = install_encodings(self, encoding_path, strict=True, partial=True, freeze=True)
+        for quantizer, snapshot in activations:
+            quantizer.restore_snapshot(snapshot)
+        self._encodings_computed = computed
+        params = {r.name for r in refs if r.kind == "param"}
+        return [name for name in loaded if name in params]
+
     def export(self, path: str, filename_prefix: str, dummy_input: Any,
                onnx_export_args: OnnxExportApiArgs | dict[str, Any] | None = None,
                encoding_version: str = "1.0.0") -> dict[str, str]:
