@@ -32,7 +32,8 @@ from fxquant.passes import (EqualizeLayersPass, FoldBatchNormPass, InsertLoggers
                             InsertShadowsPass, Pass, PassResult, PrepareModelPass,
                             RemoveQuantizersPass, Sequential)
 from fxquant.passes.fold_batchnorm import BatchNormFoldError
-from fxquant.ptq import equalize_model
+from fxquant.ptq import (Adaround, AdaroundParameters, QuantParams, SeqMseParams, apply_seq_mse,
+                         correct_bias, equalize_model)
 from fxquant.quantsim.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from fxquant.quantsim.checkpoint import EncodingsFileError, load_encodings_to_sim
 from fxquant.quantsim.quant_scheme import QuantizationDataType, QuantScheme
@@ -43,6 +44,8 @@ from fxquant.validation import ModelValidator, ValidationReport, validate
 __version__ = "0.1.0"
 
 __all__ = [
+    "Adaround",
+    "AdaroundParameters",
     "AnalysisError",
     "AnalysisResults",
     "AutoLeaf",
@@ -82,17 +85,21 @@ __all__ = [
     "PassResult",
     "PrepareModelPass",
     "QuantAnalyzer",
+    "QuantParams",
     "QuantScheme",
     "QuantizationDataType",
     "QuantizationSimModel",
     "RemoveQuantizersPass",
+    "SeqMseParams",
     "Sequential",
     "Specialization",
     "TraceError",
     "ValidationReport",
+    "apply_seq_mse",
     "auto_leaves",
     "compare",
     "compare_layer_outputs",
+    "correct_bias",
     "equalize_model",
     "export_onnx",
     "fold_all_batch_norms",

@@ -23,7 +23,8 @@ PUBLIC = {
     "fold_all_batch_norms_to_scale",
     "ModelValidator", "ValidationReport", "validate",
     "QuantAnalyzer", "AnalysisError", "AnalysisResults",
-    "EqualizeLayersPass", "equalize_model",
+    "EqualizeLayersPass", "equalize_model", "correct_bias", "QuantParams", "apply_seq_mse",
+    "SeqMseParams", "Adaround", "AdaroundParameters",
 }
 
 

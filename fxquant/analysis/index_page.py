@@ -107,6 +107,17 @@ def _what_to_do(r: AnalysisResults, k: int) -> str:
     return "".join(out)
 
 
+def _techniques(r: AnalysisResults) -> str:
+    found = r.techniques()
+    if not found:
+        return ""
+    rows = [[html.escape(t.name), f"<code>{html.escape(t.call)}</code>", html.escape(t.why)]
+            for t in found]
+    return ("<h2>Techniques to try</h2><p>From the verdict above, in order (each is an fxquant "
+            "call with AIMET's name and arguments):</p>"
+            + html.table(["technique", "call", "why"], rows, raw=True))
+
+
 def _culprits(r: AnalysisResults, details: Sequence[CulpritDetail]) -> str:
     out = ["<h2>Worst layers</h2>"]
     for d in details:
@@ -146,7 +157,7 @@ def index_html(r: AnalysisResults, files: Sequence[str], details: Sequence[Culpr
                 f"{r.timings.get('total', 0):.1f} s ({r.timings.get('callbacks', 0):.1f} s in "
                 "your callbacks)")
     body = [f"<p class=\"verdict\">{html.escape(r.verdict())}</p>", _sensitivity_table(r),
-            _what_to_do(r, k)]
+            _what_to_do(r, k), _techniques(r)]
     if r.enabled or r.disabled:
         body.append("<h2>Per-layer sensitivity</h2><p>Each layer alone quantized (others in "
                     "float), and each layer alone in float (others quantized).</p>")

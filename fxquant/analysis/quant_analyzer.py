@@ -511,6 +511,7 @@ class QuantAnalyzer:
                       "default_param_bw": s.default_param_bw,
                       "default_output_bw": s.default_output_bw,
                       "config": sim.config.source or "default",
+                      "per_channel_weights": sim.quantizer_args().per_channel_quantization,
                       "ignored_layers": sorted(self._ignored)})
         results.evaluations = self._evaluations
         total = time.perf_counter() - start

@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 
 from fxquant.core.report import json_number
 
-__all__ = ["Suggestion", "AnalysisResults", "choose_best", "rank_culprits"]
+__all__ = ["Suggestion", "Technique", "AnalysisResults", "choose_best", "rank_culprits"]
 
 #: Variants measured for the worst layers: (label, activation bits, parameter bits).
 VARIANTS: tuple[tuple[str, int | None, int | None], ...] = (
@@ -95,6 +95,70 @@ def choose_best(candidates: Sequence[Suggestion], quantized: float, fp32: float,
     return min(close, key=lambda c: (c.changed, -c.score))
 
 
+@dataclasses.dataclass(frozen=True)
+class Technique:
+    """A post-training technique worth trying, from the weight-vs-activation verdict.
+
+    Attributes:
+        name: what it is called ("AdaRound").
+        call: the fxquant call that applies it.
+        why: what it addresses in this analysis.
+    """
+
+    name: str
+    call: str
+    why: str
+
+    def to_dict(self) -> dict[str, str]:
+        return dataclasses.asdict(self)
+
+
+def _weight_techniques(per_channel: bool, pbw: Any) -> list[Technique]:
+    out = []
+    if not per_channel:
+        out.append(Technique(
+            "Cross-layer equalization", "fxquant.equalize_model(model, dummy_input=dummy_input)",
+            "per-tensor weights lose the channels whose range is small next to the largest; "
+            "equalization evens the ranges of consecutive layers out, leaving the float model "
+            "unchanged"))
+    out += [
+        Technique("AdaRound", "fxquant.Adaround.apply_adaround(model, dummy_input, "
+                  f"AdaroundParameters(data_loader, num_batches), path, prefix, "
+                  f"default_param_bw={pbw})",
+                  "chooses each weight's rounding (up or down) to reproduce every layer's float "
+                  "output instead of rounding to nearest; the largest gains at 4-8-bit weights"),
+        Technique("Sequential MSE", "fxquant.apply_seq_mse(model, sim, data_loader, "
+                  "SeqMseParams(num_batches))",
+                  "chooses each layer's weight ranges by the error of the layer's output rather "
+                  "than by the weights' min-max"),
+        Technique("Bias correction", "fxquant.correct_bias(model, QuantParams(weight_bw="
+                  f"{pbw}), num_quant_samples, data_loader, num_bias_correct_samples)",
+                  "removes the shift of each output channel's mean that weight quantization "
+                  "leaves behind")]
+    return out
+
+
+def _activation_techniques(scheme: Any, abw: Any) -> list[Technique]:
+    out = []
+    if scheme not in ("post_training_percentile", "post_training_tf_enhanced",
+                      "post_training_mse"):
+        out.append(Technique(
+            "Outlier-clipping calibration", "QuantizationSimModel(..., quant_scheme="
+            "'tf_enhanced') or quant_scheme='percentile' with sim.set_percentile_value(99.99)",
+            "min-max ranges spend the grid on rare outliers; these schemes clip them"))
+    out += [
+        Technique("Higher activation precision on the worst layers",
+                  "the suggested config above (layers at 16-bit activations)",
+                  f"A{abw} costs more than the weights; the measured 16-bit changes above say "
+                  "which layers need it"),
+        Technique("Quantization-aware training with learned ranges",
+                  "QuantizationSimModel(..., quant_scheme=QuantScheme."
+                  "training_range_learning_with_tf_init), then train sim.model",
+                  "trains the float weights and the activation ranges together against the "
+                  "quantization noise")]
+    return out
+
+
 @dataclasses.dataclass
 class AnalysisResults:
     """Everything one :meth:`fxquant.QuantAnalyzer.analyze` measured (also in ``summary.json``).
@@ -149,6 +213,31 @@ class AnalysisResults:
             return f"weights and activations hurt about equally: {scores}"
         return f"{'weights' if w < a else 'activations'} hurt more: {scores}"
 
+    def techniques(self) -> list[Technique]:
+        """Post-training techniques to try, in order, from :meth:`verdict`: for weights,
+        cross-layer equalization (per-tensor weights only), AdaRound, sequential MSE and bias
+        correction; for activations, an outlier-clipping calibration scheme, 16-bit activations
+        on the worst layers and QAT with learned ranges; both lists when both hurt about
+        equally (the one that hurts more first); none when quantization costs little.
+
+        Example:
+            >>> [t.name for t in results.techniques()][:2]
+            ['AdaRound', 'Sequential MSE']
+        """
+        w, a = self.weight_quantized, self.activation_quantized
+        slack = 0.01 * max(abs(self.fp32), 1e-12)
+        if self.fp32 - min(w, a) <= slack:
+            return []
+        s = self.settings
+        weights = _weight_techniques(bool(s.get("per_channel_weights", True)),
+                                     s.get("default_param_bw", 8))
+        acts = _activation_techniques(s.get("quant_scheme"), s.get("default_output_bw", 8))
+        if abs(w - a) <= slack:
+            return weights + acts
+        if w < a:
+            return weights if self.fp32 - a <= slack else weights + acts
+        return acts if self.fp32 - w <= slack else acts + weights
+
     def to_dict(self) -> dict[str, Any]:
         def numbers(d: Mapping[str, float] | None) -> dict[str, Any] | None:
             return None if d is None else {k: json_number(v) for k, v in d.items()}
@@ -160,6 +249,7 @@ class AnalysisResults:
                        "activation_quantized": json_number(self.activation_quantized),
                        "quantized": json_number(self.quantized)},
             "verdict": self.verdict(),
+            "techniques": [t.to_dict() for t in self.techniques()],
             "culprits": list(self.culprits),
             "per_layer_quant_enabled": numbers(self.enabled),
             "per_layer_quant_disabled": numbers(self.disabled),

@@ -144,6 +144,11 @@ def test_every_file_with_aimets_shapes_per_channel(per_channel_run):
     assert list(sqnr) == layers and sqnr["relu2"] < 10 < sqnr["conv1"], sqnr
     assert "SQNR dB" in (d / "per_layer_mse_loss.html").read_text()
     assert summary["scores"]["quantized"] == r.quantized
+    # activations hurt more (the planted relu1 outlier): activation techniques first, named on
+    # the index page with their calls
+    assert summary["techniques"][0]["name"] == "Outlier-clipping calibration"
+    index = (d / "index.html").read_text()
+    assert "Techniques to try" in index and "Outlier-clipping calibration" in index
 
 
 def test_per_tensor_tf_enhanced_with_ignored_module(tmp_path):
