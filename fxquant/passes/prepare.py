@@ -32,6 +32,7 @@ from fxquant import _meta
 from fxquant._fx_utils import is_hashable
 from fxquant import nn as fxnn
 from fxquant.passes.base import Pass, PassResult, at_node
+from fxquant.tracing.tracer import record_node_meta
 
 __all__ = ["PrepareModelPass"]
 
@@ -143,6 +144,10 @@ class PrepareModelPass(Pass):
         return False
 
     def call(self, gm: torch.fx.GraphModule) -> PassResult:
+        # a graph module traced by torch.fx itself (symbolic_trace) lacks the module paths and
+        # op roles fxquant.trace records: without them no layer would be named, and a sim built
+        # on the result would quantize nothing but its input
+        record_node_meta(gm)
         tensors = _tensor_nodes(gm)
         used_names = {name for name, _ in gm.named_modules()}
         converted: list[tuple[str, str]] = []

@@ -199,3 +199,20 @@ def test_preparing_a_prepared_model_keeps_code_names_and_source_lines() -> None:
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(twice(x), model(x))
+
+
+def test_a_graph_module_traced_by_torch_fx_itself_is_prepared_like_fxquants() -> None:
+    """torch.fx.symbolic_trace records no module paths or op roles; the preparer fills them in,
+    so the layers are named and a sim built on the result quantizes the same tensors (it used to
+    quantize only the model input)."""
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18().eval()
+    x = torch.randn(1, 3, 32, 32)
+    foreign = torch.fx.symbolic_trace(model)
+    fxquant.PrepareModelPass()(foreign)
+    ours = fxquant.prepare_model(model)
+    layers = [n.target for n in ours.graph.nodes if fxquant.core.layers.is_layer(n)]
+    assert [n.target for n in foreign.graph.nodes if fxquant.core.layers.is_layer(n)] == layers
+    names = [q.name for q in fxquant.QuantizationSimModel(ours, x).quantizers()]
+    assert [q.name for q in fxquant.QuantizationSimModel(foreign, x).quantizers()] == names
+    assert len(names) > 50
