@@ -36,6 +36,10 @@ from fxquant.batch_norm_fold import fold_all_batch_norms_to_scale  # aimet_torch
 from fxquant.bn_reestimation import reestimate_bn_stats          # aimet_torch.bn_reestimation
 from fxquant.quantsim import load_encodings_to_sim               # aimet_torch.quantsim
 from fxquant import QuantAnalyzer, CallbackFunc                  # aimet_torch.v1.quant_analyzer
+from fxquant import equalize_model                               # aimet_torch.cross_layer_equalization
+from fxquant import Adaround, AdaroundParameters                 # aimet_torch.adaround.adaround_weight
+from fxquant.ptq import bias_correction                          # aimet_torch
+from fxquant import QuantParams                                  # aimet_torch.quantsim
 import fxquant.onnx                                              # aimet_onnx.layer_output_utils
 
 from fxquant.layer_outputs import LayerOutputDump
@@ -538,6 +542,95 @@ def test_post_training_techniques_bn_fold_example() -> None:
     x = torch.randn(2, *input_shape[1:])
     with torch.no_grad():
         torch.testing.assert_close(model(x), reference(x), rtol=1e-4, atol=1e-4)
+
+
+def test_post_training_techniques_cle_auto_example() -> None:
+    """cross_layer_equalization_auto: BN fold, cross-layer scaling and high-bias fold in one call,
+    in place; the float model's outputs are kept (resnet18's pairs are joined by ReLU; the
+    high-bias fold goes only into layers without padding, where it is exact)."""
+    model, reference = _resnet18_with_statistics()
+    input_shape = (1, 3, 224, 224)
+    report = equalize_model(model, input_shape)            # AIMET returns None; fxquant a report
+    assert len(report["folded"]) == 20 and len(report["scaled"]) == 8   # conv1 -> conv2 per block
+    assert isinstance(model.bn1, torch.nn.Identity)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x), rtol=1e-4, atol=1e-4)
+
+
+# -- Docs/torch_code_examples/adaround.py ---------------------------------------------------------
+def test_adaround_example(tmp_path) -> None:
+    """apply_adaround_example, call for call, on resnet18 at 64×64 with random images; the
+    example's undefined quant_scheme / param_bw / output_bw are set here, and its
+    pass_calibration_data takes the callback's second argument (compute_encodings passes it)."""
+    torch.manual_seed(0)
+    model = models.resnet18().eval()
+    prepared_model = prepare_model(model)
+    data_loader = _batches(4, seed=3, labels=True)
+    params = AdaroundParameters(data_loader=data_loader, num_batches=4, default_num_iterations=32,
+                                default_reg_param=0.01, default_beta_range=(20, 2))
+    dummy_input = torch.randn(SHAPE)
+    adarounded_model = Adaround.apply_adaround(
+        prepared_model, dummy_input, params, path=str(tmp_path), filename_prefix='resnet18',
+        default_param_bw=4, default_quant_scheme=QuantScheme.post_training_tf_enhanced,
+        default_config_file=None)
+    quant_scheme, param_bw, output_bw = QuantScheme.post_training_tf_enhanced, 4, 8
+    sim = QuantizationSimModel(adarounded_model, quant_scheme=quant_scheme,
+                               default_param_bw=param_bw, default_output_bw=output_bw,
+                               dummy_input=dummy_input)
+    sim.set_and_freeze_param_encodings(encoding_path=str(tmp_path / 'resnet18.encodings'))
+
+    def pass_calibration_data(sim_model, _):
+        with torch.no_grad():
+            for input_data, _target in data_loader:
+                sim_model(input_data)
+
+    sim.compute_encodings(pass_calibration_data, forward_pass_callback_args=None)
+    files = _check_export_after(sim, tmp_path / "export", dummy_input)
+    encodings = json.loads((tmp_path / "resnet18.encodings").read_text())
+    assert len(encodings["param_encodings"]) == 21          # 20 convs and the fc
+    # the frozen grids hold the AdaRounded weights exactly: quantizing them changes nothing
+    for ref in sim.quantizers():
+        if ref.kind == "param" and ref.name.endswith(".weight"):
+            layer = sim.model.get_submodule(ref.layer)
+            raw = layer.parametrizations.weight.original
+            assert ref.quantizer.is_frozen, ref.name
+            assert torch.equal(ref.quantizer(raw), raw), ref.name
+    assert files
+
+
+def _check_export_after(sim: QuantizationSimModel, path: Path, dummy_input: torch.Tensor
+                        ) -> dict[str, str]:
+    path.mkdir()
+    sim.export(path=str(path), filename_prefix='quantized_resnet18',
+               dummy_input=dummy_input.cpu())
+    return _check_export(path, "quantized_resnet18")
+
+
+# -- Docs/torch_code_examples/post_training_techniques_examples.py: bias correction --------------
+@pytest.mark.slow
+def test_bias_correction_examples() -> None:
+    """bias_correction_empirical and bias_correction_analytical_and_empirical on mobilenet_v2
+    (64×64 random images; fewer samples than ImageNet's 1000 / 512; on the CPU)."""
+    torch.manual_seed(0)
+    model = models.mobilenet_v2().eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    params = QuantParams(weight_bw=4, act_bw=4, round_mode="nearest", quant_scheme='tf_enhanced')
+    data_loader = _batches(4, seed=5, labels=True)
+    bias_correction.correct_bias(model, params, num_quant_samples=8,
+                                 data_loader=data_loader, num_bias_correct_samples=8)
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.endswith("bias") for k in changed), sorted(changed)[:5]
+
+    model = models.mobilenet_v2().eval()
+    module_prop_dict = bias_correction.find_all_conv_bn_with_activation(
+        model, input_shape=(1, 3, 224, 224))
+    assert len(module_prop_dict) >= 30
+    bias_correction.correct_bias(model, params, num_quant_samples=8,
+                                 data_loader=data_loader, num_bias_correct_samples=8,
+                                 conv_bn_dict=module_prop_dict,
+                                 perform_only_empirical_bias_corr=False)
 
 
 # -- Docs/torch_code_examples/quant_analyzer_code_example.py -------------------------------------
