@@ -8,7 +8,11 @@
 * other tensor ops (add/sub/mul/div/matmul/cat, interpolate, pooling, reshape-type data movement
   …) become :mod:`fxquant.nn` modules that call exactly the function they replace;
 * a module called at several sites is split into one copy per call site (parameters stay
-  shared, so tied weights stay tied).
+  shared, so tied weights stay tied);
+* ``nn.Identity`` calls are removed (their users take the input): they compute nothing, and one
+  left where a batch norm was folded (``fold_all_batch_norms`` on a module, as AIMET's flow does
+  before building the sim) would otherwise split a conv → ReLU supergroup into two quantized
+  outputs (AIMET's graph, traced with ``torch.jit``, has no Identity either).
 
 New modules are named ``<scope>.module_<op>`` (``_1``, ``_2`` … for further ones in the same
 scope) under the module whose code called the op, e.g. ``layer1.0.module_add``. Outputs are
@@ -172,13 +176,30 @@ class PrepareModelPass(Pass):
             _meta.set(new, _meta.AIMET_NAME,
                       f"{scope}.module_{traced_name}" if scope else f"module_{traced_name}")
             converted.append((traced_name, name))
+        identities = self._remove_identities(gm)
         split = self._split_reused(gm, used_names)
         removed = _erase_dead_attrs(gm)
         named = _name_layers(gm)
-        modified = bool(converted or split or removed or named)
-        if converted or split or removed:
+        modified = bool(converted or split or removed or named or identities)
+        if converted or split or removed or identities:
             gm.delete_all_unused_submodules()
-        return PassResult(gm, modified, {"converted": converted, "split": split, "named": named})
+        return PassResult(gm, modified, {"converted": converted, "split": split, "named": named,
+                                         "identities_removed": identities})
+
+    def _remove_identities(self, gm: torch.fx.GraphModule) -> list[str]:
+        removed = []
+        for node in list(gm.graph.nodes):
+            if (node.op != "call_module" or len(node.args) != 1 or node.kwargs
+                    or not isinstance(node.args[0], torch.fx.Node)):
+                continue
+            target = str(node.target)
+            if type(gm.get_submodule(target)) is not nn.Identity or self._excluded_scope(
+                    gm, target, node):
+                continue
+            node.replace_all_uses_with(node.args[0])
+            gm.graph.erase_node(node)
+            removed.append(target)
+        return removed
 
     def _split_reused(self, gm: torch.fx.GraphModule, used_names: set[str]
                       ) -> list[tuple[str, str]]:

@@ -216,3 +216,24 @@ def test_a_graph_module_traced_by_torch_fx_itself_is_prepared_like_fxquants() ->
     names = [q.name for q in fxquant.QuantizationSimModel(ours, x).quantizers()]
     assert [q.name for q in fxquant.QuantizationSimModel(foreign, x).quantizers()] == names
     assert len(names) > 50
+
+
+def test_identity_calls_are_removed_so_fold_first_and_sim_agree() -> None:
+    """AIMET's flow folds the batch norms first (each becomes nn.Identity) and then builds the
+    sim; the Identity between conv and ReLU used to split the conv → ReLU supergroup (an extra
+    quantizer on every such conv output). Now both flows quantize the same tensors."""
+    torch.manual_seed(0)
+    model = torchvision.models.mobilenet_v2().eval()
+    x = torch.randn(1, 3, 32, 32)
+    direct = fxquant.QuantizationSimModel(model, x)
+    fxquant.fold_all_batch_norms(model)
+    assert isinstance(model.features[0][1], nn.Identity)
+    result = fxquant.PrepareModelPass()(fxquant.trace(model))
+    assert "features.0.1" in result.details["identities_removed"]
+    assert not any(isinstance(result.graph_module.get_submodule(str(n.target)), nn.Identity)
+                   for n in result.graph_module.graph.nodes if n.op == "call_module")
+    folded_first = fxquant.QuantizationSimModel(model, x)
+    names = [q.name for q in direct.quantizers() if q.quantizer.enabled]
+    assert [q.name for q in folded_first.quantizers() if q.quantizer.enabled] == names
+    with torch.no_grad():
+        assert torch.equal(result.graph_module(x), model(x))
