@@ -2,9 +2,10 @@
 
 The same trained models, data and iteration counts on both sides (CPU, ``--threads`` threads):
 a MobileNet-style CNN with depthwise-separable blocks, batch norms and ReLU6 trained on
-scikit-learn's digits (``tests/ptq/digits_dw.py``; ImageNet weights cannot be downloaded here),
-256 calibration images (4 batches of 64), evaluated on the 450 test images by logits SQNR against
-FP32 and top-1 agreement. Each side evaluates its own result with its own sim, as its user would.
+scikit-learn's digits (``tests/ptq/digits_dw.py``; a pretrained ImageNet model, fxquant only:
+``bench_ptq_imagenet.py``), 256 calibration images (4 batches of 64), evaluated on the 450 test
+images by logits SQNR against FP32 and top-1 agreement. Each side evaluates its own result with
+its own sim, as its user would.
 
 * cross-layer equalization (``equalize_model``), per-tensor W8A8, on the ReLU variant whose
   per-channel ranges were spread 400× by a function-preserving rescaling (what BN folding leaves in
