@@ -21,8 +21,8 @@ from fxquant.export.encodings_file import EncodingsFileError
 from fxquant.ptq import adaround as adaround_module
 from fxquant.ptq._data import capture_layer_io
 from fxquant.ptq.adaround import Adaround, AdaroundParameters
-from fxquant.ptq.adaround_optimizer import (AdaroundHyperParameters, RoundingResult, layer_forward,
-                                            optimize_rounding)
+from fxquant.ptq.adaround_optimizer import (AdaroundHyperParameters, RoundingResult, _SoftWeight,
+                                            layer_forward, optimize_rounding, rectified_sigmoid)
 from tests.ptq.digits_dw import (DigitsDWNet, calibration_batches, sqnr, test_images,
                                  top1_agreement, trained_dw_net)
 
@@ -429,6 +429,47 @@ def test_optimize_rounding_improves_a_linear_layer() -> None:
     assert torch.equal(steps * scale, result.weight)
     assert torch.equal(steps, (torch.floor(fc.weight / scale) + result.rounded_up).clamp(-8, 7))
     assert torch.equal(result.weight[:, :3], fc.weight[:, :3].detach())   # on the grid: kept
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("beta", [None, 20.0, 2.5])
+@pytest.mark.parametrize("masked", [False, True])
+def test_soft_weight_node_matches_autograd(dtype: torch.dtype, beta: float | None,
+                                           masked: bool) -> None:
+    """The fused soft-rounding node gives the values of the op-by-op composition bit for bit, and
+    its gradient (rtol 1e-5), also where the clamps saturate (V = ±10; weights at the grid ends)."""
+    gen = torch.Generator().manual_seed(0)
+    v0 = torch.randn(6, 40, generator=gen) * 3
+    v0[:, :4] = torch.tensor([10.0, -10.0, 0.0, 2.3])
+    base = torch.randint(-9, 8, (6, 40), generator=gen).to(dtype)   # some below qmin / at qmax
+    zero_point = torch.zeros((), dtype=dtype)
+    scale = (torch.rand(6, 1, generator=gen) + 0.5).to(dtype)
+    mask = (torch.rand(6, 40, generator=gen) > 0.2).to(dtype) if masked else None
+    upstream = torch.randn(6, 40, generator=gen)
+
+    def composed(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = rectified_sigmoid(v).to(dtype)
+        if mask is not None:
+            h = h * mask
+        weight = ((torch.clamp(base + h, -8, 7) - zero_point) * scale).to(torch.float32)
+        reg = (1.0 - (2.0 * h - 1.0).abs().pow(beta)).sum() if beta is not None else None
+        return weight, reg
+
+    v_ref, v_new = v0.clone().requires_grad_(), v0.clone().requires_grad_()
+    w_ref, reg_ref = composed(v_ref)
+    w_new, reg_new = _SoftWeight.apply(v_new, base, zero_point, scale, mask, -8, 7, beta,
+                                       torch.float32)
+    assert torch.equal(w_new, w_ref)
+    loss_ref = (w_ref * upstream).sum()
+    loss_new = (w_new * upstream).sum()
+    if beta is not None:
+        assert torch.equal(reg_new, reg_ref)
+        loss_ref = loss_ref + 0.01 * reg_ref
+        loss_new = loss_new + 0.01 * reg_new
+    loss_ref.backward()
+    loss_new.backward()
+    torch.testing.assert_close(v_new.grad, v_ref.grad, rtol=1e-5, atol=1e-7)
+    assert v_new.grad.abs().sum() > 0
 
 
 def _host_reads(iterations: int) -> int:
