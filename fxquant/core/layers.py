@@ -22,7 +22,8 @@ from torch.nn.utils import parametrize
 from fxquant import _meta
 
 __all__ = ["is_layer", "layer_name", "layer_nodes", "iter_layers", "output_quantizer_node",
-           "input_quantizer_nodes", "quantizer_nodes", "param_quantizers", "has_quantizers",
+           "input_quantizer_nodes", "quantizer_nodes", "param_quantizers", "float_param",
+           "has_quantizers",
            "type_name", "aimet_layer_names"]
 
 
@@ -135,6 +136,23 @@ def param_quantizers(module: nn.Module) -> dict[str, nn.Module]:
     if not parametrize.is_parametrized(module):
         return {}
     return {name: plist[0] for name, plist in module.parametrizations.items()}
+
+
+def float_param(module: nn.Module, name: str) -> torch.Tensor:
+    """The float value of parameter ``name`` of a layer whose parameter is quantized: what its
+    quantizer (a parametrization) reads; ``module.<name>`` itself is the fake-quantized value.
+
+    Raises:
+        KeyError: ``name`` is not a parametrized (quantized) parameter of ``module``.
+
+    Example:
+        >>> float_param(sim.model.conv1, "weight").shape
+        torch.Size([64, 3, 7, 7])
+    """
+    if not parametrize.is_parametrized(module, name):
+        raise KeyError(f"{type(module).__name__} has no quantized parameter {name!r}; its "
+                       f"quantized parameters: {sorted(param_quantizers(module))}")
+    return module.parametrizations[name].original
 
 
 def has_quantizers(gm: torch.fx.GraphModule) -> bool:

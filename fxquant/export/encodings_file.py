@@ -51,6 +51,7 @@ import torch
 
 from fxquant.core import files
 from fxquant.core.encoding import AnyEncoding, FloatEncoding, QuantEncoding
+from fxquant.core.layers import float_param
 from fxquant.errors import ConfigError
 
 __all__ = ["EncodingsFileError", "FloatEncoding", "QuantizerArgs", "VERSIONS", "encodings_dict",
@@ -337,7 +338,7 @@ def target_layouts(sim: Any) -> dict[str, int | None]:
             out[ref.name] = None
         elif ref.kind == "param":
             owner = modules.get(ref.layer)
-            original = owner.parametrizations[ref.name.rsplit(".", 1)[1]].original
+            original = float_param(owner, ref.name.rsplit(".", 1)[1])
             if -original.dim() <= axis < original.dim():
                 out[ref.name] = int(original.shape[axis])
     return out

@@ -58,6 +58,7 @@ from fxquant.ptq._data import ForwardFn, capture_layer_io, default_forward, take
 from fxquant.ptq.adaround_optimizer import (SUPPORTED_LAYERS, AdaroundHyperParameters,
                                             RoundingResult, check_beta_range, check_number,
                                             optimize_rounding)
+from fxquant.quantsim.calibration import compute_param_encodings
 from fxquant.quantsim.quant_scheme import QuantScheme
 from fxquant.quantsim.quantizer import BITWIDTH_RANGES, AffineQuantizer
 from fxquant.quantsim.quantsim import QuantizationSimModel, QuantizerRef
@@ -272,7 +273,7 @@ class Adaround:
         for ref in refs:   # activation quantizers stay off, as in AIMET
             if ref.kind != "param":
                 ref.quantizer.enabled = False
-        _compute_param_encodings(sim, refs)
+        compute_param_encodings(sim.model, [ref for ref in refs if ref.quantizer.enabled])
         layers = _layers(sim, refs)
         if not layers:
             logger.warning("AdaRound: %s has no conv/linear layer with an integer weight "
@@ -391,18 +392,6 @@ def _forward_on(device: torch.device, forward_fn: ForwardFn | None) -> ForwardFn
         return forward(model, moved)
 
     return run
-
-
-@torch.no_grad()
-def _compute_param_encodings(sim: QuantizationSimModel, refs: Sequence[QuantizerRef]) -> None:
-    modules = dict(sim.model.named_modules())
-    for ref in refs:
-        if ref.kind != "param" or not ref.quantizer.enabled:
-            continue
-        owner = modules[ref.layer]
-        original = owner.parametrizations[ref.name.rsplit(".", 1)[1]].original
-        with ref.quantizer.calibration():
-            ref.quantizer(original)
 
 
 def _layers(sim: QuantizationSimModel, refs: Sequence[QuantizerRef]) -> list[_Layer]:

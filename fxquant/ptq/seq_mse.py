@@ -48,6 +48,7 @@ from fxquant.core.kernels import quantize_dequantize
 from fxquant.core.layers import layer_nodes, param_quantizers
 from fxquant.errors import ConfigError
 from fxquant.ptq._data import ForwardFn, capture_layer_io, default_forward, take_batches
+from fxquant.quantsim.calibration import compute_param_encodings
 from fxquant.quantsim.quantizer import AffineQuantizer
 from fxquant.quantsim.quantizer_base import QuantizerBase
 from fxquant.quantsim.quantsim import QuantizationSimModel
@@ -260,7 +261,10 @@ def _run(model: nn.Module | None, sim: QuantizationSimModel, data_loader: Iterab
     done: set[QuantizerBase] = set()
     try:
         with _eval_mode(gm), torch.no_grad():
-            _initial_param_encodings(sim, qt_state, modules)
+            # the param quantizers used in the quantized passes need an encoding (the snapshots
+            # put the previous state back afterwards)
+            compute_param_encodings(gm, [ref for ref in sim.quantizers()
+                                         if qt_state.get(ref.quantizer)], only_missing=True)
             todo = _load_cache(cache_dir, targets, supported, done)
             for layer in tqdm(todo, desc="Sequential MSE", unit="layer", disable=None):
                 module, quantizer = supported[layer], targets[layer]
@@ -420,18 +424,6 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
     finally:
         for m, training in modes.items():
             m.training = training
-
-
-def _initial_param_encodings(sim: QuantizationSimModel, qt_state: dict[QuantizerBase, bool],
-                             modules: dict[str, nn.Module]) -> None:
-    """Param quantizers that run in the quantized passes get an encoding if they have none
-    (the snapshot taken before puts the previous state back afterwards)."""
-    for ref in sim.quantizers():
-        q = ref.quantizer
-        if ref.kind == "param" and qt_state.get(q) and not q.is_initialized:
-            original = modules[ref.layer].parametrizations[ref.name.rsplit(".", 1)[1]].original
-            with q.calibration():
-                q(original.detach())
 
 
 def _capture(gm: nn.Module, layer: str, batches: Sequence[Any], forward: ForwardFn,

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from fxquant.core import files
 from fxquant.core.encoding import encoding_problem, quant_range
 from fxquant.core.jsonpath import JsonValidator, join, show
+from fxquant.core.layers import float_param
 from fxquant.errors import ConfigError, FxQuantError
 from fxquant.export.encodings_file import EncodingsFileError
 from fxquant.quantsim.config import load_config
@@ -427,7 +428,7 @@ def _expected_shape(ref: Any, modules: Mapping[str, nn.Module]) -> tuple[int, ..
         return ()
     if ref.kind == "param":
         owner = modules[ref.layer]
-        original = owner.parametrizations[ref.name.rsplit(".", 1)[1]].original
+        original = float_param(owner, ref.name.rsplit(".", 1)[1])
         if -original.dim() <= axis < original.dim():
             return (int(original.shape[axis]),)
     return None

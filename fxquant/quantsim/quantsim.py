@@ -8,7 +8,6 @@ quantizers are parametrizations of their layers (``sim.model.conv1.parametrizati
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import datetime
@@ -22,16 +21,14 @@ import torch.fx
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.nn.utils import parametrize
-from tqdm.auto import tqdm
 
 from fxquant import _meta
 from fxquant._fx_utils import as_args
 from fxquant.bn_reestimation import keep_bn_statistics
 from fxquant.core.layers import is_layer, iter_layers, param_quantizers
 from fxquant.core.onnx_args import OnnxExportApiArgs, as_export_kwargs
-from fxquant.distributed import (DEFAULT_TIMEOUT, agree_on_failure, is_distributed,
-                                 reduce_statistics)
-from fxquant.errors import CalibrationError, ConfigError, FxQuantError, TraceError
+from fxquant.distributed import DEFAULT_TIMEOUT
+from fxquant.errors import CalibrationError, ConfigError, TraceError
 from fxquant.export import export_sim
 from fxquant.export.encodings_file import QuantizerArgs, torch_names, write_encodings
 from fxquant.model_resolution import graph_module_to_transform
@@ -40,13 +37,14 @@ from fxquant.passes.fold_batchnorm import FoldBatchNormPass, training_batch_norm
 from fxquant.passes.insert_quantizers import InsertQuantizersPass
 from fxquant.passes.prepare import PrepareModelPass
 from fxquant.quantsim.bias import Int32BiasQuantizer, find_input_quantizer
+from fxquant.quantsim.calibration import calibrate
 from fxquant.quantsim.config import load_config
 from fxquant.quantsim.encodings_load import install_encodings
 from fxquant.quantsim.encoding import QuantEncoding
 from fxquant.quantsim.encoding_analyzer import PercentileEncodingAnalyzer
 from fxquant.quantsim.policy import ConfigPolicy, QuantSimSettings
 from fxquant.quantsim.quant_scheme import QuantizationDataType, QuantScheme
-from fxquant.quantsim.quantizer import AffineQuantizer, QuantizerBase
+from fxquant.quantsim.quantizer import QuantizerBase
 from fxquant.validation.report import WARNING
 from fxquant.validation.validator import graph_report
 
@@ -63,10 +61,6 @@ class _NotGiven:
 
 
 _NOT_GIVEN: Any = _NotGiven()
-# compute_encodings' process group when there is nothing to reduce over (None is the world group)
-_SINGLE_PROCESS: Any = _NotGiven()
-# stages after which the other ranks no longer wait in the failure check
-_BEFORE_REDUCTION = ("computing parameter encodings", "running forward_pass_callback")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -410,85 +404,9 @@ class QuantizationSimModel:
         _check_model_is_real(self.model, when="compute_encodings")
         args = (self.model,) if forward_pass_callback_args is _NOT_GIVEN else (
             self.model, forward_pass_callback_args)
-        quantizers = [m for m in self.model.modules() if isinstance(m, QuantizerBase)]
-        snapshots = [(q, q.state_snapshot()) for q in quantizers]
-        computed = self._encodings_computed
-        stage = ["computing parameter encodings"]
-        group = process_group if is_distributed(process_group) else _SINGLE_PROCESS
-        try:
-            passes = self._calibrate(forward_pass_callback, args, stage, group, timeout)
-        except BaseException as exc:
-            if (group is not _SINGLE_PROCESS and isinstance(exc, Exception)
-                    and stage[0] in _BEFORE_REDUCTION):
-                # the other ranks are waiting in the failure check: tell them (never a hang)
-                with contextlib.suppress(CalibrationError):
-                    agree_on_failure(True, group, timeout)
-            for quantizer, snapshot in snapshots:
-                quantizer.restore_snapshot(snapshot)
-            self._encodings_computed = computed
-            note = ("fxquant: compute_encodings was rolled back; every quantizer of the sim is as "
-                    "it was before the call")
-            if isinstance(exc, FxQuantError) or not isinstance(exc, Exception):
-                exc.add_note(note)
-                raise
-            name = getattr(forward_pass_callback, "__qualname__", repr(forward_pass_callback))
-            raise CalibrationError(
-                f"compute_encodings failed while {stage[0]} (forward_pass_callback {name}): "
-                f"{type(exc).__name__}: {exc}. The sim's encodings were rolled back to what they "
-                "were before this call; fix the cause and call compute_encodings again") from exc
+        calibrate(self.model, self.quantizers(), forward_pass_callback, args,
+                  process_group=process_group, timeout=timeout)
         self._encodings_computed = True
-        logger.info("computed encodings of %d quantizers over %d forward passes",
-                    len(quantizers), passes)
-
-    def _calibrate(self, forward_pass_callback: Callable[..., Any], args: tuple[Any, ...],
-                   stage: list[str], group: Any = None,
-                   timeout: datetime.timedelta = DEFAULT_TIMEOUT) -> int:
-        """The calibration itself (see ``compute_encodings``); returns the number of forward
-        passes. ``stage[0]`` says what it is doing, for the error message. ``group``: the process
-        group to reduce statistics over, or ``_SINGLE_PROCESS``."""
-        refs = self.quantizers()
-        params = [r for r in refs if r.kind == "param"]
-        activations = [r for r in refs if r.kind != "param"]
-        modules = dict(self.model.named_modules())
-        with torch.no_grad():
-            for ref in params:
-                owner = modules[ref.layer]
-                original = owner.parametrizations[ref.name.rsplit(".", 1)[1]].original
-                with ref.quantizer.calibration():
-                    ref.quantizer(original)
-        progress = tqdm(desc="calibration forward passes", unit="batch", leave=False,
-                        disable=None)
-        passes = [0]     # counted here: a disabled bar (no terminal) does not count
-
-        def count(*_: Any) -> None:
-            passes[0] += 1
-            progress.update(1)
-
-        hook = self.model.register_forward_pre_hook(count)
-        try:
-            with contextlib.ExitStack() as stack:
-                for ref in activations:
-                    stack.enter_context(ref.quantizer.calibration())
-                stack.enter_context(torch.no_grad())
-                stack.enter_context(parametrize.cached())
-                stage[0] = "running forward_pass_callback"
-                forward_pass_callback(*args)
-                if group is not _SINGLE_PROCESS:
-                    stage[0] = "checking that every rank calibrated"
-                    failing = agree_on_failure(False, group, timeout)
-                    if failing:
-                        raise CalibrationError(
-                            f"rank(s) {', '.join(map(str, failing))} failed during calibration "
-                            f"(see their errors); this rank's calibration is rolled back")
-                    stage[0] = "reducing statistics across ranks"
-                    reduce_statistics([ref.quantizer.encoding_analyzer for ref in activations
-                                       if isinstance(ref.quantizer, AffineQuantizer)
-                                       and not ref.quantizer.is_frozen], group, timeout)
-                stage[0] = "computing activation encodings"
-        finally:
-            hook.remove()
-            progress.close()
-        return passes[0]
 
     def __deepcopy__(self, memo: dict[int, Any]) -> QuantizationSimModel:
         """A fully independent sim: its own model, quantizers and statistics (the immutable

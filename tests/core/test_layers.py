@@ -1,6 +1,7 @@
 """fxquant.core.layers: the one answer to "which nodes are layers" for every package."""
 from __future__ import annotations
 
+import pytest
 import torch
 import torchvision
 from torch import nn
@@ -82,3 +83,17 @@ def test_aimet_layer_names_follow_aimets_preparer() -> None:
     assert len(aliases) == 15                            # 7 adds after the first, 8 relu splits
     # kept by the preparer's idempotence: preparing the prepared model changes nothing
     assert layers.aimet_layer_names(fxquant.prepare_model(gm)) == aliases
+
+def test_float_param_is_what_the_weight_quantizer_reads() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval()
+    sim = _sim(model, (1, 3, 8, 8))
+    sim.compute_encodings(lambda m: m(torch.randn(2, 3, 8, 8)))
+    conv = sim.model.get_submodule("0")
+    weight = layers.float_param(conv, "weight")
+    assert torch.equal(weight, model[0].weight)              # the float weight, bit for bit
+    quantizer = layers.param_quantizers(conv)["weight"]
+    assert torch.equal(quantizer(weight), conv.weight)        # the module's is the quantized one
+    assert not torch.equal(conv.weight, weight)
+    with pytest.raises(KeyError, match=r"Conv2d has no quantized parameter 'scale'; its "
+                                       r"quantized parameters: \['weight'\]"):
+        layers.float_param(conv, "scale")

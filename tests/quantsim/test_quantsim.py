@@ -325,6 +325,6 @@ def test_compute_encodings_logs_the_number_of_forward_passes(caplog):
     from tests.models import ConvBnNet
 
     sim = QuantizationSimModel(ConvBnNet().eval(), torch.randn(1, 3, 8, 8))
-    with caplog.at_level("INFO", logger="fxquant.quantsim.quantsim"):
+    with caplog.at_level("INFO", logger="fxquant.quantsim.calibration"):
         sim.compute_encodings(lambda m: [m(torch.randn(2, 3, 8, 8)) for _ in range(3)])
     assert "over 3 forward passes" in caplog.text
