@@ -130,3 +130,46 @@ def trained_digits_mobilenet(act: type[nn.Module] = nn.ReLU, epochs: int = 15
         for i in range(0, len(x_train), 64):
             model(x_train[i:i + 64])
     return model.eval(), (x_train, y_train, x_test, y_test)
+
+
+class DigitsEvaluation:
+    """What the post-training tutorials measure of a sim on the digits test split, and the
+    calibration batches they run it on.
+
+    Args:
+        model: the float model (its test logits are the reference).
+        data: ``(x_train, y_train, x_test, y_test)`` as :func:`trained_digits_mobilenet` returns.
+        num_batches: calibration batches of 64 training images.
+
+    Example:
+        >>> evaluation = DigitsEvaluation(model, data, num_batches=4)
+        >>> sim.compute_encodings(evaluation.calibrate)
+        >>> evaluation.show("W4A8 nearest", sim)      # prints accuracy and logits SQNR
+        12.3
+    """
+
+    def __init__(self, model: nn.Module, data: tuple[torch.Tensor, ...], num_batches: int) -> None:
+        x_train, _, self.x_test, self.y_test = data
+        self.calibration = [x_train[i:i + 64] for i in range(0, 64 * num_batches, 64)]
+        with torch.no_grad():
+            self.fp32 = model(self.x_test)
+
+    def accuracy(self, logits: torch.Tensor) -> float:
+        """Top-1 accuracy (%) of ``logits`` on the test split."""
+        return 100.0 * float((logits.argmax(1) == self.y_test).float().mean())
+
+    def calibrate(self, sim_model: nn.Module) -> None:
+        """A ``compute_encodings`` callback: runs the calibration batches."""
+        for batch in self.calibration:
+            sim_model(batch)
+
+    def show(self, label: str, sim: object) -> float:
+        """Prints ``label``'s accuracy and logits SQNR against the float model; returns the
+        SQNR (dB)."""
+        import fxquant.ns as ns
+
+        with torch.no_grad():
+            logits = sim.model(self.x_test)
+        sqnr = float(ns.compute_sqnr(self.fp32, logits))
+        print(f"{label}: accuracy {self.accuracy(logits):.2f}%, logits SQNR {sqnr:.1f} dB")
+        return sqnr

@@ -33,11 +33,10 @@ import torch
 from torch import nn
 
 import fxquant
-import fxquant.ns as ns
 from fxquant.ptq.adaround import Adaround, AdaroundParameters
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from _common import trained_digits_mobilenet  # noqa: E402
+from _common import DigitsEvaluation, trained_digits_mobilenet  # noqa: E402
 
 EPOCHS = 10
 #: Adam steps per layer. AIMET's default is 15000 below 8-bit weights; 400 keep this tutorial
@@ -54,31 +53,18 @@ def main() -> None:
     torch.manual_seed(0)
 
     # 1. The model and nearest rounding -----------------------------------------------------------
-    model, (x_train, _, x_test, y_test) = trained_digits_mobilenet(nn.ReLU6, EPOCHS)
-    dummy_input = x_test[:1]
-    calibration = [x_train[i:i + 64] for i in range(0, 64 * NUM_BATCHES, 64)]
-    with torch.no_grad():
-        fp32 = model(x_test)
-
-    def accuracy(logits: torch.Tensor) -> float:
-        return 100.0 * float((logits.argmax(1) == y_test).float().mean())
-
-    def calibrate(sim_model: nn.Module) -> None:
-        for batch in calibration:
-            sim_model(batch)
-
-    def show(label: str, sim: fxquant.QuantizationSimModel) -> None:
-        with torch.no_grad():
-            logits = sim.model(x_test)
-        print(f"W4A8 {label}: accuracy {accuracy(logits):.2f}%, logits SQNR "
-              f"{float(ns.compute_sqnr(fp32, logits)):.1f} dB")
+    model, data = trained_digits_mobilenet(nn.ReLU6, EPOCHS)
+    dummy_input = data[2][:1]
+    # accuracy and logits SQNR on the test split; calibration: NUM_BATCHES batches of 64 images
+    evaluation = DigitsEvaluation(model, data, NUM_BATCHES)
+    calibration, calibrate = evaluation.calibration, evaluation.calibrate
 
     # The default scheme (tf_enhanced) and config (per-channel symmetric weights).
     nearest = fxquant.QuantizationSimModel(model, dummy_input, default_param_bw=4,
                                            default_output_bw=8)
     nearest.compute_encodings(calibrate)
-    print(f"FP32: {accuracy(fp32):.2f}%")
-    show("nearest ", nearest)
+    print(f"FP32: {evaluation.accuracy(evaluation.fp32):.2f}%")
+    evaluation.show("W4A8 nearest ", nearest)
 
     # 2. AdaRound --------------------------------------------------------------------------------
     # AdaroundParameters: the data (unlabelled images suffice; (images, labels) batches work
@@ -110,7 +96,7 @@ def main() -> None:
     frozen = sim.set_and_freeze_param_encodings(str(encodings))
     sim.compute_encodings(calibrate)
     print(f"set_and_freeze_param_encodings: {len(frozen)} weight encodings frozen")
-    show("AdaRound", sim)
+    evaluation.show("W4A8 AdaRound", sim)
 
     # 3. The file and the rounding ---------------------------------------------------------------
     # AIMET's AdaRound file: {"param_encodings": {"<layer>.weight": [one entry per output

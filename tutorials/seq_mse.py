@@ -28,11 +28,10 @@ import torch
 from torch import nn
 
 import fxquant
-import fxquant.ns as ns
 from fxquant.ptq.seq_mse import apply_seq_mse
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from _common import trained_digits_mobilenet  # noqa: E402
+from _common import DigitsEvaluation, trained_digits_mobilenet  # noqa: E402
 
 EPOCHS = 15  # ~5 s on one CPU core
 NUM_CANDIDATES = 20  # AIMET's default
@@ -42,38 +41,24 @@ def main() -> None:
     torch.manual_seed(0)
 
     # 1. The model, min-max and TF-enhanced weight ranges -----------------------------------------
-    model, (x_train, _, x_test, y_test) = trained_digits_mobilenet(nn.ReLU6, EPOCHS)
-    dummy_input = x_test[:1]
-    # Calibration data: 4 batches of 64 training images (a list of tensors is a data loader).
-    calibration = [x_train[i:i + 64] for i in range(0, 256, 64)]
-    with torch.no_grad():
-        fp32 = model(x_test)
-
-    def accuracy(logits: torch.Tensor) -> float:
-        return 100.0 * float((logits.argmax(1) == y_test).float().mean())
-
-    def calibrate(sim_model: nn.Module) -> None:
-        for batch in calibration:
-            sim_model(batch)
+    model, data = trained_digits_mobilenet(nn.ReLU6, EPOCHS)
+    dummy_input = data[2][:1]
+    # accuracy and logits SQNR on the test split; calibration: 4 batches of 64 training images
+    # (a list of tensors is a data loader)
+    evaluation = DigitsEvaluation(model, data, num_batches=4)
+    calibration, calibrate = evaluation.calibration, evaluation.calibrate
 
     def w4a8(scheme: str) -> fxquant.QuantizationSimModel:
         # The default config: weights per output channel (symmetric), activations per tensor.
         return fxquant.QuantizationSimModel(model, dummy_input, quant_scheme=scheme,
                                             default_param_bw=4, default_output_bw=8)
 
-    def show(label: str, sim: fxquant.QuantizationSimModel) -> float:
-        with torch.no_grad():
-            logits = sim.model(x_test)
-        sqnr = float(ns.compute_sqnr(fp32, logits))
-        print(f"W4A8 {label}: accuracy {accuracy(logits):.2f}%, logits SQNR {sqnr:.1f} dB")
-        return sqnr
-
-    print(f"FP32: {accuracy(fp32):.2f}%")
+    print(f"FP32: {evaluation.accuracy(evaluation.fp32):.2f}%")
     sims = {}
     for scheme, label in (("tf", "min-max (tf)"), ("tf_enhanced", "tf_enhanced")):
         sims[scheme] = w4a8(scheme)
         sims[scheme].compute_encodings(calibrate)
-        show(f"{label:<14}", sims[scheme])
+        evaluation.show(f"W4A8 {label:<14}", sims[scheme])
 
     # 2. Sequential MSE ---------------------------------------------------------------------------
     # On a fresh sim (no compute_encodings needed before). For each conv/linear layer, in graph
@@ -90,7 +75,7 @@ def main() -> None:
     frozen = sum(q.quantizer.is_frozen for q in weights)
     seq.compute_encodings(calibrate)
     print(f"apply_seq_mse: {frozen} of {len(weights)} weight encodings chosen and frozen")
-    show(f"{'sequential MSE':<14}", seq)
+    evaluation.show(f"W4A8 {'sequential MSE':<14}", seq)
 
     # 3. The chosen ranges ------------------------------------------------------------------------
     # Each channel's scale divided by its min-max scale, in 20ths: 20/20 is min-max itself (the
