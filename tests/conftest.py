@@ -12,6 +12,13 @@ import torch
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
+# Under pytest-xdist (``make test`` runs the suite on one worker per core) each worker gets its
+# share of the cores for torch's intra-op threads: two workers with two threads each on two cores
+# would spin against each other.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    torch.set_num_threads(max(1, torch.get_num_threads() // max(1, _WORKERS)))
+
 
 @pytest.fixture(params=DEVICES)
 def device(request: pytest.FixtureRequest) -> torch.device:

@@ -230,6 +230,7 @@ DETECTION_MODELS = torchvision.models.list_models(module=torchvision.models.dete
 
 
 @pytest.mark.slow
+@pytest.mark.bigmem     # up to 3.6 GB resident each (FXQUANT_MEM_PROBE): one at a time
 @pytest.mark.parametrize("name", DETECTION_MODELS)
 def test_detection_model_sweep(name):
     """Every torchvision detection model, default configuration (images resized to 800)."""
