@@ -23,7 +23,8 @@ from torch import nn
 
 from fxquant.errors import ConfigError
 
-__all__ = ["ForwardFn", "capture_layer_io", "default_forward", "run_batches", "take_batches"]
+__all__ = ["ForwardFn", "GraphWalk", "capture_layer_io", "default_forward", "run_batches",
+           "take_batches"]
 
 #: ``forward_fn(model, batch)``: runs ``model`` on one batch of the data loader.
 ForwardFn = Callable[[nn.Module, Any], Any]
@@ -164,3 +165,123 @@ def capture_layer_io(model: nn.Module, layer: str, batches: Sequence[Any],
     finally:
         handle.remove()
     return got_in, got_out
+
+
+class GraphWalk:
+    """Runs a graph module over fixed batches node by node and stops at the layers asked for, in
+    graph order: every node runs once for all layers together, where :func:`capture_layer_io`
+    runs the model from its start for every layer (quadratic in depth).
+
+    A node runs with its module as it is when the walk passes it: a layer changed after its
+    inputs were read (AdaRound rounds its weight) gives the later layers its new outputs, as a
+    fresh forward pass would. What no later node needs is freed as the walk goes; nothing is
+    recorded for autograd.
+
+    Args:
+        gm: the graph module (``sim.model`` or a float copy of it).
+        batches: the batches; ``forward_fn(gm, batch)`` must call ``gm`` (its call's arguments
+            are what the walk starts from, one per batch).
+        forward_fn: as for :func:`capture_layer_io`.
+
+    Raises:
+        ConfigError: ``forward_fn`` did not call ``gm``, or called it with arguments its graph
+            does not take.
+
+    Example:
+        >>> walk = GraphWalk(sim.model, batches)
+        >>> xs = walk.inputs_of("features.0")        # one tensor per batch
+        >>> ys = walk.outputs_of("features.3")       # features.0 .. features.3 run once each
+    """
+
+    def __init__(self, gm: torch.fx.GraphModule, batches: Sequence[Any],
+                 forward_fn: ForwardFn | None = None) -> None:
+        import inspect
+
+        self._gm = gm
+        self._nodes = list(gm.graph.nodes)
+        position = {node: i for i, node in enumerate(self._nodes)}
+        # the last node that reads each node's value: after it has run, the value is dropped
+        self._last_use = {node: max((position[u] for u in node.users), default=position[node])
+                          for node in self._nodes}
+        self._pos = 0
+        forward = forward_fn or default_forward
+        signature = inspect.signature(gm.forward)
+        placeholders = [n for n in self._nodes if n.op == "placeholder"]
+        self._interpreter = torch.fx.Interpreter(gm, garbage_collect_values=False)
+        self._envs: list[dict[torch.fx.Node, Any]] = []
+        for i, batch in enumerate(batches):
+            call: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+
+            def grab(_: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+                call.append((args, kwargs))
+                raise _Stop
+
+            handle = gm.register_forward_pre_hook(grab, with_kwargs=True)
+            try:
+                forward(gm, batch)
+            except _Stop:
+                pass
+            finally:
+                handle.remove()
+            if not call:
+                raise ConfigError(f"forward_fn did not call the model on batch {i}; it must run "
+                                  "forward_fn(model, batch) -> model(...)")
+            args, kwargs = call[0]
+            try:
+                bound = signature.bind(*args, **kwargs)
+            except TypeError as exc:
+                raise ConfigError(f"batch {i}: the model was called with arguments its graph "
+                                  f"does not take ({exc})") from None
+            bound.apply_defaults()
+            names = [str(node.target).lstrip("*") for node in placeholders]
+            if any(name not in bound.arguments for name in names):
+                raise ConfigError(f"the graph's inputs {names} are not the arguments of its "
+                                  f"forward{signature} (a graph with a custom codegen)")
+            self._envs.append({node: bound.arguments[name]
+                               for node, name in zip(placeholders, names)})
+
+    def inputs_of(self, layer: str) -> list[torch.Tensor]:
+        """The first input of the call of submodule ``layer``, for every batch; the walk stops
+        just before that call."""
+        node = self._walk_to(layer)
+        out = []
+        for env in self._envs:
+            self._interpreter.env = env
+            args, _ = self._interpreter.fetch_args_kwargs_from_env(node)
+            out.append(_first_tensor(args, layer, "input"))
+        return out
+
+    def outputs_of(self, layer: str) -> list[torch.Tensor]:
+        """The output of the call of submodule ``layer``, for every batch; the walk stops just
+        after that call."""
+        node = self._walk_to(layer)
+        self._step()
+        return [_first_tensor(env[node], layer, "output") for env in self._envs]
+
+    def _walk_to(self, layer: str) -> torch.fx.Node:
+        for i in range(self._pos, len(self._nodes)):
+            node = self._nodes[i]
+            if node.op == "call_module" and str(node.target) == layer:
+                break
+        else:
+            before = any(n.op == "call_module" and str(n.target) == layer
+                         for n in self._nodes[:self._pos])
+            raise ConfigError(f"layer {layer!r} " + (
+                "was passed already: ask for the layers in graph order" if before
+                else "is not called in the graph"))
+        while self._pos < i:
+            self._step()
+        return node
+
+    def _step(self) -> None:
+        node = self._nodes[self._pos]
+        if node.op not in ("placeholder", "output"):
+            with torch.no_grad():
+                for env in self._envs:
+                    self._interpreter.env = env
+                    env[node] = self._interpreter.run_node(node)
+        for arg in [node, *node.all_input_nodes]:
+            if self._last_use[arg] <= self._pos:
+                for env in self._envs:
+                    env.pop(arg, None)
+        self._pos += 1

@@ -21,10 +21,13 @@ How it runs: a :class:`~fxquant.QuantizationSimModel` of the model gives every l
 quantizer (per channel or per tensor as the config says; its encoding computed from the weights
 by ``default_quant_scheme``); batch norms are folded as the sim folds them. Activation quantizers
 are disabled throughout (as in AIMET). For each conv/linear layer in graph order, its inputs are
-captured from the sim with the earlier layers already AdaRounded, and its outputs from a float
-copy of the sim's model (quantizers removed, float weights kept apart from the rounded ones); the
-forward pass stops right after the layer. Both stay on the model's device. Then the layer's
-rounding is optimized on those and its weight replaced by the hard-rounded one.
+taken from the sim with the earlier layers already AdaRounded, and its outputs from a float copy
+of the sim's model (quantizers removed, float weights kept apart from the rounded ones). Two
+:class:`~fxquant.ptq._data.GraphWalk` s go through the graphs once, node by node, stopping at each
+layer (AIMET runs the model from its input up to every layer: quadratic in depth); where the
+batches cannot start a walk, each layer is captured by a forward pass stopped after it. Both stay
+on the model's device. Then the layer's rounding is optimized on those and its weight replaced by
+the hard-rounded one, which the walk's later layers see.
 
 Where it differs from AIMET: the returned weights are hard-rounded (AIMET folds the soft-rounded
 ``h(V)``, nearly always 0 or 1 after annealing, into the weights); a weight exactly on the grid
@@ -54,7 +57,8 @@ from fxquant.errors import ConfigError, FxQuantError
 from fxquant.export.encodings_file import encodings_dict
 from fxquant.model_resolution import private_copy
 from fxquant.passes.remove_quantizers import RemoveQuantizersPass
-from fxquant.ptq._data import ForwardFn, capture_layer_io, default_forward, take_batches
+from fxquant.ptq._data import (ForwardFn, GraphWalk, capture_layer_io, default_forward,
+                               take_batches)
 from fxquant.ptq.adaround_optimizer import (SUPPORTED_LAYERS, AdaroundHyperParameters,
                                             RoundingResult, check_beta_range, check_number,
                                             optimize_rounding)
@@ -291,8 +295,9 @@ class Adaround:
         float_model = _float_model(sim)   # the targets: kept apart from the weights rounded here
         logger.info("AdaRound: %d layer(s), %d iterations each, %d batch(es)", len(layers),
                     iterations, len(batches))
+        walks = _walks(sim, float_model, batches, forward)
         for layer in tqdm(layers, desc="AdaRound", unit="layer", leave=False, disable=None):
-            result = _adaround_layer(sim, float_model, layer, batches, forward, hyper)
+            result = _adaround_layer(sim, float_model, layer, batches, forward, hyper, walks)
             logger.info("AdaRound %s: reconstruction MSE %.6g (nearest) -> %.6g (AdaRound), "
                         "%.1f%% of the weights rounded the other way", layer.name,
                         result.nearest_mse, result.adaround_mse, 100 * result.changed_fraction)
@@ -444,12 +449,30 @@ def _float_model(sim: QuantizationSimModel) -> torch.fx.GraphModule:
     return RemoveQuantizersPass()(private_copy(sim.model)).graph_module
 
 
+def _walks(sim: QuantizationSimModel, float_model: torch.fx.GraphModule, batches: list[Any],
+           forward: ForwardFn) -> tuple[GraphWalk, GraphWalk] | None:
+    """Walks through the sim (the layers' inputs) and the float model (their outputs) that run
+    every node once; None where the batches cannot start a walk (``forward_fn`` does not call
+    the model with its graph's inputs): then each layer is captured by a forward pass."""
+    try:
+        return GraphWalk(sim.model, batches, forward), GraphWalk(float_model, batches, forward)
+    except ConfigError as exc:
+        logger.info("AdaRound: capturing each layer by a forward pass from the model's input "
+                    "(%s)", exc)
+        return None
+
+
 def _adaround_layer(sim: QuantizationSimModel, float_model: torch.fx.GraphModule, layer: _Layer,
-                    batches: list[Any], forward: ForwardFn,
-                    hyper: AdaroundHyperParameters) -> RoundingResult:
+                    batches: list[Any], forward: ForwardFn, hyper: AdaroundHyperParameters,
+                    walks: tuple[GraphWalk, GraphWalk] | None = None) -> RoundingResult:
     logger.info("AdaRound: optimizing the weight rounding of %s", layer.name)
-    _, targets = capture_layer_io(float_model, layer.name, batches, forward, inputs=False)
-    inputs, _ = capture_layer_io(sim.model, layer.name, batches, forward, outputs=False)
+    if walks is not None:      # the layers come in graph order: each walk goes on from the last
+        quantized, floating = walks
+        targets = floating.outputs_of(layer.name)
+        inputs = quantized.inputs_of(layer.name)
+    else:
+        _, targets = capture_layer_io(float_model, layer.name, batches, forward, inputs=False)
+        inputs, _ = capture_layer_io(sim.model, layer.name, batches, forward, outputs=False)
     x = _concat(inputs, layer.name, "inputs")
     y = _concat(targets, layer.name, "outputs")
     del inputs, targets

@@ -47,7 +47,8 @@ from fxquant.core.encoding import QuantEncoding, quant_range, scale_zero_point_f
 from fxquant.core.kernels import quantize_dequantize
 from fxquant.core.layers import layer_nodes, param_quantizers
 from fxquant.errors import ConfigError
-from fxquant.ptq._data import ForwardFn, capture_layer_io, default_forward, take_batches
+from fxquant.ptq._data import (ForwardFn, GraphWalk, capture_layer_io, default_forward,
+                               take_batches)
 from fxquant.quantsim.calibration import compute_param_encodings
 from fxquant.quantsim.quantizer import AffineQuantizer
 from fxquant.quantsim.quantizer_base import QuantizerBase
@@ -266,13 +267,18 @@ def _run(model: nn.Module | None, sim: QuantizationSimModel, data_loader: Iterab
             compute_param_encodings(gm, [ref for ref in sim.quantizers()
                                          if qt_state.get(ref.quantizer)], only_missing=True)
             todo = _load_cache(cache_dir, targets, supported, done)
+            # two walks through the graph (quantized, float) run every node once for all the
+            # layers; with the inputs cached on the CPU, each layer's are captured by a forward
+            # pass instead (a walk keeps its live activations on the device)
+            qt_walk, fp_walk = (_walks(gm, batches, forward, params.inp_symmetry)
+                                if storage is None else (None, None))
             for layer in tqdm(todo, desc="Sequential MSE", unit="layer", disable=None):
                 module, quantizer = supported[layer], targets[layer]
                 xs = xqs = None
                 if params.inp_symmetry != "symfp":
-                    xqs = _capture(gm, layer, batches, forward, qt_state, storage)
+                    xqs = _capture(gm, layer, batches, forward, qt_state, storage, qt_walk)
                 if params.inp_symmetry != "symqt":
-                    xs = _capture(gm, layer, batches, forward, fp_state, storage)
+                    xs = _capture(gm, layer, batches, forward, fp_state, storage, fp_walk)
                 weight = module.parametrizations.weight.original.detach()
                 encoding = _search(layer, module, quantizer, weight, xs or xqs, xqs or xs, params)
                 quantizer.set_encoding(encoding)
@@ -426,12 +432,30 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
             m.training = training
 
 
+def _walks(gm: torch.fx.GraphModule, batches: Sequence[Any], forward: ForwardFn,
+           inp_symmetry: str) -> tuple[GraphWalk | None, GraphWalk | None]:
+    """A walk for the quantized passes and one for the float passes (each only where
+    ``inp_symmetry`` uses them), or none where the batches cannot start one (``forward_fn``
+    does not call the model with its graph's inputs)."""
+    try:
+        return (GraphWalk(gm, batches, forward) if inp_symmetry != "symfp" else None,
+                GraphWalk(gm, batches, forward) if inp_symmetry != "symqt" else None)
+    except ConfigError as exc:
+        logger.info("apply_seq_mse: capturing each layer by a forward pass from the model's "
+                    "input (%s)", exc)
+        return None, None
+
+
 def _capture(gm: nn.Module, layer: str, batches: Sequence[Any], forward: ForwardFn,
-             state: dict[QuantizerBase, bool], storage: Optional[str]) -> list[Tensor]:
-    """The layer's input for every batch, with the quantizers enabled as ``state`` says."""
+             state: dict[QuantizerBase, bool], storage: Optional[str],
+             walk: GraphWalk | None = None) -> list[Tensor]:
+    """The layer's input for every batch, with the quantizers enabled as ``state`` says: from
+    ``walk`` (which always runs under the same ``state``) or by a forward pass."""
     for q, enabled in state.items():
         q.enabled = enabled
     with parametrize.cached():
+        if walk is not None:
+            return walk.inputs_of(layer)
         return capture_layer_io(gm, layer, batches, forward, outputs=False, storage=storage)[0]
 
 

@@ -268,16 +268,35 @@ def test_wide_weights_are_left_to_calibration_as_in_aimet(digits, caplog):
     assert not any(ref.quantizer.is_frozen for ref in sim.quantizers())
 
 
-def test_failure_rolls_the_sim_back(digits):
+@pytest.mark.parametrize("walks", [True, False])
+def test_failure_rolls_the_sim_back(digits, monkeypatch, walks):
     net, batches = digits["net"], digits["batches"]
     sim = _sim(net, batches)
-    calls = []
+    if not walks:     # each layer's inputs captured by a forward pass
+        monkeypatch.setattr(seq_mse_module, "_walks", lambda *args, **kwargs: (None, None))
+    searched = []
+    search = seq_mse_module._search
+
+    def failing_search(*args, **kwargs):
+        searched.append(1)
+        if len(searched) > 2:           # after two layers are frozen
+            raise RuntimeError("data went away")
+        return search(*args, **kwargs)
+
+    monkeypatch.setattr(seq_mse_module, "_search", failing_search)
+    with pytest.raises(RuntimeError, match="data went away"):
+        apply_seq_mse(sim, batches)
+    for ref in sim.quantizers():
+        assert ref.quantizer.enabled and not ref.quantizer.is_frozen
+        assert ref.quantizer.encoding is None
+
+
+def test_a_failing_forward_fn_rolls_the_sim_back(digits):
+    net, batches = digits["net"], digits["batches"]
+    sim = _sim(net, batches)
 
     def forward_fn(model, batch):
-        calls.append(1)
-        if len(calls) > 10:           # after two layers are frozen
-            raise RuntimeError("data went away")
-        return model(batch)
+        raise RuntimeError("data went away")
 
     with pytest.raises(RuntimeError, match="data went away"):
         apply_seq_mse(sim, batches, forward_fn=forward_fn)
@@ -286,18 +305,20 @@ def test_failure_rolls_the_sim_back(digits):
         assert ref.quantizer.encoding is None
 
 
-def test_cache_dir_saves_and_resumes(digits, tmp_path):
+def test_cache_dir_saves_and_resumes(digits, tmp_path, monkeypatch):
     net, batches = digits["net"], digits["batches"]
     cache = tmp_path / "cache"
     apply_seq_mse(_sim(net, batches), batches, cache_dir=str(cache))
     names = (cache / "running_module_names.txt").read_text().split()
     assert names == LAYERS and all((cache / f"{n}.pt").exists() for n in LAYERS)
     (cache / "running_module_names.txt").write_text("\n".join(LAYERS[:-1]) + "\n")
-    calls = []
+    searched = []
+    search = seq_mse_module._search
+    monkeypatch.setattr(seq_mse_module, "_search",
+                        lambda layer, *args: searched.append(layer) or search(layer, *args))
     sim = _sim(net, batches)
-    apply_seq_mse(sim, batches, forward_fn=lambda m, b: calls.append(1) or m(b),
-                  cache_dir=str(cache))
-    assert len(calls) == len(batches)              # only the classifier was searched
+    apply_seq_mse(sim, batches, cache_dir=str(cache))
+    assert searched == ["classifier"]              # the others come from the cache
     assert _weight_encodings(sim) == _weight_encodings(digits["sims"]["applied"])
 
 
