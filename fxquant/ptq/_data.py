@@ -15,6 +15,7 @@ Example:
 """
 from __future__ import annotations
 
+import inspect
 import itertools
 from typing import Any, Callable, Iterable, Sequence
 
@@ -195,9 +196,6 @@ class GraphWalk:
 
     def __init__(self, gm: torch.fx.GraphModule, batches: Sequence[Any],
                  forward_fn: ForwardFn | None = None) -> None:
-        import inspect
-
-        self._gm = gm
         self._nodes = list(gm.graph.nodes)
         position = {node: i for i, node in enumerate(self._nodes)}
         # the last node that reads each node's value: after it has run, the value is dropped
@@ -254,9 +252,8 @@ class GraphWalk:
     def outputs_of(self, layer: str) -> list[torch.Tensor]:
         """The output of the call of submodule ``layer``, for every batch; the walk stops just
         after that call."""
-        node = self._walk_to(layer)
-        self._step()
-        return [_first_tensor(env[node], layer, "output") for env in self._envs]
+        self._walk_to(layer)
+        return [_first_tensor(value, layer, "output") for value in self._step()]
 
     def _walk_to(self, layer: str) -> torch.fx.Node:
         for i in range(self._pos, len(self._nodes)):
@@ -273,15 +270,20 @@ class GraphWalk:
             self._step()
         return node
 
-    def _step(self) -> None:
+    def _step(self) -> list[Any]:
+        """Runs the next node on every batch; returns its values (read before they are freed:
+        a value nothing reads is dropped at once)."""
         node = self._nodes[self._pos]
+        values = []
         if node.op not in ("placeholder", "output"):
             with torch.no_grad():
                 for env in self._envs:
                     self._interpreter.env = env
                     env[node] = self._interpreter.run_node(node)
+                    values.append(env[node])
         for arg in [node, *node.all_input_nodes]:
             if self._last_use[arg] <= self._pos:
                 for env in self._envs:
                     env.pop(arg, None)
         self._pos += 1
+        return values
