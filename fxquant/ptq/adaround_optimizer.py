@@ -36,6 +36,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+from torch.optim.adam import adam as functional_adam
 
 from fxquant.core.encoding import QuantEncoding
 from fxquant.core.kernels import quantize_dequantize
@@ -184,10 +185,13 @@ class _SoftWeight(torch.autograd.Function):
     Forward: ``h = clamp(sigmoid(V) * (ZETA - GAMMA) + GAMMA, 0, 1)`` (times ``mask``), the weight
     ``(clamp(base + h, qmin, qmax) - zero_point) * scale`` and, when ``beta`` is given,
     ``sum(1 - |2h - 1| ** beta)``. The backward is the chain rule autograd would apply to those
-    ops (clamps pass the gradient inside their closed range, ``|x|`` has slope ``sign(x)``), in a
-    few elementwise ops instead of a dozen recorded nodes; ``|2h - 1| ** (beta - 1)`` comes from
-    the forward's power (no second ``pow``). A layer's step is otherwise dominated by per-op
-    overhead on small weights.
+    ops (clamps pass the gradient inside their closed range, ``|x|`` has slope ``sign(x)``),
+    folded in the forward into one factor per output: ``dweight/dV`` and ``dreg/dV`` are
+    elementwise, so the backward is ``grad_weight * dweight/dV + grad_reg * dreg/dV``. Every op
+    counts: a layer's step is dominated by per-op overhead on small weights, so "inside the clamp"
+    is read as "the clamp left it unchanged" (one comparison instead of two and an ``and``) and
+    ``sign(c) * |c| ** (beta - 1)`` as ``|c| ** beta / c`` (the forward's power, no second ``pow``;
+    0 where ``c = 0``).
     """
 
     @staticmethod
@@ -195,43 +199,72 @@ class _SoftWeight(torch.autograd.Function):
                 scale: Tensor, mask: Tensor | None, qmin: int, qmax: int, beta: float | None,
                 out_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         s = torch.sigmoid(v)
-        stretched = s * (ZETA - GAMMA) + GAMMA
-        h = stretched.clamp(0.0, 1.0).to(base.dtype)
+        s_stretched = s * (ZETA - GAMMA)          # d stretched / dV = s_stretched * (1 - s)
+        stretched = s_stretched + GAMMA
+        h = stretched.clamp(0.0, 1.0)
+        dh = s_stretched * (1.0 - s) * (h == stretched)
+        h = h.to(base.dtype)
         if mask is not None:
             h = h * mask
+            dh = dh * mask
         q = base + h
-        weight = ((q.clamp(qmin, qmax) - zero_point) * scale).to(out_dtype)
+        clamped = q.clamp(qmin, qmax)
+        weight = ((clamped - zero_point) * scale).to(out_dtype)
+        d_weight = dh * (clamped == q) * scale
         if beta is None:
             reg = torch.zeros((), dtype=base.dtype, device=base.device)
-            slope = None
+            d_reg = None
         else:
             centred = 2.0 * h - 1.0
-            a = centred.abs()
-            power = a.pow(beta)
+            power = centred.abs().pow(beta)
             reg = (1.0 - power).sum()
-            # d/dh (1 - |2h - 1| ** beta) = -2 beta |2h - 1| ** (beta - 1) sign(2h - 1)
-            slope = torch.where(a > 0, power / a, 0.0) * centred.sign() * (-2.0 * beta)
-        inside = ((stretched >= 0) & (stretched <= 1)).to(s.dtype) * (s * (1 - s)) * (ZETA - GAMMA)
-        in_grid = ((q >= qmin) & (q <= qmax)).to(base.dtype) * scale
-        ctx.save_for_backward(inside, in_grid, mask, slope)
+            # d/dh (1 - |c| ** beta) = -2 beta sign(c) |c| ** (beta - 1), c = 2h - 1; 0/0 at c = 0
+            d_reg = torch.nan_to_num(power / centred, nan=0.0) * dh
+            ctx.reg_factor = -2.0 * beta
+        ctx.save_for_backward(d_weight, d_reg)
+        ctx.v_dtype = v.dtype
         ctx.set_materialize_grads(False)
         return weight, reg
 
     @staticmethod
     def backward(ctx, grad_weight: Tensor | None, grad_reg: Tensor | None  # noqa: ANN001
                  ) -> tuple[Tensor | None, ...]:
-        inside, in_grid, mask, slope = ctx.saved_tensors
-        grad_h = None
+        d_weight, d_reg = ctx.saved_tensors
+        grad = None
         if grad_weight is not None:
-            grad_h = grad_weight.to(in_grid.dtype) * in_grid
-        if grad_reg is not None and slope is not None:
-            term = slope * grad_reg
-            grad_h = term if grad_h is None else grad_h + term
-        if grad_h is None:
-            return (None,) * 9
-        if mask is not None:
-            grad_h = grad_h * mask
-        return (grad_h.to(inside.dtype) * inside, *(None,) * 8)
+            grad = grad_weight.to(d_weight.dtype) * d_weight
+        if grad_reg is not None and d_reg is not None:
+            weight_of_reg = grad_reg * ctx.reg_factor
+            grad = d_reg * weight_of_reg if grad is None else grad.addcmul_(d_reg, weight_of_reg)
+        return (None if grad is None else grad.to(ctx.v_dtype), *(None,) * 8)
+
+
+class _AdamState:
+    """Adam (torch's defaults: betas (0.9, 0.999), eps 1e-8) for one tensor, stepped through
+    ``torch.optim.adam.adam``, the functional form ``torch.optim.Adam`` calls: the same kernels and
+    state, without the optimizer object's per-step bookkeeping.
+
+    Example:
+        >>> state = _AdamState(v, fused=True)
+        >>> loss(v).backward(); state.step(1e-3)    # as torch.optim.Adam([v], 1e-3).step()
+    """
+
+    def __init__(self, param: Tensor, *, fused: bool) -> None:
+        self.param = param
+        self.fused = fused
+        self.exp_avg = torch.zeros_like(param, memory_format=torch.preserve_format)
+        self.exp_avg_sq = torch.zeros_like(param, memory_format=torch.preserve_format)
+        # as torch.optim.Adam keeps it: on the device for the fused kernel, else on the host
+        self.steps = (torch.zeros((), dtype=torch.float32, device=param.device) if fused
+                      else torch.tensor(0.0, dtype=torch.get_default_dtype()))
+
+    def step(self, lr: float) -> None:
+        """One Adam step on the parameter from its ``.grad``."""
+        with torch.no_grad():
+            functional_adam([self.param], [self.param.grad], [self.exp_avg], [self.exp_avg_sq],
+                            [], [self.steps], foreach=False, fused=self.fused, amsgrad=False,
+                            beta1=0.9, beta2=0.999, lr=lr, weight_decay=0.0, eps=1e-8,
+                            maximize=False)
 
 
 def _inverse_rectified_sigmoid(h: Tensor) -> Tensor:
@@ -290,6 +323,55 @@ def layer_forward(layer: nn.Module, x: Tensor, weight: Tensor,
         return layer._conv_forward(x, weight, bias)
     raise ConfigError(f"AdaRound optimizes the weights of {[t.__name__ for t in SUPPORTED_LAYERS]}"
                       f" layers, not of a {type(layer).__name__}")
+
+
+def _is_pointwise(layer: nn.Module) -> bool:
+    """A 1x1 (1, 1x1x1) convolution without padding or groups: a linear map of the channels at
+    every (strided) position."""
+    if not isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) or layer.groups != 1:
+        return False
+    no_padding = layer.padding in ("same", "valid") or not any(layer.padding)
+    return no_padding and all(k == 1 for k in layer.kernel_size)
+
+
+class _StepData:
+    """A layer's cached inputs and goals, sampled a mini-batch at a time, and the reconstruction
+    loss of the layer (and its activation) on a batch for a given weight.
+
+    A pointwise convolution (:func:`_is_pointwise`) is one matrix product of the channels at every
+    position: its inputs and goals are kept channels-last (``(N, *positions, C)``, subsampled by
+    the stride) and the layer runs as ``F.linear`` on them (one GEMM each way instead of the
+    convolution's kernels, which on the loop's small batches cost about twice as much on CPU).
+    The output is the same function of the weight up to float32 summation order; the activation
+    is applied to it viewed with the convolution's ``(N, C, *positions)`` shape (a module that
+    treats channels differently sees them on dim 1), and the loss is taken channels-last, where
+    every elementwise op and its gradient run on dense memory. Other layers run through
+    :func:`layer_forward`. Memory: the channels-last copies add one copy of the layer's inputs
+    and goals.
+    """
+
+    def __init__(self, layer: nn.Module, inputs: Tensor, goal: Tensor, bias: Tensor | None,
+                 activation: nn.Module | None) -> None:
+        self.layer, self.bias, self.act = layer, bias, activation
+        self.pointwise = _is_pointwise(layer)
+        if self.pointwise:
+            strided = (slice(None), slice(None), *(slice(None, None, s) for s in layer.stride))
+            self.inputs = inputs[strided].movedim(1, -1).contiguous()
+            self.goal = goal.movedim(1, -1).contiguous()
+        else:
+            self.inputs, self.goal = inputs, goal
+
+    def loss(self, index: Tensor, weight: Tensor) -> Tensor:
+        """:func:`reconstruction_loss` of the layer with ``weight`` on the rows ``index``."""
+        x, goal = self.inputs.index_select(0, index), self.goal.index_select(0, index)
+        if not self.pointwise:
+            out = layer_forward(self.layer, x, weight, self.bias)
+            return reconstruction_loss(out if self.act is None else self.act(out), goal)
+        out = F.linear(x, weight.reshape(weight.shape[0], -1), self.bias)
+        if self.act is not None:
+            out = self.act(out.movedim(-1, 1)).movedim(1, -1)
+        # reconstruction_loss with the channels on the last dim
+        return F.mse_loss(out, goal, reduction="sum") * (out.shape[-1] / out.numel())
 
 
 def _along_axis(t: Tensor, weight: Tensor, axis: int | None, dtype: torch.dtype) -> Tensor:
@@ -396,9 +478,11 @@ def optimize_rounding(layer: nn.Module, weight: Tensor, encoding: QuantEncoding,
                           f"{tuple(targets.shape[1:])} (a ConvTranspose called with output_size?)"
                           "; exclude the layer with ignore_quant_ops_list")
 
-    # the fused kernel keeps Adam's step count on the device (no host read of it per step)
-    fused = v.device.type in ("cpu", "cuda")
-    optimizer = torch.optim.Adam([v], lr=hyper.learning_rate, fused=fused)
+    # Adam through torch's functional form: the same kernels as ``torch.optim.Adam(fused=True)``
+    # (bit for bit, tested), without the optimizer object's per-step bookkeeping, a tenth of a
+    # millisecond per step; the fused kernel keeps the step count on the device (no host read)
+    adam_state = _AdamState(v, fused=v.device.type in ("cpu", "cuda"))
+    data = _StepData(layer, inputs, goal, bias, act)
     rows = inputs.shape[0]
     batch = min(hyper.batch_size, rows)
     warm_end = hyper.num_iterations * hyper.warm_start
@@ -407,15 +491,12 @@ def optimize_rounding(layer: nn.Module, weight: Tensor, encoding: QuantEncoding,
         beta = beta_at(iteration, hyper) if iteration >= warm_end else None
         soft, reg = _SoftWeight.apply(v, base, zero_point, scale, mask, qmin, qmax, beta,
                                       inputs.dtype)
-        out = layer_forward(layer, inputs.index_select(0, index), soft, bias)
-        if act is not None:
-            out = act(out)
-        loss = reconstruction_loss(out, goal.index_select(0, index))
+        loss = data.loss(index, soft)
         if beta is not None:
-            loss = loss + hyper.reg_param * reg
+            loss = torch.add(loss, reg, alpha=hyper.reg_param)   # one op for loss + c * reg
         v.grad = None
         loss.backward()
-        optimizer.step()
+        adam_state.step(hyper.learning_rate)
 
     with torch.no_grad():
         rounded_up = (v.detach() >= 0) & (movable > 0)

@@ -19,10 +19,12 @@ from fxquant.core.encoding import FloatEncoding, QuantEncoding
 from fxquant.core.kernels import quantize_dequantize
 from fxquant.export.encodings_file import EncodingsFileError
 from fxquant.ptq import adaround as adaround_module
+from fxquant.ptq import adaround_optimizer
 from fxquant.ptq._data import capture_layer_io
 from fxquant.ptq.adaround import Adaround, AdaroundParameters
-from fxquant.ptq.adaround_optimizer import (AdaroundHyperParameters, RoundingResult, _SoftWeight,
-                                            layer_forward, optimize_rounding, rectified_sigmoid)
+from fxquant.ptq.adaround_optimizer import (AdaroundHyperParameters, RoundingResult, _AdamState,
+                                            _SoftWeight, layer_forward, optimize_rounding,
+                                            rectified_sigmoid)
 from tests.ptq.digits_dw import (DigitsDWNet, calibration_batches, sqnr, test_images,
                                  top1_agreement, trained_dw_net)
 
@@ -470,6 +472,63 @@ def test_soft_weight_node_matches_autograd(dtype: torch.dtype, beta: float | Non
     loss_new.backward()
     torch.testing.assert_close(v_new.grad, v_ref.grad, rtol=1e-5, atol=1e-7)
     assert v_new.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_adam_state_steps_as_torch_optim_adam(fused: bool) -> None:
+    """The loop's functional Adam moves the parameter exactly as ``torch.optim.Adam`` (same
+    kernel: fused on CPU/CUDA, the single-tensor one elsewhere) over 30 steps."""
+    gen = torch.Generator().manual_seed(0)
+    ours = nn.Parameter(torch.randn(8, 5, generator=gen))
+    ref = nn.Parameter(ours.detach().clone())
+    start = ours.detach().clone()
+    state = _AdamState(ours, fused=fused)
+    optimizer = torch.optim.Adam([ref], lr=0.01, fused=fused, foreach=False)
+    for _ in range(30):
+        grad = torch.randn(8, 5, generator=gen)
+        ours.grad, ref.grad = grad.clone(), grad.clone()
+        state.step(0.01)
+        optimizer.step()
+    assert torch.equal(ours, ref)
+    assert bool((ours != start).all())     # every entry moved
+
+
+@pytest.mark.parametrize("layer", [
+    nn.Conv2d(6, 5, 1), nn.Conv2d(6, 5, 1, stride=2, bias=False),
+    nn.Conv2d(6, 5, 1, padding="same"), nn.Conv1d(6, 5, 1, stride=3, padding="valid"), nn.Conv3d(6, 5, (1, 1, 1), stride=(1, 2, 2))],
+    ids=["conv2d", "stride2", "same", "conv1d", "conv3d"])
+@pytest.mark.parametrize("activation", [None, nn.ReLU6(), nn.PReLU(5, init=0.1)],
+                         ids=["none", "relu6", "per-channel-prelu"])
+def test_pointwise_convolution_steps_as_a_matrix_product(layer: nn.Module,
+                                                         activation: nn.Module | None) -> None:
+    """A 1x1 convolution's loop runs it as F.linear on channels-last copies: loss and gradient
+    equal the convolution's (float32 summation order aside), with the activation seeing channels
+    on dim 1 (a per-channel PReLU) and the stride subsampling the positions."""
+    gen = torch.Generator().manual_seed(0)
+    spatial = {nn.Conv1d: (9,), nn.Conv2d: (7, 9), nn.Conv3d: (3, 7, 9)}[type(layer)]
+    inputs = torch.randn(12, 6, *spatial, generator=gen)
+    with torch.no_grad():
+        goal = layer(inputs) + 0.1 * torch.randn(layer(inputs).shape, generator=gen)
+    data = adaround_optimizer._StepData(layer, inputs, goal, layer.bias, activation)
+    assert data.pointwise
+    index = torch.tensor([3, 0, 7, 11])
+    weight_ours = layer.weight.detach().clone().requires_grad_()
+    weight_ref = layer.weight.detach().clone().requires_grad_()
+    ours = data.loss(index, weight_ours)
+    out = layer_forward(layer, inputs[index], weight_ref, layer.bias)
+    ref = adaround_optimizer.reconstruction_loss(
+        out if activation is None else activation(out), goal[index])
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=0)
+    ours.backward()
+    ref.backward()
+    torch.testing.assert_close(weight_ours.grad, weight_ref.grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("layer", [nn.Conv2d(6, 6, 3), nn.Conv2d(6, 6, 1, groups=2),
+                                   nn.Conv2d(6, 6, 1, padding=1), nn.Linear(6, 5),
+                                   nn.ConvTranspose2d(6, 5, 1)])
+def test_other_layers_step_through_their_own_forward(layer: nn.Module) -> None:
+    assert not adaround_optimizer._is_pointwise(layer)
 
 
 def _host_reads(iterations: int) -> int:
