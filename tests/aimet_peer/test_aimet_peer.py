@@ -34,6 +34,7 @@ import torchvision
 
 import fxquant
 from fxquant.quantsim.quantsim import QuantizationSimModel
+from tests.threads import MEASURED_THREADS, torch_threads
 
 HERE = pathlib.Path(__file__).resolve().parent
 CONFIG = HERE / "every_rule_config.json"
@@ -61,7 +62,7 @@ def aimet_run(request, tmp_path_factory) -> dict[str, Any]:
     """AIMET's export of ``model`` with the config, and its inputs and quantized outputs."""
     name = request.param
     out = tmp_path_factory.mktemp(f"aimet_{name}")
-    env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONWARNINGS="ignore")
+    env = dict(os.environ, OMP_NUM_THREADS=str(MEASURED_THREADS), PYTHONWARNINGS="ignore")
     proc = subprocess.run([AIMET_PYTHON, str(HERE / "run_aimet.py"), name, str(CONFIG), str(out)],
                           capture_output=True, text=True, timeout=1500, env=env, check=False)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -95,7 +96,7 @@ def test_same_quantized_tensors_and_aimet_encodings_reproduce_aimet(aimet_run) -
     assert kinds == {"input", "output", "param"}
     assert any(n.endswith(".bias") for n in ours)          # params.bias.is_quantized: True
 
-    with torch.no_grad():
+    with torch.no_grad(), torch_threads():   # AIMET's run had OMP_NUM_THREADS=2 (see above)
         got = sim.model(aimet_run["evaluate"])
     step = float(sim.quantizer(OUTPUT_LAYER[name]).encoding.scale)  # model_output: quantized
     exact = (got - aimet_run["quantized_exact"]).abs().max().item() / step

@@ -15,6 +15,8 @@ import sys
 
 import pytest
 
+from tests.threads import torch_threads
+
 TUTORIAL_DIR = pathlib.Path(__file__).parent.parent.parent / "tutorials"
 TUTORIALS = sorted(p for p in TUTORIAL_DIR.glob("*.py") if not p.name.startswith("_"))
 CHECK_MODULES = sorted(p.stem.removeprefix("check_")
@@ -34,7 +36,8 @@ def test_tutorial_prints_its_figures(path: pathlib.Path, tmp_path: pathlib.Path,
     monkeypatch.chdir(tmp_path)  # tutorials that write relative paths (AIMET's ./tmp) write here
     monkeypatch.setattr(sys, "path", list(sys.path))  # tutorials add their folder
     try:
-        runpy.run_path(str(path), run_name="__main__")
+        with torch_threads():   # the tutorials train nets: their figures depend on the count
+            runpy.run_path(str(path), run_name="__main__")
     finally:
         sys.modules.pop("_common", None)
     check(capsys.readouterr().out, tmp_path)
