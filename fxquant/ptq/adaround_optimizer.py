@@ -287,9 +287,10 @@ def beta_at(iteration: int, hyper: AdaroundHyperParameters) -> float:
     return end + 0.5 * (start - end) * (1.0 + math.cos(relative * math.pi))
 
 
-def reconstruction_loss(output: Tensor, target: Tensor) -> Tensor:
+def reconstruction_loss(output: Tensor, target: Tensor, channel_dim: int = 1) -> Tensor:
     """AIMET's reconstruction loss: the squared error summed over dim 1 (channels, features) and
-    averaged over the other dims.
+    averaged over the other dims; ``channel_dim`` says where the channels are in a tensor laid
+    out otherwise (``-1``: channels-last).
 
     Example:
         >>> float(reconstruction_loss(torch.ones(2, 3), torch.zeros(2, 3)))
@@ -297,9 +298,10 @@ def reconstruction_loss(output: Tensor, target: Tensor) -> Tensor:
     """
     if output.dim() < 2:
         return F.mse_loss(output, target)
-    # the sum over dim 1 averaged over the rest is the total over (elements / channels): one
-    # fused kernel each way instead of sub, pow, sum and mean
-    return F.mse_loss(output, target, reduction="sum") * (output.shape[1] / output.numel())
+    # the sum over the channels averaged over the rest is the total over (elements / channels):
+    # one fused kernel each way instead of sub, pow, sum and mean
+    return (F.mse_loss(output, target, reduction="sum")
+            * (output.shape[channel_dim] / output.numel()))
 
 
 def layer_forward(layer: nn.Module, x: Tensor, weight: Tensor,
@@ -370,8 +372,7 @@ class _StepData:
         out = F.linear(x, weight.reshape(weight.shape[0], -1), self.bias)
         if self.act is not None:
             out = self.act(out.movedim(-1, 1)).movedim(1, -1)
-        # reconstruction_loss with the channels on the last dim
-        return F.mse_loss(out, goal, reduction="sum") * (out.shape[-1] / out.numel())
+        return reconstruction_loss(out, goal, channel_dim=-1)
 
 
 def _along_axis(t: Tensor, weight: Tensor, axis: int | None, dtype: torch.dtype) -> Tensor:

@@ -1,7 +1,8 @@
 """AdaRound (fxquant.ptq.adaround): accuracy on a trained MobileNet-style net, AIMET's encodings
 file, the frozen-encodings round trip, the rounding itself, the argument checks. The file runs
-single-threaded (once the model is trained with the default thread count, so that it is the model
-the other PTQ tests measure): many small optimization steps, which two threads only slow down."""
+single-threaded (once the model is trained, with tests.threads.MEASURED_THREADS, so that it is
+the model the other PTQ tests measure): many small optimization steps, which two threads only
+slow down."""
 from __future__ import annotations
 
 import json
@@ -114,7 +115,7 @@ class Reuse(nn.Module):
 
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread() -> Iterator[None]:
-    trained_dw_net()  # trained (and cached) with the default thread count
+    trained_dw_net()  # trained (and cached) first, with tests.threads.MEASURED_THREADS
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
