@@ -496,7 +496,8 @@ def test_adam_state_steps_as_torch_optim_adam(fused: bool) -> None:
 
 @pytest.mark.parametrize("layer", [
     nn.Conv2d(6, 5, 1), nn.Conv2d(6, 5, 1, stride=2, bias=False),
-    nn.Conv2d(6, 5, 1, padding="same"), nn.Conv1d(6, 5, 1, stride=3, padding="valid"), nn.Conv3d(6, 5, (1, 1, 1), stride=(1, 2, 2))],
+    nn.Conv2d(6, 5, 1, padding="same"), nn.Conv1d(6, 5, 1, stride=3, padding="valid"),
+    nn.Conv3d(6, 5, (1, 1, 1), stride=(1, 2, 2))],
     ids=["conv2d", "stride2", "same", "conv1d", "conv3d"])
 @pytest.mark.parametrize("activation", [None, nn.ReLU6(), nn.PReLU(5, init=0.1)],
                          ids=["none", "relu6", "per-channel-prelu"])
